@@ -1,0 +1,122 @@
+"""The `graphprune` command: analyze, prune, bench, demo. A thin front end over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from graphprune import runtime
+from graphprune.analysis import analyze
+from graphprune.cli.table import human, ratio, render
+from graphprune.errors import GraphpruneError
+from graphprune.io import load_model
+from graphprune.passes.importance import criteria
+from graphprune.passes.pipeline import prune_file
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    analysis = analyze(load_model(args.model))
+    if args.json:
+        print(json.dumps([g.summary() for g in analysis.groups], indent=1))
+        return 0
+    rows = [
+        [g.id, g.kind, g.size, human(g.params), "frozen" if g.frozen else "prunable", g.label,
+         g.frozen_reasons[0] if g.frozen else ""]
+        for g in analysis.groups
+    ]
+    print(render(["id", "kind", "size", "params", "status", "anchor", "reason"], rows))
+    print(f"\n{len(analysis.groups)} groups, {len(analysis.prunable())} prunable")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed)
+    if args.save_plan:
+        result.plan.save(args.save_plan, analyze(load_model(args.model)).groups)
+    b, a = result.before, result.after
+    print(render(["", "before", "after", "ratio"], [
+        ["params", human(b.params), human(a.params), ratio(a.params, b.params)],
+        ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
+        ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
+    ]))
+    print(f"\npruned {result.groups_pruned} of {result.groups_total} groups "
+          f"({args.criterion}, ratio {args.ratio}); wrote {args.output}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    rows, times = [], []
+    for path in args.models:
+        sess = runtime.session(path, threads=args.threads)
+        ms = runtime.latency_ms(sess, runtime.random_feeds(sess, batch=args.batch), args.warmup, args.runs)
+        times.append(ms)
+        rows.append([path, f"{ms:.3f}"])
+    print(render(["model", f"median ms (batch {args.batch})"], rows))
+    if len(times) == 2:
+        print(f"\nlatency ratio (second / first): {times[1] / times[0]:.3f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from graphprune.models.demo import run_demo
+
+    run_demo(ratio=args.ratio, criterion=args.criterion, output=args.output)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphprune", description="Structured pruning of ONNX models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="list channel groups and why any are frozen")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("prune", help="remove channels and write a smaller model")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
+    p.add_argument("--criterion", choices=criteria(), default="l1")
+    p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-plan", help="also write the pruning plan as JSON")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("bench", help="ONNX Runtime latency of one model, or the ratio of two")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="prune the embedded digits CNN; show accuracy and latency before/after")
+    p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--criterion", choices=criteria(), default="l1")
+    p.add_argument("-o", "--output", default=None, help="where to keep the pruned model")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "models", None) and len(args.models) > 2:
+        print("graphprune: error: bench takes one or two models", file=sys.stderr)
+        return 2
+    if getattr(args, "ratio", None) is not None and not 0.0 <= args.ratio < 1.0:
+        print(f"graphprune: error: --ratio must be in [0, 1), got {args.ratio}", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except GraphpruneError as exc:
+        print(f"graphprune: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        print(f"graphprune: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Dependency analysis: propagate channel identities through the graph and form coupled groups.
+
+Every tensor axis that carries channels (a "dim") owns one union-find element per position. Op rules
+link elements across tensors; a connected component is one prunable unit, and units touching the same
+set of dims form a group. Anything a rule cannot prove safe freezes the dim, and with it every group
+touching that dim, with a reason.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune import ops
+from graphprune.groups import Group, Member
+from graphprune.ops.registry import Dim, Port, ShapeDims
+from graphprune.unionfind import UnionFind
+
+
+@dataclass
+class Analysis:
+    """The analyzer's result: groups over a model (which the rewrite will mutate)."""
+
+    model: ir.Model
+    groups: list[Group]
+
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if not g.frozen and g.size > 1]
+
+    def group(self, group_id: int) -> Group:
+        return self.groups[group_id]
+
+
+def shape_of(value: ir.Value | None) -> ShapeDims | None:
+    """Static sizes as int, symbolic ones as their name (None when anonymous); None for unknown rank."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return [int(d) for d in value.const_value.shape]
+    if value.shape is None:
+        return None
+    return [d if isinstance(d, int) else d.value for d in value.shape]
+
+
+def const_of(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+class _Propagator:
+    """Implements the rules' CoupleContext while walking the graph."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.uf = UnionFind()
+        self.dims: dict[Dim, tuple[int, int]] = {}
+        self.frozen: dict[Dim, list[str]] = {}
+        self.consumers: set[Dim] = set()
+        self.queue: deque[Dim] = deque()
+        self.visited: set[tuple[int, Port, int]] = set()
+
+    # CoupleContext -------------------------------------------------------------------------
+    def shape(self, value: ir.Value | None) -> ShapeDims | None:
+        return shape_of(value)
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        return const_of(value)
+
+    def opset(self, domain: str = "") -> int:
+        return self.model.opset_imports.get(domain, 1)
+
+    def has_dim(self, dim: Dim) -> bool:
+        return dim in self.dims
+
+    def link(self, a: Dim, b: Dim) -> None:
+        if not (self._ensure(a) and self._ensure(b)):
+            self._freeze_existing((a, b), "channel count unknown on a coupled tensor")
+            return
+        (base_a, size_a), (base_b, size_b) = self.dims[a], self.dims[b]
+        if size_a != size_b:
+            self._freeze_existing((a, b), f"coupled axes differ in size ({a}: {size_a}, {b}: {size_b})")
+            return
+        self.uf.union(base_a + np.arange(size_a), base_b + np.arange(size_b))
+
+    def link_pairs(self, a: Dim, a_index: np.ndarray, b: Dim, b_index: np.ndarray) -> None:
+        if not (self._ensure(a) and self._ensure(b)):
+            self._freeze_existing((a, b), "channel count unknown on a coupled tensor")
+            return
+        self.uf.union(self.dims[a][0] + np.asarray(a_index), self.dims[b][0] + np.asarray(b_index))
+
+    def consumer(self, dim: Dim) -> None:
+        if self._ensure(dim):
+            self.consumers.add(dim)
+
+    def freeze(self, dim: Dim, reason: str) -> None:
+        if self._ensure(dim):
+            reasons = self.frozen.setdefault(dim, [])
+            if reason not in reasons:
+                reasons.append(reason)
+
+    # walking -------------------------------------------------------------------------------
+    def _ensure(self, dim: Dim) -> bool:
+        if dim in self.dims:
+            return True
+        shape = shape_of(dim.value)
+        if shape is None or not 0 <= dim.axis < len(shape) or not isinstance(shape[dim.axis], int):
+            return False
+        self.dims[dim] = (self.uf.add(shape[dim.axis]), shape[dim.axis])
+        self.queue.append(dim)
+        return True
+
+    def _freeze_existing(self, dims: tuple[Dim, ...], reason: str) -> None:
+        for dim in dims:
+            if dim in self.dims:
+                self.freeze(dim, reason)
+
+    def run(self) -> None:
+        for node in self.graph:
+            rule = ops.lookup(node)
+            if rule is not None:
+                for dim in rule.seeds(self, node):
+                    self._ensure(dim)
+        while self.queue:
+            self._process(self.queue.popleft())
+
+    def _process(self, dim: Dim) -> None:
+        value = dim.value
+        if value.is_graph_input():
+            self.freeze(dim, "graph input")
+        if value.is_graph_output():
+            self.freeze(dim, "graph output")
+        producer = value.producer()
+        if producer is not None:
+            self._visit(producer, Port(True, value.index()), dim)
+        elif not value.is_graph_input() and value.const_value is None:
+            self.freeze(dim, "tensor has no producer in this graph")
+        for usage in value.uses():
+            self._visit(usage.node, Port(False, usage.idx), dim)
+
+    def _visit(self, node: ir.Node, port: Port, dim: Dim) -> None:
+        key = (id(node), port, dim.axis)
+        if key in self.visited:
+            return
+        self.visited.add(key)
+        if node.graph is not self.graph:
+            self.freeze(dim, f"used inside a subgraph of {node.op_type}")
+            return
+        rule = ops.lookup(node)
+        if rule is None:
+            self.freeze(dim, f"unsupported op {node.domain or 'ai.onnx'}::{node.op_type}")
+            return
+        rule.couple(self, node, port, dim.axis)
+
+    # grouping ------------------------------------------------------------------------------
+    def groups(self) -> list[Group]:
+        dims = list(self.dims)
+        roots = [self.uf.find(self.dims[d][0] + np.arange(self.dims[d][1])) for d in dims]
+        touched: dict[int, list[int]] = {}
+        for dim_id, dim_roots in enumerate(roots):
+            for root in np.unique(dim_roots).tolist():
+                touched.setdefault(root, []).append(dim_id)
+        by_key: dict[tuple[int, ...], list[int]] = {}
+        for root, dim_ids in touched.items():
+            by_key.setdefault(tuple(dim_ids), []).append(root)
+        groups = []
+        for key, group_roots in sorted(by_key.items()):
+            groups.append(self._make_group(len(groups), key, group_roots, dims, roots))
+        return groups
+
+    def _make_group(self, gid: int, key: tuple[int, ...], group_roots: list[int], dims: list[Dim],
+                    roots: list[np.ndarray]) -> Group:
+        uniq, first = np.unique(roots[key[0]], return_index=True)
+        first_position = dict(zip(uniq.tolist(), first.tolist()))
+        order = sorted(group_roots, key=first_position.__getitem__)
+        sorted_roots = np.array(sorted(order))
+        unit_of_root = np.empty(len(order), dtype=np.int64)
+        unit_of_root[np.searchsorted(sorted_roots, order)] = np.arange(len(order))
+        members, params, reasons = [], np.zeros(len(order), dtype=np.int64), []
+        for dim_id in key:
+            dim = dims[dim_id]
+            r = roots[dim_id]
+            slot = np.clip(np.searchsorted(sorted_roots, r), 0, len(sorted_roots) - 1)
+            unit_of = np.where(sorted_roots[slot] == r, unit_of_root[slot], -1)
+            is_param = dim.value.const_value is not None
+            members.append(Member(dim.value, dim.axis, unit_of, is_param, dim in self.consumers))
+            if is_param:
+                shape = dim.value.const_value.shape
+                per_position = int(np.prod(shape)) // int(shape[dim.axis])
+                params += np.bincount(unit_of[unit_of >= 0], minlength=len(order)) * per_position
+            for reason in self.frozen.get(dim, []):
+                text = f"{dim}: {reason}"
+                if text not in reasons:
+                    reasons.append(text)
+        return Group(gid, "channel", len(order), members, params, reasons)
+
+
+def analyze(model: ir.Model) -> Analysis:
+    """Find every channel group of `model` and which of them are frozen, and why."""
+    propagator = _Propagator(model)
+    propagator.run()
+    return Analysis(model, propagator.groups())

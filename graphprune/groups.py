@@ -1,0 +1,71 @@
+"""Groups: sets of coupled tensor slices that must be removed together, one unit (channel) at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+
+@dataclass
+class Member:
+    """One tensor axis touched by a group; `unit_of[i]` is the unit owning position i, or -1 (another group)."""
+
+    value: ir.Value
+    axis: int
+    unit_of: np.ndarray
+    is_param: bool
+    consumer: bool
+
+    @property
+    def tensor(self) -> str:
+        return self.value.name or "<unnamed>"
+
+    def positions(self, units: np.ndarray) -> np.ndarray:
+        """Positions along the axis owned by any of `units`."""
+        return np.flatnonzero(np.isin(self.unit_of, units))
+
+
+@dataclass
+class Group:
+    """A prunable structure family; `size` units, each removable independently of the others."""
+
+    id: int
+    kind: str
+    size: int
+    members: list[Member]
+    params_per_unit: np.ndarray
+    frozen_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.frozen_reasons)
+
+    @property
+    def label(self) -> str:
+        anchor = self.members[0]
+        return f"{anchor.tensor}[{anchor.axis}]"
+
+    @property
+    def params(self) -> int:
+        return int(self.params_per_unit.sum())
+
+    def params_of(self, units: np.ndarray) -> int:
+        return int(self.params_per_unit[units].sum())
+
+    def param_members(self) -> list[Member]:
+        return [m for m in self.members if m.is_param]
+
+    def summary(self) -> dict:
+        """JSON-ready description."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "size": self.size,
+            "params": self.params,
+            "label": self.label,
+            "frozen": self.frozen,
+            "reasons": self.frozen_reasons,
+            "members": [f"{m.tensor}[{m.axis}]" for m in self.members],
+        }

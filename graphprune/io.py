@@ -1,0 +1,84 @@
+"""Load ONNX models into onnx-ir and save them atomically, external data included."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, ShapeInferencePass
+
+from graphprune.errors import ModelLoadError
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Read an ONNX file (external data kept lazy), lift Constant nodes to initializers, infer shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        model = ir.load(path)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage input
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if len(model.graph) == 0 and not model.graph.outputs:
+        raise ModelLoadError(f"{path}: the file parsed but holds no ONNX graph")
+    return prepare(model)
+
+
+def prepare(model: ir.Model) -> ir.Model:
+    """Normalise a model for analysis: weights as initializers, shapes inferred where possible."""
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    infer_shapes(model)
+    return model
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Run ONNX shape inference in place; models it cannot handle keep the shapes they carry."""
+    try:
+        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except Exception:  # noqa: BLE001 - inference is best effort; missing shapes freeze groups later
+        pass
+
+
+def uses_external_data(model: ir.Model) -> bool:
+    """True when any initializer lives outside the model file, or the model is too big for one protobuf."""
+    total = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            return True
+        if tensor is not None:
+            total += tensor.nbytes
+    return total > PROTOBUF_LIMIT // 2
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+    """Write `model` to `path` atomically: files go to a temporary folder beside it, then are renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = uses_external_data(model)
+    data_name = path.name + ".data" if external_data else None
+    staging = Path(tempfile.mkdtemp(prefix=".graphprune-", dir=path.parent))
+    try:
+        ir.save(model, staging / path.name, external_data=data_name)
+        if data_name:
+            os.replace(staging / data_name, path.parent / data_name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    """Serialise a model that fits in one protobuf (tests, in-memory sessions)."""
+    return ir.to_proto(model).SerializeToString()
+
+
+def from_proto(proto: onnx.ModelProto) -> ir.Model:
+    """Wrap an in-memory ModelProto, normalised like a loaded file."""
+    return prepare(ir.from_proto(proto))

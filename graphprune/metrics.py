@@ -1,0 +1,68 @@
+"""Model size and cost: parameters, multiply-accumulates (per unit of every symbolic dim), file size."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis import shape_of
+
+
+@dataclass
+class Cost:
+    params: int
+    macs: int
+    bytes: int | None = None
+
+    def row(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "bytes": self.bytes}
+
+
+def _numel(shape: list | None) -> int:
+    if shape is None:
+        return 0
+    return int(np.prod([d if isinstance(d, int) else 1 for d in shape]))
+
+
+def count_params(model: ir.Model) -> int:
+    """Elements of floating-point initializers (weights), not of integer shape constants."""
+    total = 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype.is_floating_point():
+            total += int(np.prod(tensor.shape.numpy()))
+    return total
+
+
+def _node_macs(node: ir.Node) -> int:
+    """Multiply-accumulates of one node; symbolic dims (batch, sequence) count as 1."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        w, y = shape_of(node.inputs[1]), shape_of(node.outputs[0])
+        x = shape_of(node.inputs[0])
+        if w is None or y is None or x is None:
+            return 0
+        spatial = _numel(x[2:]) if node.op_type == "ConvTranspose" else _numel(y[2:])
+        batch = _numel(y[:1])
+        return batch * spatial * _numel(w)
+    if node.op_type in ("Gemm", "MatMul"):
+        a, y = shape_of(node.inputs[0]), shape_of(node.outputs[0])
+        if a is None or y is None or not a:
+            return 0
+        trans_a = node.op_type == "Gemm" and node.attributes.get("transA") and node.attributes["transA"].as_int()
+        k = a[0] if trans_a else a[-1]
+        return _numel(y) * (k if isinstance(k, int) else 1)
+    return 0
+
+
+def cost(model: ir.Model, path: str | os.PathLike | None = None) -> Cost:
+    """Params and MACs of `model`; bytes on disk of `path` (and its external data) when given."""
+    size = None
+    if path is not None:
+        path = Path(path)
+        data = path.with_name(path.name + ".data")
+        size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return Cost(count_params(model), sum(_node_macs(n) for n in model.graph), size)

@@ -1,0 +1,148 @@
+"""Layout ops: Transpose permutes axes; Reshape, Flatten, Squeeze and Unsqueeze regroup them.
+
+Regrouping is modelled by aligning input and output axes into blocks of equal prefix product (row-major).
+An axis alone in its block maps 1:1; an axis merged with others into one output axis maps each of its
+channels to the strided set of output positions it occupies (Flatten into a Linear). An axis split over
+several output axes (channel shuffle, head split) is frozen: no output axis carries it alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ops.registry import (
+    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register,
+)
+
+Block = tuple[list[int], list[int]]
+
+
+def align_blocks(src: list, dst: list) -> list[Block] | None:
+    """Pair axes of `src` and `dst` into row-major blocks of equal size; None when unprovable."""
+    blocks: list[Block] = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        if i < len(src) and src[i] == 1:
+            blocks.append(([i], []))
+            i += 1
+        elif j < len(dst) and dst[j] == 1:
+            blocks.append(([], [j]))
+            j += 1
+        elif i >= len(src) or j >= len(dst) or src[i] is None or dst[j] is None:
+            return None
+        elif src[i] == dst[j]:
+            blocks.append(([i], [j]))
+            i, j = i + 1, j + 1
+        else:
+            block = _grow_block(src, dst, i, j)
+            if block is None:
+                return None
+            blocks.append(block)
+            i, j = block[0][-1] + 1, block[1][-1] + 1
+    return blocks
+
+
+def _grow_block(src: list, dst: list, i: int, j: int) -> Block | None:
+    """Extend a block from src[i], dst[j] until both sides have the same static product."""
+    if not isinstance(src[i], int) or not isinstance(dst[j], int):
+        return None
+    left, right = [i], [j]
+    p, q = src[i], dst[j]
+    while p != q:
+        if p < q:
+            i += 1
+            if i >= len(src) or not isinstance(src[i], int):
+                return None
+            left.append(i)
+            p *= src[i]
+        else:
+            j += 1
+            if j >= len(dst) or not isinstance(dst[j], int):
+                return None
+            right.append(j)
+            q *= dst[j]
+    return left, right
+
+
+def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+    """Couple input 0 and output 0 of a node that only regroups axes (row-major order unchanged)."""
+    x, y = node.inputs[0], node.outputs[0]
+    dim = Dim(port.value(node), axis)
+    if not port.output and port.index != 0:
+        ctx.freeze(dim, f"{node.op_type} shape input carries no channels")
+        return
+    src, dst = ctx.shape(x), ctx.shape(y)
+    blocks = None if src is None or dst is None else align_blocks(src, dst)
+    if blocks is None:
+        ctx.freeze(dim, f"{node.op_type}: cannot prove how axes regroup ({src} -> {dst})")
+        return
+    side = 1 if port.output else 0
+    left, right = next(b for b in blocks if axis in b[side])
+    if len(left) == 1 and len(right) == 1:
+        ctx.link(Dim(x, left[0]), Dim(y, right[0]))
+    elif len(right) == 1 and left:
+        _couple_merge(ctx, node, x, y, left, right[0], axis if not port.output else None, src)
+    else:
+        ctx.freeze(dim, f"{node.op_type} splits this axis over several output axes")
+
+
+def _couple_merge(ctx: CoupleContext, node: ir.Node, x, y, left: list[int], out_axis: int,
+                  in_axis: int | None, src: list) -> None:
+    """Input axes `left` merge into output axis `out_axis`; link the one that carries channels."""
+    if in_axis is None:
+        carriers = [a for a in left if ctx.has_dim(Dim(x, a))]
+        if len(carriers) != 1:
+            ctx.freeze(Dim(y, out_axis), f"{node.op_type} merges axes {left}; none alone is known to carry channels")
+            return
+        in_axis = carriers[0]
+    sizes = [src[a] for a in left]
+    positions = np.arange(int(np.prod(sizes)))
+    channel_of = np.unravel_index(positions, sizes)[left.index(in_axis)]
+    ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
+
+
+@register("Flatten", "Squeeze", "Unsqueeze")
+class Regroup(OpRule):
+    """Shape follows from attributes or constant axes; nothing to rewrite."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        couple_regroup(ctx, node, port, axis)
+
+
+@register("Reshape")
+class Reshape(OpRule):
+    """Like Regroup, but the constant target shape must be rewritten with the new sizes."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if ctx.const(node.inputs[1]) is None:
+            ctx.freeze(Dim(port.value(node), axis), "Reshape target shape is computed at run time")
+            return
+        couple_regroup(ctx, node, port, axis)
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        target = ctx.const(node.inputs[1])
+        new = np.array(target, dtype=np.int64)
+        for axis in range(len(new)):
+            kept = ctx.kept(node.outputs[0], axis)
+            if kept is not None and new[axis] != -1:
+                new[axis] = len(kept)
+        if not np.array_equal(new, target):
+            ctx.set_input_const(node, 1, new)
+
+
+@register("Transpose")
+class Transpose(OpRule):
+    """Output axis o is input axis perm[o]."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        shape = ctx.shape(node.inputs[0])
+        perm = attr_ints(node, "perm")
+        if perm is None:
+            if shape is None:
+                ctx.freeze(Dim(port.value(node), axis), "Transpose without perm on unknown rank")
+                return
+            perm = list(reversed(range(len(shape))))
+        perm = [normalize_axis(p, len(perm)) for p in perm]
+        in_axis = perm[axis] if port.output else axis
+        ctx.link(Dim(node.inputs[0], in_axis), Dim(node.outputs[0], perm.index(in_axis)))

@@ -1,0 +1,141 @@
+"""The op dimension-rule registry: how a channel index on one tensor axis of a node maps to its other tensors.
+
+A rule is asked about one (port, axis) of a node at a time, in either direction, and answers by linking
+channel elements between tensor axes, tagging consumer weights, or freezing the axis with a reason.
+Ops without a rule stop propagation and freeze every group that reaches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+
+class Port(NamedTuple):
+    """One input or output slot of a node."""
+
+    output: bool
+    index: int
+
+    def value(self, node: ir.Node) -> ir.Value | None:
+        values = node.outputs if self.output else node.inputs
+        return values[self.index] if self.index < len(values) else None
+
+
+@dataclass(frozen=True, eq=False)
+class Dim:
+    """A channel-carrying axis of one tensor; identity is by (value object, axis)."""
+
+    value: ir.Value
+    axis: int
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Dim) and self.value is other.value and self.axis == other.axis
+
+    def __hash__(self) -> int:
+        return hash((id(self.value), self.axis))
+
+    def __repr__(self) -> str:
+        return f"{self.value.name}[axis {self.axis}]"
+
+
+ShapeDims = list  # list[int | str | None]: static size, symbolic name, or unknown
+
+
+class CoupleContext(Protocol):
+    """What a rule may ask and declare while the analyzer propagates channels."""
+
+    def shape(self, value: ir.Value | None) -> ShapeDims | None: ...
+    def const(self, value: ir.Value | None) -> np.ndarray | None: ...
+    def opset(self, domain: str = "") -> int: ...
+    def has_dim(self, dim: Dim) -> bool: ...
+    def link(self, a: Dim, b: Dim) -> None: ...
+    def link_pairs(self, a: Dim, a_index: np.ndarray, b: Dim, b_index: np.ndarray) -> None: ...
+    def consumer(self, dim: Dim) -> None: ...
+    def freeze(self, dim: Dim, reason: str) -> None: ...
+
+
+class RewriteContext(Protocol):
+    """What a rule may ask and change once a plan decided which channels survive."""
+
+    def kept(self, value: ir.Value | None, axis: int) -> np.ndarray | None: ...
+    def shape(self, value: ir.Value | None) -> ShapeDims | None: ...  # as before the rewrite
+    def const(self, value: ir.Value | None) -> np.ndarray | None: ...
+    def opset(self, domain: str = "") -> int: ...
+    def set_input_const(self, node: ir.Node, index: int, array: np.ndarray) -> None: ...
+    def set_attr(self, node: ir.Node, attr: ir.Attr) -> None: ...
+
+
+class OpRule:
+    """Dimension semantics of one op family: `couple` during analysis, `rewrite` after slicing."""
+
+    def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
+        """Axes this node creates channels on (weight-producing layers); propagation starts there."""
+        return []
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        raise NotImplementedError
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        """Fix attributes or shape constants that carry channel counts; most ops have none."""
+
+
+_RULES: dict[tuple[str, str], OpRule] = {}
+
+
+def register(*op_types: str, domain: str = "") -> Callable[[type[OpRule]], type[OpRule]]:
+    """Class decorator: one instance of the rule serves every listed op type."""
+
+    def decorate(cls: type[OpRule]) -> type[OpRule]:
+        rule = cls()
+        for op_type in op_types:
+            key = (domain, op_type)
+            if key in _RULES:
+                raise ValueError(f"duplicate dimension rule for {domain or 'ai.onnx'}::{op_type}")
+            _RULES[key] = rule
+        return cls
+
+    return decorate
+
+
+def lookup(node: ir.Node) -> OpRule | None:
+    """The rule for a node, or None when its op is not modelled (it then freezes)."""
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    return _RULES.get((domain, node.op_type))
+
+
+def registered_ops() -> list[str]:
+    """Sorted `domain::op` names of every modelled op."""
+    return sorted(f"{d or 'ai.onnx'}::{op}" for d, op in _RULES)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def int_list(ctx: CoupleContext | RewriteContext, node: ir.Node, attr: str, input_index: int) -> list[int] | None:
+    """An int list given as attribute (older opsets) or constant input (newer); None when absent or dynamic."""
+    if attr in node.attributes:
+        return list(node.attributes[attr].as_ints())
+    if input_index < len(node.inputs) and node.inputs[input_index] is not None:
+        array = ctx.const(node.inputs[input_index])
+        return None if array is None else [int(v) for v in np.atleast_1d(array)]
+    return None
+
+
+def attr_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_int()
+
+
+def attr_ints(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return None if attr is None else list(attr.as_ints())
+
+
+def present(values: Sequence[ir.Value | None]) -> list[tuple[int, ir.Value]]:
+    """(index, value) of the inputs or outputs that are not omitted."""
+    return [(i, v) for i, v in enumerate(values) if v is not None]

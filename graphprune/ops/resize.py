@@ -1,0 +1,91 @@
+"""Resize/Upsample and Pad: the channel axis passes through when it is neither scaled nor padded."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register
+
+
+def _pass_through(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, untouched: bool, what: str) -> None:
+    dim = Dim(port.value(node), axis)
+    if not port.output and port.index != 0:
+        ctx.freeze(dim, f"{node.op_type} input {port.index} carries no channels")
+    elif not untouched:
+        ctx.freeze(dim, f"{node.op_type} {what} this axis")
+    else:
+        ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
+
+
+@register("Resize", "Upsample")
+class Resize(OpRule):
+    """Scales must be 1 on the axis; explicit `sizes` are rewritten with the new channel count."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        scales_at = 1 if node.op_type == "Upsample" else 2
+        scales = self._const_at(ctx, node, scales_at)
+        sizes = self._const_at(ctx, node, 3) if node.op_type == "Resize" else None
+        x_shape, y_shape = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+        if scales is not None and len(scales) > axis:
+            untouched = float(scales[axis]) == 1.0
+        elif sizes is not None and len(sizes) > axis and x_shape is not None:
+            untouched = int(sizes[axis]) == x_shape[axis]
+        else:
+            untouched = x_shape is not None and y_shape is not None and x_shape[axis] == y_shape[axis] \
+                and isinstance(x_shape[axis], int) and "axes" not in node.attributes
+        _pass_through(ctx, node, port, axis, untouched, "rescales")
+
+    @staticmethod
+    def _const_at(ctx, node: ir.Node, index: int) -> np.ndarray | None:
+        if index >= len(node.inputs) or node.inputs[index] is None:
+            return None
+        array = ctx.const(node.inputs[index])
+        return None if array is None or array.size == 0 else array
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        sizes = self._const_at(ctx, node, 3) if node.op_type == "Resize" else None
+        if sizes is None:
+            return
+        new = np.array(sizes, dtype=np.int64)
+        for axis in range(len(new)):
+            kept = ctx.kept(node.outputs[0], axis)
+            if kept is not None:
+                new[axis] = len(kept)
+        if not np.array_equal(new, sizes):
+            ctx.set_input_const(node, 3, new)
+
+
+@register("Pad")
+class Pad(OpRule):
+    """Zero padding on the channel axis only; `pads` is [begin_0.., end_0..]."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        pads = int_list(ctx, node, "pads", 1)
+        shape = ctx.shape(node.inputs[0])
+        axes = int_list(ctx, node, "axes", 3) if len(node.inputs) > 3 else None
+        untouched = False
+        if pads is not None and shape is not None:
+            axes = axes if axes is not None else list(range(len(shape)))
+            axes = [a + len(shape) if a < 0 else a for a in axes]
+            n = len(axes)
+            untouched = axis not in axes or (pads[axes.index(axis)] == 0 and pads[n + axes.index(axis)] == 0)
+        _pass_through(ctx, node, port, axis, untouched, "pads (or may pad)")
+
+
+@register("Shape")
+class Shape(OpRule):
+    """Reading the channel count would change after pruning: freeze unless [start, end) excludes the axis."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        shape = ctx.shape(node.inputs[0])
+        dim = Dim(port.value(node), axis)
+        if shape is None or port.output:
+            ctx.freeze(dim, "Shape output or unknown rank")
+            return
+        rank = len(shape)
+        start = node.attributes["start"].as_int() if "start" in node.attributes else 0
+        end = node.attributes["end"].as_int() if "end" in node.attributes else rank
+        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+        if start <= axis < end:
+            ctx.freeze(dim, "its size is read by a Shape op (shape-computing subgraph)")

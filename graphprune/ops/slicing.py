@@ -1,0 +1,175 @@
+"""Concat, Split, Slice and Gather: channels along the joined/split axis are remapped by offset,
+and every shape-carrying constant (split sizes, slice bounds) is recomputed from the survivors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ops.registry import (
+    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, int_list, normalize_axis, present, register,
+)
+
+
+def _axis(ctx, node: ir.Node, default: int = 0) -> int | None:
+    shape = ctx.shape(node.inputs[0])
+    return None if shape is None else normalize_axis(attr_int(node, "axis", default), len(shape))
+
+
+def _static_size(ctx, value: ir.Value, axis: int) -> int | None:
+    shape = ctx.shape(value)
+    size = shape[axis] if shape is not None else None
+    return size if isinstance(size, int) else None
+
+
+@register("Concat")
+class Concat(OpRule):
+    """Input i occupies output positions [offset_i, offset_i + size_i) along `axis`."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        join = _axis(ctx, node)
+        y = node.outputs[0]
+        inputs = present(node.inputs)
+        if join is None or axis != join:
+            for _, value in inputs:
+                ctx.link(Dim(y, axis), Dim(value, axis))
+            return
+        sizes = [_static_size(ctx, value, join) for _, value in inputs]
+        if any(s is None for s in sizes):
+            ctx.freeze(Dim(port.value(node), axis), "Concat with a dynamic size along its axis")
+            return
+        offset = 0
+        for (_, value), size in zip(inputs, sizes):
+            ctx.link_pairs(Dim(value, join), np.arange(size), Dim(y, join), offset + np.arange(size))
+            offset += size
+
+
+@register("Split")
+class Split(OpRule):
+    """Output i takes input positions [offset_i, offset_i + size_i); the sizes are rewritten."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        cut = _axis(ctx, node)
+        x = node.inputs[0]
+        outputs = present(node.outputs)
+        if port.index != 0 and not port.output:
+            ctx.freeze(Dim(port.value(node), axis), "Split sizes carry no channels")
+            return
+        if cut is None or axis != cut:
+            for _, value in outputs:
+                ctx.link(Dim(x, axis), Dim(value, axis))
+            return
+        sizes = [_static_size(ctx, value, cut) for _, value in outputs]
+        if any(s is None for s in sizes):
+            ctx.freeze(Dim(port.value(node), axis), "Split with dynamic output sizes")
+            return
+        offset = 0
+        for (_, value), size in zip(outputs, sizes):
+            ctx.link_pairs(Dim(x, cut), offset + np.arange(size), Dim(value, cut), np.arange(size))
+            offset += size
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        cut = _axis(ctx, node)
+        kept = [ctx.kept(value, cut) for value in node.outputs]
+        if all(k is None for k in kept):
+            return
+        sizes = [len(k) if k is not None else ctx.shape(v)[cut] for k, v in zip(kept, node.outputs)]
+        new = np.array(sizes, dtype=np.int64)
+        if "split" in node.attributes:
+            ctx.set_attr(node, ir.AttrInt64s("split", sizes))
+        elif len(node.inputs) > 1 and node.inputs[1] is not None:
+            ctx.set_input_const(node, 1, new)
+        else:
+            node.attributes.pop("num_outputs", None)
+            ctx.set_input_const(node, 1, new)
+
+
+def _slice_params(ctx, node: ir.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) normalised to non-negative axes; None when any is dynamic."""
+    shape = ctx.shape(node.inputs[0])
+    starts, ends = int_list(ctx, node, "starts", 1), int_list(ctx, node, "ends", 2)
+    if shape is None or starts is None or ends is None:
+        return None
+    axes = int_list(ctx, node, "axes", 3)
+    steps = int_list(ctx, node, "steps", 4)
+    has_axes = "axes" in node.attributes or (len(node.inputs) > 3 and node.inputs[3] is not None)
+    has_steps = len(node.inputs) > 4 and node.inputs[4] is not None
+    if (has_axes and axes is None) or (has_steps and steps is None):
+        return None
+    axes = [normalize_axis(a, len(shape)) for a in (axes or range(len(starts)))]
+    return starts, ends, axes, steps or [1] * len(starts)
+
+
+def _clamp(bound: int, size: int) -> int:
+    bound = bound + size if bound < 0 else bound
+    return min(max(bound, 0), size)
+
+
+@register("Slice")
+class Slice(OpRule):
+    """A unit-step slice along the channel axis keeps a contiguous range; its bounds are recounted."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        dim = Dim(port.value(node), axis)
+        params = _slice_params(ctx, node)
+        if port.index != 0 or params is None:
+            ctx.freeze(dim, "Slice with dynamic bounds" if params is None else "Slice bound inputs carry no channels")
+            return
+        x, y = node.inputs[0], node.outputs[0]
+        starts, ends, axes, steps = params
+        if axis not in axes:
+            ctx.link(Dim(x, axis), Dim(y, axis))
+            return
+        k = axes.index(axis)
+        size = _static_size(ctx, x, axis)
+        if steps[k] != 1 or size is None:
+            ctx.freeze(dim, "Slice with a non-unit step or dynamic size along the channel axis")
+            return
+        start, end = _clamp(starts[k], size), _clamp(ends[k], size)
+        ctx.link_pairs(Dim(x, axis), np.arange(start, end), Dim(y, axis), np.arange(end - start))
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        x = node.inputs[0]
+        starts, ends, axes, _ = _slice_params(ctx, node)
+        new_starts, new_ends = list(starts), list(ends)
+        for k, axis in enumerate(axes):
+            kept = ctx.kept(x, axis)
+            if kept is None:
+                continue
+            size = ctx.shape(x)[axis]
+            new_starts[k] = int(np.searchsorted(kept, _clamp(starts[k], size)))
+            new_ends[k] = int(np.searchsorted(kept, _clamp(ends[k], size)))
+        if new_starts == starts and new_ends == ends:
+            return
+        if "starts" in node.attributes:
+            ctx.set_attr(node, ir.AttrInt64s("starts", new_starts))
+            ctx.set_attr(node, ir.AttrInt64s("ends", new_ends))
+        else:
+            ctx.set_input_const(node, 1, np.array(new_starts, dtype=np.int64))
+            ctx.set_input_const(node, 2, np.array(new_ends, dtype=np.int64))
+
+
+@register("Gather")
+class Gather(OpRule):
+    """data[..., indices, ...] along `axis`: other data axes and every indices axis pass through."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        shape, idx_shape = ctx.shape(data), ctx.shape(indices)
+        dim = Dim(port.value(node), axis)
+        if shape is None or idx_shape is None:
+            ctx.freeze(dim, "Gather with unknown ranks")
+            return
+        g = normalize_axis(attr_int(node, "axis", 0), len(shape))
+        q = len(idx_shape)
+        if port.output:
+            if g <= axis < g + q:
+                ctx.link(Dim(indices, axis - g), Dim(y, axis))
+            else:
+                ctx.link(Dim(data, axis if axis < g else axis - q + 1), Dim(y, axis))
+        elif port.index == 1:
+            ctx.link(Dim(indices, axis), Dim(y, g + axis))
+        elif axis == g:
+            ctx.freeze(dim, "Gather selects along this axis")
+        else:
+            ctx.link(Dim(data, axis), Dim(y, axis if axis < g else axis + q - 1))

@@ -1,0 +1,1 @@
+"""Reference model builders (torch, optional) and the packaged demo model (no torch needed)."""

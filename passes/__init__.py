@@ -1,0 +1,8 @@
+"""Passes over an analysed model: importance scoring, allocation and the physical rewrite."""
+
+from graphprune.passes import importance
+from graphprune.passes.allocation import kept_count, uniform
+from graphprune.passes.pipeline import PruneResult, make_plan, prune_file
+from graphprune.passes.rewrite import apply_plan
+
+__all__ = ["PruneResult", "apply_plan", "importance", "kept_count", "make_plan", "prune_file", "uniform"]

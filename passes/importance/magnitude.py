@@ -1,0 +1,56 @@
+"""Magnitude criteria (Torch-Pruning's default): per-unit norms of every member weight slice, and random."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphprune.analysis import Analysis
+from graphprune.groups import Group, Member
+from graphprune.passes.importance.registry import register_criterion
+
+
+def position_norms(member: Member, power: int) -> np.ndarray:
+    """Σ|w|^power over each position of the member's axis."""
+    array = np.moveaxis(member.value.const_value.numpy(), member.axis, 0).astype(np.float64)
+    return (np.abs(array.reshape(array.shape[0], -1)) ** power).sum(axis=1)
+
+
+def per_unit(member: Member, per_position: np.ndarray, size: int) -> np.ndarray:
+    """Sum a per-position statistic into the units that own the positions."""
+    owned = member.unit_of >= 0
+    return np.bincount(member.unit_of[owned], weights=per_position[owned], minlength=size)
+
+
+class _Norm:
+    power = 1
+
+    def score(self, analysis: Analysis, group: Group) -> np.ndarray:
+        total = np.zeros(group.size)
+        for member in group.param_members():
+            total += per_unit(member, position_norms(member, self.power), group.size)
+        return total
+
+
+@register_criterion("l1")
+class L1(_Norm):
+    """Σ over member slices of ‖slice‖₁."""
+
+    power = 1
+
+
+@register_criterion("l2")
+class L2(_Norm):
+    """Σ over member slices of ‖slice‖₂²."""
+
+    power = 2
+
+
+@register_criterion("random")
+class Random:
+    """Uniform random scores: the baseline every criterion must beat."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, analysis: Analysis, group: Group) -> np.ndarray:
+        return self.rng.random(group.size)

@@ -1,0 +1,58 @@
+"""The whole job, in pipeline order: load → analyze → score → allocate → rewrite → verify → save."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from graphprune import runtime, verify
+from graphprune.analysis import Analysis, analyze
+from graphprune.errors import GraphpruneError
+from graphprune.io import load_model, save_model
+from graphprune.metrics import Cost, cost
+from graphprune.passes.allocation import uniform
+from graphprune.passes.importance import get_criterion
+from graphprune.passes.rewrite import apply_plan
+from graphprune.plan import PruningPlan
+
+
+@dataclass
+class PruneResult:
+    plan: PruningPlan
+    before: Cost
+    after: Cost
+    groups_total: int
+    groups_pruned: int
+
+
+def make_plan(analysis: Analysis, criterion: str = "l1", ratio: float = 0.5, round_to: int = 1,
+              seed: int = 0) -> PruningPlan:
+    """Score every prunable group with `criterion` and allocate `ratio` uniformly."""
+    options = {"seed": seed} if criterion == "random" else {}
+    scorer = get_criterion(criterion, **options)
+    scores = {g.id: scorer.score(analysis, g) for g in analysis.prunable()}
+    plan = uniform(analysis, scores, ratio, round_to)
+    plan.meta["criterion"] = criterion
+    return plan
+
+
+def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l1",
+               ratio: float = 0.5, round_to: int = 1, seed: int = 0) -> PruneResult:
+    """Prune `source` into `target`; `target` is written only once the pruned model checked and ran."""
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise GraphpruneError("the output path must differ from the input (the input is never modified)")
+    model = load_model(source)
+    before = cost(model, source)
+    analysis = analyze(model)
+    plan = make_plan(analysis, criterion, ratio, round_to, seed)
+    pruned = apply_plan(analysis, plan)
+    try:
+        verify.check(pruned)
+        sess = runtime.session(pruned)
+        runtime.run(sess, runtime.random_feeds(sess))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a graphprune bug; report it, write nothing
+        raise GraphpruneError(f"internal error: the pruned model failed verification ({exc})") from exc
+    save_model(pruned, target)
+    return PruneResult(plan, before, cost(pruned, target), len(analysis.groups), len(plan.removed))

@@ -1,0 +1,100 @@
+"""Rewrite: physically remove planned units — slice every member initializer, let each op rule fix its
+shape-carrying attributes and constants, update tensor shapes, and drop what became dead."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from graphprune import ops
+from graphprune.analysis import Analysis, const_of, shape_of
+from graphprune.plan import PruningPlan
+
+_Key = tuple[int, int]  # (id(value), axis)
+
+
+class _Rewriter:
+    """Implements the rules' RewriteContext for one plan."""
+
+    def __init__(self, analysis: Analysis, plan: PruningPlan) -> None:
+        self.model = analysis.model
+        self.values: dict[_Key, ir.Value] = {}
+        self.removed: dict[_Key, set[int]] = {}
+        self.shapes: dict[int, list] = {}
+        self._names = itertools.count()
+        for gid, units in plan.removed.items():
+            for member in analysis.group(gid).members:
+                positions = member.positions(units)
+                if positions.size:
+                    key = (id(member.value), member.axis)
+                    self.values[key] = member.value
+                    self.removed.setdefault(key, set()).update(positions.tolist())
+
+    # RewriteContext ------------------------------------------------------------------------
+    def kept(self, value: ir.Value | None, axis: int) -> np.ndarray | None:
+        key = (id(value), axis)
+        if value is None or key not in self.removed:
+            return None
+        return np.setdiff1d(np.arange(self.shape(value)[axis]), sorted(self.removed[key]))
+
+    def shape(self, value: ir.Value | None) -> list | None:
+        if value is None:
+            return None
+        return self.shapes.setdefault(id(value), shape_of(value))
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        return const_of(value)
+
+    def opset(self, domain: str = "") -> int:
+        return self.model.opset_imports.get(domain, 1)
+
+    def set_input_const(self, node: ir.Node, index: int, array: np.ndarray) -> None:
+        name = f"{node.name or node.op_type}_graphprune_{index}_{next(self._names)}"
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        value.shape = ir.Shape(array.shape)
+        value.dtype = value.const_value.dtype
+        self.model.graph.register_initializer(value)
+        if index >= len(node.inputs):
+            node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+
+    def set_attr(self, node: ir.Node, attr: ir.Attr) -> None:
+        node.attributes[attr.name] = attr
+
+    # the pass ------------------------------------------------------------------------------
+    def run(self) -> None:
+        pruned_ids = {key[0] for key in self.removed}
+        for value in self.values.values():
+            self.shape(value)
+        for node in list(self.model.graph):
+            touched = any(v is not None and id(v) in pruned_ids for v in (*node.inputs, *node.outputs))
+            rule = ops.lookup(node)
+            if touched and rule is not None:
+                rule.rewrite(self, node)
+        by_value: dict[int, list[int]] = {}
+        for (vid, axis) in self.removed:
+            by_value.setdefault(vid, []).append(axis)
+        for vid, axes in by_value.items():
+            self._shrink(self.values[(vid, axes[0])], axes)
+        RemoveUnusedNodesPass()(self.model)
+
+    def _shrink(self, value: ir.Value, axes: list[int]) -> None:
+        dims = list(value.shape.dims) if value.shape is not None else list(self.shapes[id(value)])
+        kept = {axis: self.kept(value, axis) for axis in axes}
+        for axis, index in kept.items():
+            dims[axis] = len(index)
+        if value.const_value is not None:
+            array = value.const_value.numpy()
+            for axis, index in kept.items():
+                array = np.take(array, index, axis=axis)
+            value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
+        value.shape = ir.Shape(dims)
+
+
+def apply_plan(analysis: Analysis, plan: PruningPlan) -> ir.Model:
+    """Remove the plan's units from `analysis.model` in place and return it."""
+    _Rewriter(analysis, plan).run()
+    return analysis.model
