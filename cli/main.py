@@ -61,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from graphprune.models.demo import run_demo
 
-    run_demo(ratio=args.ratio, criterion=args.criterion, output=args.output)
+    run_demo(ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, output=args.output)
     return 0
 
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
-    p.add_argument("--criterion", choices=criteria(), default="l1")
+    p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-plan", help="also write the pruning plan as JSON")
@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="prune the embedded digits CNN; show accuracy and latency before/after")
-    p.add_argument("--ratio", type=float, default=0.3)
-    p.add_argument("--criterion", choices=criteria(), default="l1")
+    p.add_argument("--ratio", type=float, default=0.25)
+    p.add_argument("--criterion", choices=criteria(), default="l2")
+    p.add_argument("--round-to", type=int, default=8)
     p.add_argument("-o", "--output", default=None, help="where to keep the pruned model")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import onnx_ir as ir
@@ -72,6 +74,19 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def as_file(model: ir.Model | str | os.PathLike) -> Iterator[Path]:
+    """A path holding `model`: the file itself, or a temporary copy of an in-memory model (external data
+    included) that is removed afterwards. Tools that resolve external data need a real file."""
+    if not isinstance(model, ir.Model):
+        yield Path(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model, path)
+        yield path
 
 
 def to_bytes(model: ir.Model) -> bytes:

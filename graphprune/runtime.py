@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphprune.io import save_model, to_bytes, uses_external_data
+from graphprune.io import as_file, to_bytes, uses_external_data
 
 _NUMPY_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -29,14 +27,10 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     if threads:
         options.intra_op_num_threads = threads
     providers = providers or ["CPUExecutionProvider"]
-    if isinstance(model, ir.Model):
-        if not uses_external_data(model):
-            return ort.InferenceSession(to_bytes(model), options, providers=providers)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            save_model(model, path)
-            return ort.InferenceSession(str(path), options, providers=providers)
-    return ort.InferenceSession(str(model), options, providers=providers)
+    if isinstance(model, ir.Model) and not uses_external_data(model):
+        return ort.InferenceSession(to_bytes(model), options, providers=providers)
+    with as_file(model) as path:
+        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,

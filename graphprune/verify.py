@@ -9,15 +9,17 @@ import onnx
 import onnx_ir as ir
 
 from graphprune.analysis import Analysis
+from graphprune.io import as_file, uses_external_data
 from graphprune.plan import PruningPlan
 
 
 def check(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:
     """Run onnx.checker (with shape inference when full_check); raises onnx.checker.ValidationError."""
-    if isinstance(model, ir.Model):
+    if isinstance(model, ir.Model) and not uses_external_data(model):
         onnx.checker.check_model(ir.to_proto(model), full_check=full_check)
-    else:
-        onnx.checker.check_model(str(model), full_check=full_check)
+        return
+    with as_file(model) as path:
+        onnx.checker.check_model(str(path), full_check=full_check)
 
 
 def relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> float:

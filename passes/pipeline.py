@@ -26,7 +26,7 @@ class PruneResult:
     groups_pruned: int
 
 
-def make_plan(analysis: Analysis, criterion: str = "l1", ratio: float = 0.5, round_to: int = 1,
+def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
               seed: int = 0) -> PruningPlan:
     """Score every prunable group with `criterion` and allocate `ratio` uniformly."""
     options = {"seed": seed} if criterion == "random" else {}
@@ -37,7 +37,7 @@ def make_plan(analysis: Analysis, criterion: str = "l1", ratio: float = 0.5, rou
     return plan
 
 
-def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l1",
+def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l2",
                ratio: float = 0.5, round_to: int = 1, seed: int = 0) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model checked and ran."""
     source, target = Path(source), Path(target)

@@ -79,6 +79,8 @@ def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> 
         return
     side = 1 if port.output else 0
     left, right = next(b for b in blocks if axis in b[side])
+    if not left or not right:
+        return  # a size-1 axis appearing or vanishing: its single unit is never removable
     if len(left) == 1 and len(right) == 1:
         ctx.link(Dim(x, left[0]), Dim(y, right[0]))
     elif len(right) == 1 and left:

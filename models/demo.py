@@ -1,0 +1,61 @@
+"""The packaged demo: prune the embedded digits CNN and show accuracy and latency before and after."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from graphprune import runtime
+from graphprune.cli.table import human, ratio as ratio_text, render
+from graphprune.passes.pipeline import prune_file
+
+DATA = Path(__file__).resolve().parent / "data"
+DEMO_MODEL = DATA / "digits_cnn.onnx"
+DEMO_TEST_SET = DATA / "digits_test.npz"
+
+
+def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits split the demo model never saw: images [N, 1, 8, 8] in [0, 1], labels [N]."""
+    with np.load(DEMO_TEST_SET) as data:
+        return data["x"], data["y"]
+
+
+def accuracy(model_path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
+    sess = runtime.session(model_path)
+    logits = runtime.run(sess, {sess.get_inputs()[0].name: x})[0]
+    return float((logits.argmax(1) == y).mean())
+
+
+def run_demo(ratio: float = 0.25, criterion: str = "l2", round_to: int = 8, output: str | None = None) -> dict:
+    """Prune the demo model, print a before/after table, return the numbers."""
+    x, y = digits_test_set()
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(output) if output else Path(tmp) / "digits_pruned.onnx"
+        result = prune_file(DEMO_MODEL, target, criterion=criterion, ratio=ratio, round_to=round_to)
+        numbers = {
+            "accuracy": (accuracy(DEMO_MODEL, x, y), accuracy(target, x, y)),
+            "latency_ms": tuple(_latency(p, x) for p in (DEMO_MODEL, target)),
+            "params": (result.before.params, result.after.params),
+            "macs": (result.before.macs, result.after.macs),
+        }
+    rows = []
+    for key, (before, after) in numbers.items():
+        fmt = (lambda v: f"{v:.4f}") if key == "accuracy" else (lambda v: f"{v:.3f}") if key == "latency_ms" else human
+        rows.append([key, fmt(before), fmt(after), _ratio(key, before, after)])
+    print(f"demo: digits CNN, {len(y)} held-out images, criterion {criterion}, ratio {ratio}, "
+          f"round-to {round_to}, no fine-tuning")
+    print(render(["", "dense", "pruned", "pruned/dense"], rows))
+    if output:
+        print(f"\nwrote {output}")
+    return numbers
+
+
+def _ratio(key: str, before: float, after: float) -> str:
+    return "" if key == "accuracy" else ratio_text(after, before)
+
+
+def _latency(path: Path, x: np.ndarray) -> float:
+    sess = runtime.session(path, threads=1)
+    return runtime.latency_ms(sess, {sess.get_inputs()[0].name: x[:64]}, warmup=10, runs=100)

@@ -1,0 +1,77 @@
+"""Masked-equivalence harness shared by the tests: prune a model and compare it in ONNX Runtime with the
+original whose consumer weights reading the removed channels are zeroed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphprune import runtime, verify
+from graphprune.analysis import Analysis, analyze
+from graphprune.io import from_proto, load_model
+from graphprune.metrics import count_params
+from graphprune.passes import apply_plan
+from graphprune.plan import PruningPlan
+
+Source = Path | onnx.ModelProto
+PlanMaker = Callable[[Analysis], PruningPlan]
+
+
+def load(source: Source) -> ir.Model:
+    return from_proto(source) if isinstance(source, onnx.ModelProto) else load_model(source)
+
+
+def outputs(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return runtime.run(runtime.session(model), feeds)
+
+
+def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0) -> dict:
+    """Prune `source` with the plan `make_plan` builds; return the errors of the pruned model against the
+    masked original and of the dense original against the masked one (which must be non-zero to be a test)."""
+    pruned_analysis = analyze(load(source))
+    plan = make_plan(pruned_analysis)
+    masked = verify.mask_consumers(analyze(load(source)), plan)
+    dense = load(source)
+    params_before = count_params(dense)
+    pruned = apply_plan(pruned_analysis, plan)
+    verify.check(pruned)
+    feeds = runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed)
+    reference = outputs(masked, feeds)
+    return {
+        "plan": plan,
+        "error": verify.relative_error(reference, outputs(pruned, feeds)),
+        "masking_effect": verify.relative_error(reference, outputs(dense, feeds)),
+        "params": (params_before, count_params(pruned)),
+        "shapes": ([o.shape for o in reference], [o.shape for o in outputs(pruned, feeds)]),
+    }
+
+
+def assert_group_equivalent(source: Source, group, seed: int = 0, tolerance: float = 1e-4) -> dict:
+    """Masked equivalence of removing a random subset of `group`. A group read by some consumer must also
+    change the output when masked (else the check proves nothing); a group nobody reads must vanish exactly."""
+    result = masked_check(source, random_subset_plan(group.id, seed))
+    if any(m.consumer for m in group.members):
+        assert result["error"] <= tolerance, (group.label, result)
+        assert result["error"] < result["masking_effect"] / 100, (group.label, result)
+    else:
+        assert result["error"] <= 1e-6 and result["masking_effect"] <= 1e-6, (group.label, result)
+    assert result["params"][1] < result["params"][0], (group.label, result)
+    return result
+
+
+def random_subset_plan(group_id: int, seed: int = 0) -> PlanMaker:
+    """A plan removing a random non-empty proper subset of one group's units."""
+
+    def make(analysis: Analysis) -> PruningPlan:
+        group = analysis.group(group_id)
+        rng = np.random.default_rng(seed + group_id)
+        count = int(rng.integers(1, group.size))
+        plan = PruningPlan()
+        plan.remove(group, rng.choice(group.size, size=count, replace=False))
+        return plan
+
+    return make

@@ -1,0 +1,75 @@
+"""Reference CNNs, both torch exporters: identity at ratio 0, masked equivalence for every prunable group,
+a valid pruned model at ratio 0.5, and the freezes that must happen (and only those)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphprune import runtime, verify
+from graphprune.analysis import analyze
+from graphprune.io import load_model
+from graphprune.passes import make_plan, prune_file
+from tests.harness import assert_group_equivalent, masked_check, outputs
+
+# name -> (prunable groups at least, a reason some frozen group must give, or None)
+EXPECT = {
+    "resnet": (5, None),
+    "mobilenet_v2": (6, None),
+    "mobilenet_v3": (9, None),
+    "densenet": (5, None),
+    "inception": (9, None),
+    "resnext": (2, None),
+    "shufflenet": (2, "Reshape splits this axis|Slice with dynamic bounds"),
+    "convnext": (1, "LayerNormalization statistics span this axis"),
+}
+CASES = [(name, dynamo) for name in EXPECT for dynamo in (False, True)]
+IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_groups_and_freezes(exported, name, dynamo):
+    analysis = analyze(load_model(exported(name, dynamo)))
+    least, reason = EXPECT[name]
+    assert len(analysis.prunable()) >= least
+    frozen = [r for g in analysis.groups if g.frozen for r in g.frozen_reasons]
+    assert all("graph output" in r for r in frozen) == (reason is None), frozen
+    if reason:
+        assert any(any(part in r for part in reason.split("|")) for r in frozen), frozen
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_ratio_zero_is_identity(exported, name, dynamo):
+    path = exported(name, dynamo)
+    result = masked_check(path, lambda a: make_plan(a, "l2", 0.0))
+    assert result["plan"].is_empty()
+    assert result["error"] <= 1e-6
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_masked_equivalence_every_group(exported, name, dynamo):
+    path = exported(name, dynamo)
+    for group in analyze(load_model(path)).prunable():
+        assert_group_equivalent(path, group)
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_half_ratio_pipeline(exported, name, dynamo, tmp_path):
+    path = exported(name, dynamo)
+    target = tmp_path / "pruned.onnx"
+    result = prune_file(path, target, "l2", 0.5, round_to=2)
+    verify.check(target)
+    assert result.after.params < result.before.params and result.after.macs < result.before.macs
+    dense, pruned = runtime.session(path), runtime.session(target)
+    feeds = runtime.random_feeds(dense, batch=3)
+    shapes = [o.shape for o in runtime.run(dense, feeds)]
+    assert [o.shape for o in runtime.run(pruned, feeds)] == shapes
+
+
+def test_pruned_file_loads_again_and_groups_shrink(exported, tmp_path):
+    target = tmp_path / "resnet_pruned.onnx"
+    prune_file(exported("resnet", True), target, "l1", 0.5)
+    before = sorted(g.size for g in analyze(load_model(exported("resnet", True))).prunable())
+    after = sorted(g.size for g in analyze(load_model(target)).prunable())
+    assert after == [s - int(np.floor(s * 0.5)) for s in before]
+    assert outputs(load_model(target), {"x": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 10)

@@ -1,0 +1,139 @@
+"""Op rules on hand-built graphs: masked equivalence for every prunable group, and the freezes that must
+happen, with their reasons. Covers op forms the torch exporters do not emit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphprune.analysis import analyze
+from graphprune.ops import registered_ops
+from tests.graphs import GraphBuilder
+from tests.harness import assert_group_equivalent, load
+
+X = {"x": ["batch", 4, 8, 8]}
+
+
+def assert_all_groups_equivalent(model, least: int = 1) -> None:
+    prunable = analyze(load(model)).prunable()
+    assert len(prunable) >= least, [g.summary() for g in analyze(load(model)).groups]
+    for group in prunable:
+        assert_group_equivalent(model, group)
+
+
+def frozen_reasons(model) -> list[str]:
+    return [r for g in analyze(load(model)).groups for r in g.frozen_reasons]
+
+
+@pytest.mark.parametrize("constant_nodes", [False, True], ids=["initializers", "constant-nodes"])
+def test_conv_chain_with_constant_node_weights(constant_nodes):
+    b = GraphBuilder(constant_nodes=constant_nodes)
+    y = b.op("Relu", [b.bn(b.conv("x", 4, 6, 3), 6)])
+    y = b.op("LeakyRelu", [b.conv(y, 6, 8, 3)], alpha=0.1)
+    assert_all_groups_equivalent(b.build(X, [b.head(y, 8)]), least=2)
+
+
+def test_opset11_split_attr_squeeze_and_slice_attr_free():
+    b = GraphBuilder()
+    y = b.conv("x", 4, 10)
+    left, right = b.op("Split", [y], outputs=2, axis=1, split=[4, 6])
+    merged = b.op("Concat", [b.conv(left, 4, 3), b.conv(right, 6, 5)], axis=1)
+    pooled = b.op("GlobalAveragePool", [merged])
+    flat = b.op("Squeeze", [pooled], axes=[2, 3])
+    out = b.op("Gemm", [flat, b.weight(8, 5), b.weight(5)])
+    assert_all_groups_equivalent(b.build(X, [out], opset=11), least=3)
+
+
+def test_split_into_equal_outputs_opset18():
+    b = GraphBuilder()
+    parts = b.op("Split", [b.conv("x", 4, 8)], outputs=2, axis=1, num_outputs=2)
+    y = b.op("Add", [b.conv(parts[0], 4, 4), parts[1]])
+    assert_all_groups_equivalent(b.build(X, [b.head(y, 4)], opset=18), least=2)
+
+
+def test_slice_channel_range_and_pad_and_resize_sizes():
+    b = GraphBuilder()
+    y = b.conv("x", 4, 10)
+    sliced = b.op("Slice", [y, b.const(np.array([2])), b.const(np.array([8])), b.const(np.array([1]))])
+    padded = b.op("Pad", [sliced, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))])
+    sizes = b.const(np.array([2, 6, 20, 20], dtype=np.int64))
+    resized = b.op("Resize", [padded, "", "", sizes], mode="nearest")
+    rest = b.op("Slice", [y, b.const(np.array([8])), b.const(np.array([10])), b.const(np.array([1]))])
+    out = b.op("Add", [b.head(resized, 6), b.head(rest, 2)])
+    assert_all_groups_equivalent(b.build({"x": [2, 4, 8, 8]}, [out]), least=2)
+
+
+def test_gemm_and_matmul_forms():
+    b = GraphBuilder()
+    flat = b.op("Flatten", [b.op("Relu", [b.conv("x", 4, 3)])], axis=1)
+    hidden = b.op("Gemm", [flat, b.weight(3 * 64, 12), b.weight(12)], transB=0)
+    act = b.op("Tanh", [hidden])
+    projected = b.op("Add", [b.op("MatMul", [act, b.weight(12, 7)]), b.weight(7)])
+    out = b.op("MatMul", [b.op("Relu", [projected]), b.weight(7, 3)])
+    assert_all_groups_equivalent(b.build(X, [out]), least=3)
+
+
+def test_grouped_depthwise_convtranspose_instancenorm_prelu():
+    b = GraphBuilder()
+    y = b.conv("x", 4, 8)
+    y = b.op("PRelu", [b.conv(y, 8, 8, 3, group=2), b.weight(8, 1, 1)])
+    y = b.op("InstanceNormalization", [b.conv(y, 8, 16, 3, group=8), b.weight(16, positive=True), b.weight(16)])
+    y = b.op("ConvTranspose", [y, b.weight(16, 6, 2, 2), b.weight(6)], strides=[2, 2], kernel_shape=[2, 2])
+    y = b.op("Sigmoid", [b.op("Mul", [y, b.weight(6, 1, 1)])])
+    assert_all_groups_equivalent(b.build(X, [b.head(y, 6)]), least=2)
+
+
+def test_reduce_transpose_unsqueeze_gather():
+    b = GraphBuilder()
+    y = b.op("ReduceMean", [b.conv("x", 4, 6)], axes=[2], keepdims=0)      # [B, 6, 8]
+    y = b.op("Transpose", [y], perm=[0, 2, 1])                             # [B, 8, 6]
+    y = b.op("Unsqueeze", [y, b.const(np.array([1]))])                     # [B, 1, 8, 6]
+    y = b.op("Gather", [y, b.const(np.array(3))], axis=2)                  # [B, 1, 6]
+    out = b.op("MatMul", [y, b.weight(6, 2)])
+    assert_all_groups_equivalent(b.build(X, [out], opset=17), least=1)
+
+
+def test_channels_last_linear_with_layerscale():
+    b = GraphBuilder()
+    y = b.op("Transpose", [b.conv("x", 4, 6)], perm=[0, 2, 3, 1])          # [B, 8, 8, 6]
+    y = b.op("Add", [b.op("MatMul", [y, b.weight(6, 12)]), b.weight(12)])
+    y = b.op("Mul", [b.op("Gelu", [y]), b.weight(12)])                     # LayerScale-like per-channel Mul
+    y = b.op("MatMul", [y, b.weight(12, 5)])
+    out = b.op("ReduceMean", [y, b.const(np.array([1, 2]))], keepdims=0)
+    assert_all_groups_equivalent(b.build(X, [out], opset=20), least=2)
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda b, y: b.op("DepthToSpace", [y], blocksize=2), "DepthToSpace"),
+        (lambda b, y: b.op("Softmax", [y], axis=1), "Softmax normalises over this axis"),
+        (lambda b, y: b.op("GroupNormalization", [y, b.weight(8), b.weight(8)], num_groups=2), "GroupNormalization"),
+        (lambda b, y: b.op("ReduceSum", [y, b.const(np.array([1]))], keepdims=1), "reduces over this axis"),
+        (lambda b, y: b.op("MyOp", [y], domain="com.example"), "unsupported op com.example::MyOp"),
+        (lambda b, y: b.op("Reshape", [b.op("Transpose", [b.op("Reshape", [y, b.const(np.array([0, 2, 4, 8, 8]))])],
+                                          perm=[0, 2, 1, 3, 4]), b.const(np.array([0, 8, 8, 8]))]),
+         "splits this axis"),
+    ],
+    ids=["depth-to-space", "softmax-channels", "groupnorm", "reduce-channels", "custom-op", "channel-shuffle"],
+)
+def test_barriers_freeze_with_reason(build, reason):
+    b = GraphBuilder()
+    y = b.op("Relu", [b.conv("x", 4, 8)])
+    z = b.op("Relu", [build(b, y)])
+    model = b.build(X, [b.op("ReduceMean", [z], keepdims=0)], opset=18)
+    model.opset_import.append(__import__("onnx").helper.make_opsetid("com.example", 1))
+    analysis = analyze(load(model))
+    conv_group = next(g for g in analysis.groups if any(m.tensor == y for m in g.members))
+    assert conv_group.frozen and any(reason in r for r in conv_group.frozen_reasons), conv_group.frozen_reasons
+
+
+def test_registry_covers_the_required_ops():
+    required = {
+        "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Relu", "Clip", "Sigmoid",
+        "HardSigmoid", "HardSwish", "Gelu", "Erf", "Tanh", "LeakyRelu", "PRelu", "Add", "Sub", "Mul", "Div",
+        "Concat", "Split", "Slice", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
+        "ReduceMax", "Flatten", "Reshape", "Gemm", "MatMul", "Transpose", "Squeeze", "Unsqueeze", "Resize",
+        "Upsample", "Pad", "Identity", "Dropout", "Cast", "DepthToSpace",
+    }
+    assert {f"ai.onnx::{op}" for op in required} <= set(registered_ops())
