@@ -42,6 +42,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ]))
     print(f"\npruned {result.groups_pruned} of {result.groups_total} groups "
           f"({args.criterion}, ratio {args.ratio}); wrote {args.output}")
+    print(f"verified: {', '.join(result.verification.passed) or 'nothing'}")
+    for note in result.verification.skipped:
+        print(f"not verified: {note}")
     return 0
 
 

@@ -78,14 +78,17 @@ class _Propagator:
         return dim in self.dims
 
     def link(self, a: Dim, b: Dim) -> None:
-        if not (self._ensure(a) and self._ensure(b)):
-            self._freeze_existing((a, b), "channel count unknown on a coupled tensor")
-            return
-        (base_a, size_a), (base_b, size_b) = self.dims[a], self.dims[b]
-        if size_a != size_b:
+        size_a, size_b = self._size(a), self._size(b)
+        if size_a is not None and size_b is not None and size_a != size_b:
             self._freeze_existing((a, b), f"coupled axes differ in size ({a}: {size_a}, {b}: {size_b})")
             return
-        self.uf.union(base_a + np.arange(size_a), base_b + np.arange(size_b))
+        size = size_a if size_a is not None else size_b
+        if size is None:
+            self._freeze_existing((a, b), "channel count unknown on a coupled tensor")
+            return
+        self._ensure(a, size)
+        self._ensure(b, size)
+        self.uf.union(self.dims[a][0] + np.arange(size), self.dims[b][0] + np.arange(size))
 
     def link_pairs(self, a: Dim, a_index: np.ndarray, b: Dim, b_index: np.ndarray) -> None:
         if not (self._ensure(a) and self._ensure(b)):
@@ -104,13 +107,23 @@ class _Propagator:
                 reasons.append(reason)
 
     # walking -------------------------------------------------------------------------------
-    def _ensure(self, dim: Dim) -> bool:
+    def _size(self, dim: Dim) -> int | None:
+        """Channel count of a dim: known already, or static in the tensor's shape."""
+        if dim in self.dims:
+            return self.dims[dim][1]
+        shape = shape_of(dim.value)
+        if shape is not None and 0 <= dim.axis < len(shape) and isinstance(shape[dim.axis], int):
+            return shape[dim.axis]
+        return None
+
+    def _ensure(self, dim: Dim, size: int | None = None) -> bool:
+        """Register `dim` (queued for propagation); `size` stands in where shape inference left it unknown."""
         if dim in self.dims:
             return True
-        shape = shape_of(dim.value)
-        if shape is None or not 0 <= dim.axis < len(shape) or not isinstance(shape[dim.axis], int):
+        size = self._size(dim) if self._size(dim) is not None else size
+        if size is None:
             return False
-        self.dims[dim] = (self.uf.add(shape[dim.axis]), shape[dim.axis])
+        self.dims[dim] = (self.uf.add(size), size)
         self.queue.append(dim)
         return True
 

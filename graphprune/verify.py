@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphprune import runtime
 from graphprune.analysis import Analysis
+from graphprune.errors import GraphpruneError
 from graphprune.io import as_file, uses_external_data
+
+
+class VerificationError(GraphpruneError):
+    """The pruned model fails a check that the original model passes."""
+
+
+@dataclass
+class Verification:
+    """Which checks a pruned model passed, and which could not apply because the original fails them too."""
+
+    passed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 from graphprune.plan import PruningPlan
 
 
@@ -20,6 +35,39 @@ def check(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:
         return
     with as_file(model) as path:
         onnx.checker.check_model(str(path), full_check=full_check)
+
+
+def _first_failure(model: ir.Model | str | os.PathLike) -> dict[str, str | None]:
+    """Each check's failure message for `model` (None where it passes)."""
+    failures: dict[str, str | None] = {}
+    for name, full in (("onnx.checker full_check", True), ("onnx.checker", False)):
+        try:
+            check(model, full_check=full)
+            failures[name] = None
+        except Exception as exc:  # noqa: BLE001 - the checker raises several types
+            failures[name] = str(exc).strip().splitlines()[0]
+    try:
+        sess = runtime.session(model)
+        runtime.run(sess, runtime.random_feeds(sess))
+        failures["onnxruntime run"] = None
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types
+        failures["onnxruntime run"] = str(exc).strip().splitlines()[0]
+    return failures
+
+
+def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model) -> Verification:
+    """Hold `pruned` to every check `original` passes (checker, full_check, an ORT run on random inputs);
+    raise VerificationError on the first it fails."""
+    result = Verification()
+    reference, actual = _first_failure(original), _first_failure(pruned)
+    for name, reason in reference.items():
+        if reason is not None:
+            result.skipped.append(f"{name} (the original fails it too: {reason[:120]})")
+        elif actual[name] is not None:
+            raise VerificationError(f"the pruned model fails {name}: {actual[name]}")
+        else:
+            result.passed.append(name)
+    return result
 
 
 def relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> float:

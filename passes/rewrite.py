@@ -23,6 +23,7 @@ class _Rewriter:
         self.model = analysis.model
         self.values: dict[_Key, ir.Value] = {}
         self.removed: dict[_Key, set[int]] = {}
+        self.sizes: dict[_Key, int] = {}
         self.shapes: dict[int, list] = {}
         self._names = itertools.count()
         for gid, units in plan.removed.items():
@@ -31,6 +32,7 @@ class _Rewriter:
                 if positions.size:
                     key = (id(member.value), member.axis)
                     self.values[key] = member.value
+                    self.sizes[key] = len(member.unit_of)
                     self.removed.setdefault(key, set()).update(positions.tolist())
 
     # RewriteContext ------------------------------------------------------------------------
@@ -38,7 +40,7 @@ class _Rewriter:
         key = (id(value), axis)
         if value is None or key not in self.removed:
             return None
-        return np.setdiff1d(np.arange(self.shape(value)[axis]), sorted(self.removed[key]))
+        return np.setdiff1d(np.arange(self.sizes[key]), sorted(self.removed[key]))
 
     def shape(self, value: ir.Value | None) -> list | None:
         if value is None:
@@ -67,8 +69,6 @@ class _Rewriter:
     # the pass ------------------------------------------------------------------------------
     def run(self) -> None:
         pruned_ids = {key[0] for key in self.removed}
-        for value in self.values.values():
-            self.shape(value)
         for node in list(self.model.graph):
             touched = any(v is not None and id(v) in pruned_ids for v in (*node.inputs, *node.outputs))
             rule = ops.lookup(node)
@@ -82,16 +82,19 @@ class _Rewriter:
         RemoveUnusedNodesPass()(self.model)
 
     def _shrink(self, value: ir.Value, axes: list[int]) -> None:
-        dims = list(value.shape.dims) if value.shape is not None else list(self.shapes[id(value)])
+        """Slice an initializer along `axes`, or record an activation's new sizes (if its shape is known)."""
         kept = {axis: self.kept(value, axis) for axis in axes}
-        for axis, index in kept.items():
-            dims[axis] = len(index)
         if value.const_value is not None:
             array = value.const_value.numpy()
             for axis, index in kept.items():
                 array = np.take(array, index, axis=axis)
             value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
-        value.shape = ir.Shape(dims)
+            value.shape = ir.Shape(array.shape)
+        elif value.shape is not None:
+            dims = list(value.shape.dims)
+            for axis, index in kept.items():
+                dims[axis] = len(index)
+            value.shape = ir.Shape(dims)
 
 
 def apply_plan(analysis: Analysis, plan: PruningPlan) -> ir.Model:

@@ -53,13 +53,13 @@ class GraphBuilder:
         flat = self.op("Flatten", [self.op("GlobalAveragePool", [x])], axis=1)
         return self.op("Gemm", [flat, self.weight(classes, c), self.weight(classes)], transB=1)
 
-    def build(self, inputs: dict[str, list], outputs: list[str], opset: int = 17) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, "test",
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-            self.inits,
-        )
+    def build(self, inputs: dict[str, list], outputs: list[str] | dict[str, list], opset: int = 17,
+              value_info: dict[str, list] | None = None) -> onnx.ModelProto:
+        """Outputs given as a list get no declared shape (shape inference fills them in on load)."""
+        outputs = outputs if isinstance(outputs, dict) else dict.fromkeys(outputs)
+        info = lambda items: [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in items]  # noqa: E731
+        graph = helper.make_graph(self.nodes, "test", info(inputs.items()), info(outputs.items()), self.inits,
+                                  value_info=info((value_info or {}).items()))
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8
         return model

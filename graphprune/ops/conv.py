@@ -19,7 +19,7 @@ class _ConvLike(OpRule):
     weight_out_axis: int
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
-        return [Dim(node.outputs[0], 1)]
+        return [Dim(node.inputs[1], self.weight_out_axis if attr_int(node, "group", 1) == 1 else 0)]
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         x, w = node.inputs[0], node.inputs[1]

@@ -13,7 +13,9 @@ class Gemm(OpRule):
     """Y = A' B' + C with A' = A or Aᵀ, B' = B or Bᵀ; B must be a weight (constant after folding)."""
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
-        return [Dim(node.outputs[0], 1)] if ctx.const(node.inputs[1]) is not None else []
+        if ctx.const(node.inputs[1]) is None:
+            return []
+        return [Dim(node.inputs[1], 0 if attr_int(node, "transB", 0) else 1)]
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -54,10 +56,10 @@ class MatMul(OpRule):
     """X[..., K] @ W[K, N] with a 2-D constant W; leading axes of X pass through to Y."""
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
-        w_shape, y_shape = ctx.shape(node.inputs[1]), ctx.shape(node.outputs[0])
-        if ctx.const(node.inputs[1]) is None or w_shape is None or len(w_shape) != 2 or not y_shape:
+        w_shape = ctx.shape(node.inputs[1])
+        if ctx.const(node.inputs[1]) is None or w_shape is None or len(w_shape) != 2:
             return []
-        return [Dim(node.outputs[0], len(y_shape) - 1)]
+        return [Dim(node.inputs[1], 1)]
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]

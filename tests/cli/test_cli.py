@@ -1,0 +1,124 @@
+"""The command line: every subcommand on the embedded demo model, and bad input handled with one clear
+line, a non-zero exit code, no traceback and no output file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from graphprune.cli.main import main
+from graphprune.models.demo import DEMO_MODEL
+from tests.graphs import GraphBuilder
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str) -> None:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graphprune: error:"), err
+    assert "Traceback" not in err
+
+
+def test_analyze_table_and_json(capsys):
+    code, out, _ = run_cli(capsys, "analyze", DEMO_MODEL)
+    assert code == 0 and "prunable" in out and "graph output" in out
+    code, out, _ = run_cli(capsys, "analyze", DEMO_MODEL, "--json")
+    groups = json.loads(out)
+    assert code == 0 and sum(not g["frozen"] for g in groups) >= 3
+
+
+def test_prune_writes_smaller_model_and_plan(capsys, tmp_path):
+    target, plan = tmp_path / "out.onnx", tmp_path / "plan.json"
+    code, out, _ = run_cli(capsys, "prune", DEMO_MODEL, "-o", target, "--ratio", "0.5", "--round-to", "4",
+                           "--save-plan", plan)
+    assert code == 0 and "params" in out and "MACs" in out
+    onnx.checker.check_model(str(target), full_check=True)
+    entries = json.loads(plan.read_text())["groups"]
+    assert entries and all(len(e["removed"]) == e["size"] // 2 for e in entries)
+    assert target.stat().st_size < DEMO_MODEL.stat().st_size
+
+
+def test_bench_one_and_two_models(capsys, tmp_path):
+    target = tmp_path / "out.onnx"
+    assert run_cli(capsys, "prune", DEMO_MODEL, "-o", target)[0] == 0
+    code, out, _ = run_cli(capsys, "bench", DEMO_MODEL, target, "--runs", "5", "--warmup", "1")
+    assert code == 0 and "latency ratio" in out
+
+
+def test_demo_reports_accuracy(capsys):
+    code, out, _ = run_cli(capsys, "demo")
+    assert code == 0 and "accuracy" in out and "latency_ms" in out
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "text", "empty"])
+def test_unusable_input_fails_cleanly(capsys, tmp_path, kind):
+    source = tmp_path / "bad.onnx"
+    if kind == "truncated":
+        source.write_bytes(DEMO_MODEL.read_bytes()[:5000])
+    elif kind == "text":
+        source.write_text("this is not a model\n" * 10)
+    elif kind == "empty":
+        source.write_bytes(b"")
+    target = tmp_path / "out.onnx"
+    for args in (("analyze", source), ("prune", source, "-o", target)):
+        code, _, err = run_cli(capsys, *args)
+        assert_one_line_error(code, err)
+    assert not target.exists() and not list(tmp_path.glob(".graphprune-*"))
+
+
+def test_output_must_differ_from_input(capsys, tmp_path):
+    source = tmp_path / "m.onnx"
+    source.write_bytes(DEMO_MODEL.read_bytes())
+    code, _, err = run_cli(capsys, "prune", source, "-o", source)
+    assert_one_line_error(code, err)
+    assert source.read_bytes() == DEMO_MODEL.read_bytes()
+
+
+def test_bad_ratio_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "o.onnx", "--ratio", "1.5")
+    assert code == 2 and "ratio" in err
+
+
+def custom_op_model(annotated: bool) -> onnx.ModelProto:
+    """conv → Mystery (unknown custom op) → conv → conv → head; `annotated` declares Mystery's output shape
+    as exporters do, otherwise shape inference stops at it."""
+    b = GraphBuilder()
+    mystery = b.op("Mystery", [b.op("Relu", [b.conv("x", 3, 8, 3)])], domain="com.vendor")
+    y = b.conv(b.op("Relu", [b.conv(mystery, 8, 12)]), 12, 6)
+    shapes = {mystery: ["batch", 8, 8, 8]} if annotated else None
+    model = b.build({"x": ["batch", 3, 8, 8]}, {b.head(y, 6): ["batch", 5]}, value_info=shapes)
+    model.opset_import.append(onnx.helper.make_opsetid("com.vendor", 1))
+    return model
+
+
+@pytest.mark.parametrize(("annotated", "pruned"), [(True, 2), (False, 1)], ids=["annotated", "no-shapes"])
+def test_custom_op_freezes_its_groups_and_prunes_the_rest(capsys, tmp_path, annotated, pruned):
+    source = tmp_path / "custom.onnx"
+    onnx.save(custom_op_model(annotated), source)
+    code, out, _ = run_cli(capsys, "analyze", source, "--json")
+    groups = json.loads(out)
+    mystery_groups = [g for g in groups if any("com.vendor::Mystery" in r for r in g["reasons"])]
+    assert len(mystery_groups) == 1 and mystery_groups[0]["size"] == 8
+    assert any(not g["frozen"] and g["size"] == 12 for g in groups)
+    code, out, _ = run_cli(capsys, "prune", source, "-o", tmp_path / "out.onnx")
+    assert code == 0 and f"pruned {pruned} of" in out
+    assert "not verified: onnxruntime run" in out  # ORT cannot run the original either
+    reloaded = onnx.load(tmp_path / "out.onnx")
+    conv_widths = sorted(int(t.dims[0]) for t in reloaded.graph.initializer if len(t.dims) == 4)
+    assert conv_widths == sorted([8, 6, 3] if annotated else [8, 6, 6])
+
+
+def test_console_script_entry_point(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "graphprune.cli.main", "analyze", str(tmp_path / "nope.onnx")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("graphprune: error:") and "Traceback" not in done.stderr
