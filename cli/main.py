@@ -33,14 +33,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed)
     if args.save_plan:
-        result.plan.save(args.save_plan, analyze(load_model(args.model)).groups)
+        result.plan.save(args.save_plan, result.groups)
     b, a = result.before, result.after
     print(render(["", "before", "after", "ratio"], [
         ["params", human(b.params), human(a.params), ratio(a.params, b.params)],
         ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
         ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
     ]))
-    print(f"\npruned {result.groups_pruned} of {result.groups_total} groups "
+    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups "
           f"({args.criterion}, ratio {args.ratio}); wrote {args.output}")
     print(f"verified: {', '.join(result.verification.passed) or 'nothing'}")
     for note in result.verification.skipped:

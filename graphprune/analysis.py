@@ -188,7 +188,7 @@ class _Propagator:
     def _make_group(self, gid: int, key: tuple[int, ...], group_roots: list[int], dims: list[Dim],
                     roots: list[np.ndarray]) -> Group:
         uniq, first = np.unique(roots[key[0]], return_index=True)
-        first_position = dict(zip(uniq.tolist(), first.tolist()))
+        first_position = dict(zip(uniq.tolist(), first.tolist(), strict=True))
         order = sorted(group_roots, key=first_position.__getitem__)
         sorted_roots = np.array(sorted(order))
         unit_of_root = np.empty(len(order), dtype=np.int64)

@@ -13,6 +13,7 @@ from graphprune import runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.io import as_file, uses_external_data
+from graphprune.plan import PruningPlan
 
 
 class VerificationError(GraphpruneError):
@@ -25,7 +26,6 @@ class Verification:
 
     passed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-from graphprune.plan import PruningPlan
 
 
 def check(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:
@@ -73,7 +73,7 @@ def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model) -> Ver
 def relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> float:
     """Largest ‖ref − act‖∞ / max(‖ref‖∞, 1e-12) over paired outputs (inf on a shape mismatch)."""
     worst = 0.0
-    for ref, act in zip(reference, actual):
+    for ref, act in zip(reference, actual, strict=True):
         if ref.shape != act.shape:
             return float("inf")
         ref64, act64 = ref.astype(np.float64), act.astype(np.float64)

@@ -171,6 +171,36 @@ class ConvNeXt(nn.Module):
         return self.head((x + y).mean((2, 3)))
 
 
+class Bottleneck(nn.Module):
+    def __init__(self, c_in: int, width: int, stride: int = 1):
+        super().__init__()
+        c_out = 4 * width
+        self.body = nn.Sequential(conv_bn(c_in, width, 1), conv_bn(width, width, 3, stride),
+                                  conv_bn(width, c_out, 1, act=None))
+        self.short = nn.Identity() if stride == 1 and c_in == c_out else conv_bn(c_in, c_out, 1, stride, act=None)
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.short(x))
+
+
+class ResNet50(nn.Module):
+    """The standard ResNet-50 layout (3-4-6-3 bottlenecks, 25.6 M parameters) for compiler-time benchmarks."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
+        layers, c_in = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(c_in, width, stride if i == 0 else 1))
+                c_in = 4 * width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(2048, 1000)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+
+
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "resnet": ResNet,
     "mobilenet_v2": lambda: MobileNet(v3=False),
@@ -180,6 +210,7 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "resnext": ResNeXt,
     "shufflenet": ShuffleNet,
     "convnext": ConvNeXt,
+    "resnet50": ResNet50,
 }
 
 
@@ -193,4 +224,4 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
             module.running_var.uniform_(0.5, 2.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
-    return model.eval(), torch.randn(2, 3, 32, 32)
+    return model.eval(), torch.randn(2, 3, 224, 224) if name == "resnet50" else torch.randn(2, 3, 32, 32)

@@ -9,6 +9,7 @@ from pathlib import Path
 from graphprune import verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.errors import GraphpruneError
+from graphprune.groups import Group
 from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
 from graphprune.passes.allocation import uniform
@@ -22,9 +23,12 @@ class PruneResult:
     plan: PruningPlan
     before: Cost
     after: Cost
-    groups_total: int
-    groups_pruned: int
+    groups: list[Group]
     verification: verify.Verification
+
+    @property
+    def groups_pruned(self) -> int:
+        return len(self.plan.removed)
 
 
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
@@ -51,4 +55,4 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
     pruned = apply_plan(analysis, plan)
     checks = verify.verify_like(source, pruned)
     save_model(pruned, target)
-    return PruneResult(plan, before, cost(pruned, target), len(analysis.groups), len(plan.removed), checks)
+    return PruneResult(plan, before, cost(pruned, target), analysis.groups, checks)

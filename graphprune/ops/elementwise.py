@@ -25,7 +25,8 @@ class Unary(OpRule):
             ctx.link(source, Dim(out, axis))
 
 
-def couple_broadcast(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, inputs: list[tuple[int, ir.Value]]) -> None:
+def couple_broadcast(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
+                     inputs: list[tuple[int, ir.Value]]) -> None:
     """Link an axis across `inputs` and output 0 under numpy broadcasting (size-1 operands are not coupled)."""
     out = node.outputs[0]
     out_shape = ctx.shape(out)

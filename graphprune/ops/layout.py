@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register,
+    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register, rewrite_shape_input,
 )
 
 Block = tuple[list[int], list[int]]
@@ -123,14 +123,7 @@ class Reshape(OpRule):
         couple_regroup(ctx, node, port, axis)
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
-        target = ctx.const(node.inputs[1])
-        new = np.array(target, dtype=np.int64)
-        for axis in range(len(new)):
-            kept = ctx.kept(node.outputs[0], axis)
-            if kept is not None and new[axis] != -1:
-                new[axis] = len(kept)
-        if not np.array_equal(new, target):
-            ctx.set_input_const(node, 1, new)
+        rewrite_shape_input(ctx, node, 1, node.outputs[0])
 
 
 @register("Transpose")

@@ -39,6 +39,16 @@ def _input_axis(out_axis: int, rank: int, reduced: set[int], keepdims: bool) -> 
     return survivors[out_axis]
 
 
+def couple_reduction(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, reduced: set[int], rank: int) -> None:
+    """Axes outside `reduced` pass from input 0 to output 0 (shifted when keepdims=0); reduced ones freeze."""
+    keepdims = bool(attr_int(node, "keepdims", 1))
+    in_axis = _input_axis(axis, rank, reduced, keepdims) if port.output else axis
+    if in_axis in reduced:
+        ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} reduces over this axis")
+        return
+    ctx.link(Dim(node.inputs[0], in_axis), Dim(node.outputs[0], _kept_axis(in_axis, reduced, keepdims)))
+
+
 @register(
     "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
@@ -63,13 +73,7 @@ class Reduce(OpRule):
                 ctx.link(Dim(x, axis), Dim(node.outputs[0], axis))
                 return
             axes = list(range(rank))
-        reduced = {normalize_axis(a, rank) for a in axes}
-        keepdims = bool(attr_int(node, "keepdims", 1))
-        in_axis = _input_axis(axis, rank, reduced, keepdims) if port.output else axis
-        if in_axis in reduced:
-            ctx.freeze(dim, f"{node.op_type} reduces over this axis")
-            return
-        ctx.link(Dim(x, in_axis), Dim(node.outputs[0], _kept_axis(in_axis, reduced, keepdims)))
+        couple_reduction(ctx, node, port, axis, {normalize_axis(a, rank) for a in axes}, rank)
 
 
 @register("ArgMax", "ArgMin")
@@ -77,20 +81,11 @@ class ArgReduce(OpRule):
     """Index of the extreme along `axis`: other axes pass through."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        x = node.inputs[0]
-        shape = ctx.shape(x)
-        dim = Dim(port.value(node), axis)
+        shape = ctx.shape(node.inputs[0])
         if shape is None:
-            ctx.freeze(dim, f"{node.op_type} input rank unknown")
+            ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} input rank unknown")
             return
-        rank = len(shape)
-        reduced = {normalize_axis(attr_int(node, "axis", 0), rank)}
-        keepdims = bool(attr_int(node, "keepdims", 1))
-        in_axis = _input_axis(axis, rank, reduced, keepdims) if port.output else axis
-        if in_axis in reduced:
-            ctx.freeze(dim, f"{node.op_type} selects along this axis")
-            return
-        ctx.link(Dim(x, in_axis), Dim(node.outputs[0], _kept_axis(in_axis, reduced, keepdims)))
+        couple_reduction(ctx, node, port, axis, {normalize_axis(attr_int(node, "axis", 0), len(shape))}, len(shape))
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")

@@ -139,3 +139,16 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
 def present(values: Sequence[ir.Value | None]) -> list[tuple[int, ir.Value]]:
     """(index, value) of the inputs or outputs that are not omitted."""
     return [(i, v) for i, v in enumerate(values) if v is not None]
+
+
+def rewrite_shape_input(ctx: RewriteContext, node: ir.Node, index: int, output: ir.Value) -> None:
+    """Write the surviving channel counts of `output`'s axes into the constant shape vector at input
+    `index` (Reshape target, Resize sizes); -1 entries are inferred by the op and stay."""
+    current = ctx.const(node.inputs[index])
+    new = np.array(current, dtype=np.int64)
+    for axis in range(len(new)):
+        kept = ctx.kept(output, axis)
+        if kept is not None and new[axis] != -1:
+            new[axis] = len(kept)
+    if not np.array_equal(new, current):
+        ctx.set_input_const(node, index, new)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register
+from graphprune.ops.registry import (
+    CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register, rewrite_shape_input,
+)
 
 
 def _pass_through(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, untouched: bool, what: str) -> None:
@@ -44,16 +46,8 @@ class Resize(OpRule):
         return None if array is None or array.size == 0 else array
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
-        sizes = self._const_at(ctx, node, 3) if node.op_type == "Resize" else None
-        if sizes is None:
-            return
-        new = np.array(sizes, dtype=np.int64)
-        for axis in range(len(new)):
-            kept = ctx.kept(node.outputs[0], axis)
-            if kept is not None:
-                new[axis] = len(kept)
-        if not np.array_equal(new, sizes):
-            ctx.set_input_const(node, 3, new)
+        if node.op_type == "Resize" and self._const_at(ctx, node, 3) is not None:
+            rewrite_shape_input(ctx, node, 3, node.outputs[0])
 
 
 @register("Pad")

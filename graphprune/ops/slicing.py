@@ -22,58 +22,48 @@ def _static_size(ctx, value: ir.Value, axis: int) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def couple_pieces(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, whole: ir.Value,
+                  pieces: list[ir.Value], join: int | None) -> None:
+    """`whole` is `pieces` laid end to end along `join`: piece i occupies [offset_i, offset_i + size_i).
+    Any other axis is shared by all of them."""
+    if join is None or axis != join:
+        for piece in pieces:
+            ctx.link(Dim(whole, axis), Dim(piece, axis))
+        return
+    sizes = [_static_size(ctx, piece, join) for piece in pieces]
+    if any(s is None for s in sizes):
+        ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} with a dynamic size along its axis")
+        return
+    offset = 0
+    for piece, size in zip(pieces, sizes, strict=True):
+        ctx.link_pairs(Dim(piece, join), np.arange(size), Dim(whole, join), offset + np.arange(size))
+        offset += size
+
+
 @register("Concat")
 class Concat(OpRule):
-    """Input i occupies output positions [offset_i, offset_i + size_i) along `axis`."""
+    """The output is the inputs laid end to end along `axis`."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        join = _axis(ctx, node)
-        y = node.outputs[0]
-        inputs = present(node.inputs)
-        if join is None or axis != join:
-            for _, value in inputs:
-                ctx.link(Dim(y, axis), Dim(value, axis))
-            return
-        sizes = [_static_size(ctx, value, join) for _, value in inputs]
-        if any(s is None for s in sizes):
-            ctx.freeze(Dim(port.value(node), axis), "Concat with a dynamic size along its axis")
-            return
-        offset = 0
-        for (_, value), size in zip(inputs, sizes):
-            ctx.link_pairs(Dim(value, join), np.arange(size), Dim(y, join), offset + np.arange(size))
-            offset += size
+        couple_pieces(ctx, node, port, axis, node.outputs[0], [v for _, v in present(node.inputs)], _axis(ctx, node))
 
 
 @register("Split")
 class Split(OpRule):
-    """Output i takes input positions [offset_i, offset_i + size_i); the sizes are rewritten."""
+    """The outputs are consecutive ranges of the input along `axis`; the sizes are rewritten."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        cut = _axis(ctx, node)
-        x = node.inputs[0]
-        outputs = present(node.outputs)
         if port.index != 0 and not port.output:
             ctx.freeze(Dim(port.value(node), axis), "Split sizes carry no channels")
             return
-        if cut is None or axis != cut:
-            for _, value in outputs:
-                ctx.link(Dim(x, axis), Dim(value, axis))
-            return
-        sizes = [_static_size(ctx, value, cut) for _, value in outputs]
-        if any(s is None for s in sizes):
-            ctx.freeze(Dim(port.value(node), axis), "Split with dynamic output sizes")
-            return
-        offset = 0
-        for (_, value), size in zip(outputs, sizes):
-            ctx.link_pairs(Dim(x, cut), offset + np.arange(size), Dim(value, cut), np.arange(size))
-            offset += size
+        couple_pieces(ctx, node, port, axis, node.inputs[0], [v for _, v in present(node.outputs)], _axis(ctx, node))
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         cut = _axis(ctx, node)
         kept = [ctx.kept(value, cut) for value in node.outputs]
         if all(k is None for k in kept):
             return
-        sizes = [len(k) if k is not None else ctx.shape(v)[cut] for k, v in zip(kept, node.outputs)]
+        sizes = [len(k) if k is not None else ctx.shape(v)[cut] for k, v in zip(kept, node.outputs, strict=True)]
         new = np.array(sizes, dtype=np.int64)
         if "split" in node.attributes:
             ctx.set_attr(node, ir.AttrInt64s("split", sizes))

@@ -1,0 +1,66 @@
+"""Loading and saving: external data, Constant-node weights, atomic writes that leave the input alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from graphprune import runtime, verify
+from graphprune.analysis import analyze
+from graphprune.errors import ModelLoadError
+from graphprune.io import from_proto, load_model, save_model
+from graphprune.models.demo import DEMO_MODEL
+from graphprune.passes import apply_plan, make_plan, prune_file
+from tests.graphs import GraphBuilder
+
+
+def test_external_data_round_trip_and_prune(tmp_path):
+    source = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(DEMO_MODEL), source, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    original = source.read_bytes(), (tmp_path / "ext.onnx.data").read_bytes()
+    result = prune_file(source, tmp_path / "out" / "small.onnx", ratio=0.5)
+    assert "onnxruntime run" in result.verification.passed
+    assert (tmp_path / "out" / "small.onnx.data").exists()
+    assert (source.read_bytes(), (tmp_path / "ext.onnx.data").read_bytes()) == original
+    feeds = {"x": np.zeros((2, 1, 8, 8), np.float32)}
+    assert runtime.run(runtime.session(tmp_path / "out" / "small.onnx"), feeds)[0].shape == (2, 10)
+
+
+def test_constant_node_weights_become_initializers():
+    b = GraphBuilder(constant_nodes=True)
+    y = b.conv("x", 3, 6)
+    model = from_proto(b.build({"x": [1, 3, 4, 4]}, [b.head(y, 6)]))
+    assert not [n for n in model.graph if n.op_type == "Constant"]
+    assert analyze(model).prunable()
+
+
+def test_failed_save_leaves_no_partial_output(tmp_path, monkeypatch):
+    analysis = analyze(load_model(DEMO_MODEL))
+    pruned = apply_plan(analysis, make_plan(analysis, "l2", 0.5))
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"previous")
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("onnx_ir.save", explode)
+    with pytest.raises(OSError):
+        save_model(pruned, target)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_saved_model_passes_full_check(tmp_path):
+    analysis = analyze(load_model(DEMO_MODEL))
+    save_model(apply_plan(analysis, make_plan(analysis, "l2", 0.3)), tmp_path / "m.onnx")
+    verify.check(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage", b"hello world" * 50])
+def test_unreadable_files_raise_model_load_error(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError):
+        load_model(path)
