@@ -137,3 +137,16 @@ def test_registry_covers_the_required_ops():
         "Upsample", "Pad", "Identity", "Dropout", "Cast", "DepthToSpace",
     }
     assert {f"ai.onnx::{op}" for op in required} <= set(registered_ops())
+
+
+def test_shared_weight_couples_both_uses():
+    b = GraphBuilder()
+    shared, bias = b.weight(6, 4, 1, 1), b.weight(6)
+    left = b.op("Conv", ["x", shared, bias], kernel_shape=[1, 1])
+    right = b.op("Conv", [b.op("Relu", ["x"]), shared, bias], kernel_shape=[1, 1])
+    y = b.op("Concat", [b.op("Relu", [left]), right], axis=1)
+    model = b.build(X, [b.head(y, 12)])
+    groups = analyze(load(model)).prunable()
+    conv_groups = [g for g in groups if any(m.tensor == left for m in g.members)]
+    assert len(conv_groups) == 1 and any(m.tensor == right for m in conv_groups[0].members)
+    assert_all_groups_equivalent(model)
