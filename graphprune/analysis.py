@@ -54,13 +54,16 @@ def const_of(value: ir.Value | None) -> np.ndarray | None:
 class _Propagator:
     """Implements the rules' CoupleContext while walking the graph."""
 
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, allow_approximate: bool = False) -> None:
         self.model = model
+        self.allow_approximate = allow_approximate
         self.graph = model.graph
         self.uf = UnionFind()
         self.dims: dict[Dim, tuple[int, int]] = {}
         self.frozen: dict[Dim, list[str]] = {}
         self.consumers: set[Dim] = set()
+        self.tags: dict[Dim, set[str]] = {}
+        self.approx: dict[Dim, list[str]] = {}
         self.queue: deque[Dim] = deque()
         self.visited: set[tuple[int, Port, int]] = set()
 
@@ -96,13 +99,23 @@ class _Propagator:
             return
         self.uf.union(self.dims[a][0] + np.asarray(a_index), self.dims[b][0] + np.asarray(b_index))
 
+    def tag(self, dim: Dim, kind: str) -> None:
+        if self._ensure(dim):
+            self.tags.setdefault(dim, set()).add(kind)
+
     def consumer(self, dim: Dim) -> None:
         if self._ensure(dim):
             self.consumers.add(dim)
 
     def freeze(self, dim: Dim, reason: str) -> None:
+        self._note(self.frozen, dim, reason)
+
+    def approximate(self, dim: Dim, reason: str) -> None:
+        self._note(self.approx, dim, reason)
+
+    def _note(self, notes: dict[Dim, list[str]], dim: Dim, reason: str) -> None:
         if self._ensure(dim):
-            reasons = self.frozen.setdefault(dim, [])
+            reasons = notes.setdefault(dim, [])
             if reason not in reasons:
                 reasons.append(reason)
 
@@ -193,7 +206,7 @@ class _Propagator:
         sorted_roots = np.array(sorted(order))
         unit_of_root = np.empty(len(order), dtype=np.int64)
         unit_of_root[np.searchsorted(sorted_roots, order)] = np.arange(len(order))
-        members, params, reasons = [], np.zeros(len(order), dtype=np.int64), []
+        members, params = [], np.zeros(len(order), dtype=np.int64)
         for dim_id in key:
             dim = dims[dim_id]
             r = roots[dim_id]
@@ -205,15 +218,38 @@ class _Propagator:
                 shape = dim.value.const_value.shape
                 per_position = int(np.prod(shape)) // int(shape[dim.axis])
                 params += np.bincount(unit_of[unit_of >= 0], minlength=len(order)) * per_position
-            for reason in self.frozen.get(dim, []):
-                text = f"{dim}: {reason}"
-                if text not in reasons:
-                    reasons.append(text)
-        return Group(gid, "channel", len(order), members, params, reasons)
+        key_dims = [dims[i] for i in key]
+        approx = _notes(self.approx, key_dims)
+        frozen = _notes(self.frozen, key_dims)
+        if approx and not self.allow_approximate:
+            frozen.append("approximate (norm statistics change); allow with --prune-hidden")
+        kind = self._kind(key_dims, members, approx)
+        return Group(gid, kind, len(order), members, params, frozen, approx)
+
+    def _kind(self, key_dims: list[Dim], members: list[Member], approx: list[str]) -> str:
+        if any("head" in self.tags.get(d, ()) for d in key_dims):
+            return "head"
+        if approx:
+            return "hidden"
+        if all(m.value.const_value.shape.rank() <= 2 for m in members if m.is_param):
+            return "neuron"
+        return "channel"
 
 
-def analyze(model: ir.Model) -> Analysis:
-    """Find every channel group of `model` and which of them are frozen, and why."""
-    propagator = _Propagator(model)
+def _notes(notes: dict[Dim, list[str]], dims: list[Dim]) -> list[str]:
+    """`dim: reason` lines for `dims`, deduplicated, in order."""
+    lines: list[str] = []
+    for dim in dims:
+        for reason in notes.get(dim, []):
+            text = f"{dim}: {reason}"
+            if text not in lines:
+                lines.append(text)
+    return lines
+
+
+def analyze(model: ir.Model, allow_approximate: bool = False) -> Analysis:
+    """Find every group of `model` and which of them are frozen, and why. Groups whose removal is only
+    approximate (the hidden dimension under LayerNorm/RMSNorm) stay frozen unless `allow_approximate`."""
+    propagator = _Propagator(model, allow_approximate)
     propagator.run()
     return Analysis(model, propagator.groups())

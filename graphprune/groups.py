@@ -37,6 +37,7 @@ class Group:
     members: list[Member]
     params_per_unit: np.ndarray
     frozen_reasons: list[str] = field(default_factory=list)
+    approximate: list[str] = field(default_factory=list)
 
     @property
     def frozen(self) -> bool:
@@ -67,5 +68,6 @@ class Group:
             "label": self.label,
             "frozen": self.frozen,
             "reasons": self.frozen_reasons,
+            "approximate": self.approximate,
             "members": [f"{m.tensor}[{m.axis}]" for m in self.members],
         }

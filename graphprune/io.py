@@ -12,6 +12,7 @@ from typing import Iterator
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, ShapeInferencePass
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from graphprune.errors import ModelLoadError
 
@@ -40,11 +41,45 @@ def prepare(model: ir.Model) -> ir.Model:
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """Run ONNX shape inference in place; models it cannot handle keep the shapes they carry."""
+    """Infer shapes in place: ONNX shape inference, then ONNX Runtime's symbolic inference, which follows
+    Shape→Gather→Concat arithmetic (dynamic reshape targets) that ONNX's leaves unknown. Both are best
+    effort: whatever stays unknown freezes the groups that need it."""
     try:
         ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    except Exception:  # noqa: BLE001 - inference is best effort; missing shapes freeze groups later
+    except Exception:  # noqa: BLE001 - inference is best effort
         pass
+    if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
+        return
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(ir.to_proto(model), auto_merge=True)
+    except Exception:  # noqa: BLE001 - e.g. ops it does not know
+        return
+    _adopt_shapes(model, inferred)
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
+    """Copy inferred shapes onto values whose own shape has fewer static dims."""
+    shapes = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                 for d in info.type.tensor_type.shape.dim]
+    for node in model.graph:
+        for value in node.outputs:
+            new = shapes.get(value.name)
+            if new is None:
+                continue
+            old = value.shape
+            if old is None or len(old) != len(new) or _static_count(new) > _static_count(list(old)):
+                value.shape = ir.Shape(new)
+
+
+def _static_count(dims: list) -> int:
+    return sum(isinstance(d, int) for d in dims)
 
 
 def uses_external_data(model: ir.Model) -> bool:

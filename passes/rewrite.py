@@ -53,15 +53,24 @@ class _Rewriter:
     def opset(self, domain: str = "") -> int:
         return self.model.opset_imports.get(domain, 1)
 
-    def set_input_const(self, node: ir.Node, index: int, array: np.ndarray) -> None:
-        name = f"{node.name or node.op_type}_graphprune_{index}_{next(self._names)}"
+    def new_const(self, array: np.ndarray) -> ir.Value:
+        name = f"graphprune_const_{next(self._names)}"
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
         value.shape = ir.Shape(array.shape)
         value.dtype = value.const_value.dtype
         self.model.graph.register_initializer(value)
+        return value
+
+    def set_input_const(self, node: ir.Node, index: int, array: np.ndarray) -> None:
         if index >= len(node.inputs):
             node.resize_inputs(index + 1)
-        node.replace_input_with(index, value)
+        node.replace_input_with(index, self.new_const(array))
+
+    def add_node(self, op_type: str, inputs: list[ir.Value], attributes: dict, before: ir.Node) -> ir.Value:
+        new = ir.node(op_type, inputs, attributes, name=f"graphprune_{op_type}_{next(self._names)}")
+        new.outputs[0].name = f"{new.name}_output"
+        self.model.graph.insert_before(before, new)
+        return new.outputs[0]
 
     def set_attr(self, node: ir.Node, attr: ir.Attr) -> None:
         node.attributes[attr.name] = attr

@@ -3,17 +3,21 @@
 Regrouping is modelled by aligning input and output axes into blocks of equal prefix product (row-major).
 An axis alone in its block maps 1:1; an axis merged with others into one output axis maps each of its
 channels to the strided set of output positions it occupies (Flatten into a Linear). An axis split over
-several output axes (channel shuffle, head split) is frozen: no output axis carries it alone.
+several output axes maps blocks of consecutive channels to the outermost factor: heads in a head split,
+groups in a channel shuffle; the inner factor (head_dim) is never pruned through the split.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register, rewrite_shape_input,
+    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register,
 )
+from graphprune.ops.shapevec import rewrite_shape_vector, shape_entries
 
 Block = tuple[list[int], list[int]]
 
@@ -65,8 +69,10 @@ def _grow_block(src: list, dst: list, i: int, j: int) -> Block | None:
     return left, right
 
 
-def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-    """Couple input 0 and output 0 of a node that only regroups axes (row-major order unchanged)."""
+def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
+                   settable: Callable[[int], bool] = lambda out_axis: True) -> None:
+    """Couple input 0 and output 0 of a node that only regroups axes (row-major order unchanged).
+    `settable(o)` says whether output axis o's size can be rewritten (a Reshape target entry)."""
     x, y = node.inputs[0], node.outputs[0]
     dim = Dim(port.value(node), axis)
     if not port.output and port.index != 0:
@@ -77,19 +83,24 @@ def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> 
     if blocks is None:
         ctx.freeze(dim, f"{node.op_type}: cannot prove how axes regroup ({src} -> {dst})")
         return
-    side = 1 if port.output else 0
-    left, right = next(b for b in blocks if axis in b[side])
+    left, right = next(b for b in blocks if axis in b[1 if port.output else 0])
     if not left or not right:
         return  # a size-1 axis appearing or vanishing: its single unit is never removable
-    if len(left) == 1 and len(right) == 1:
+    if not settable(right[0]):
+        ctx.freeze(dim, f"{node.op_type} target size of output axis {right[0]} is computed at run time")
+    elif len(left) == 1 and len(right) == 1:
         ctx.link(Dim(x, left[0]), Dim(y, right[0]))
-    elif len(right) == 1 and left:
+    elif len(right) == 1:
         _couple_merge(ctx, node, x, y, left, right[0], axis if not port.output else None, src)
+    elif len(left) == 1 and (not port.output or axis == right[0]):
+        _couple_split(ctx, x, y, left[0], right, dst)
+    elif len(left) == 1:
+        ctx.freeze(dim, f"{node.op_type} splits an axis and this is an inner factor (e.g. head_dim)")
     else:
-        ctx.freeze(dim, f"{node.op_type} splits this axis over several output axes")
+        ctx.freeze(dim, f"{node.op_type} regroups several axes into several axes")
 
 
-def _couple_merge(ctx: CoupleContext, node: ir.Node, x, y, left: list[int], out_axis: int,
+def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, left: list[int], out_axis: int,
                   in_axis: int | None, src: list) -> None:
     """Input axes `left` merge into output axis `out_axis`; link the one that carries channels."""
     if in_axis is None:
@@ -104,6 +115,14 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x, y, left: list[int], out_
     ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
 
 
+def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, right: list[int], dst: list) -> None:
+    """Input axis splits into output axes `right` (heads x head_dim, shuffle groups x group size): a unit is
+    one index of the outermost factor, i.e. a block of consecutive input channels."""
+    inner = int(np.prod([dst[a] for a in right[1:]]))
+    positions = np.arange(dst[right[0]] * inner)
+    ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, right[0]), positions // inner)
+
+
 @register("Flatten", "Squeeze", "Unsqueeze")
 class Regroup(OpRule):
     """Shape follows from attributes or constant axes; nothing to rewrite."""
@@ -114,16 +133,23 @@ class Regroup(OpRule):
 
 @register("Reshape")
 class Reshape(OpRule):
-    """Like Regroup, but the constant target shape must be rewritten with the new sizes."""
+    """Like Regroup; the target entries of pruned axes are rewritten, so they must be constants (or -1)."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        if ctx.const(node.inputs[1]) is None:
+        entries = shape_entries(ctx, node.inputs[1])
+        if entries is None:
             ctx.freeze(Dim(port.value(node), axis), "Reshape target shape is computed at run time")
             return
-        couple_regroup(ctx, node, port, axis)
+        couple_regroup(ctx, node, port, axis, lambda o: o < len(entries) and entries[o] is not None)
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
-        rewrite_shape_input(ctx, node, 1, node.outputs[0])
+        entries = shape_entries(ctx, node.inputs[1])
+        updates = {}
+        for axis, entry in enumerate(entries):
+            kept = ctx.kept(node.outputs[0], axis)
+            if kept is not None and entry != -1:
+                updates[axis] = len(kept)
+        rewrite_shape_vector(ctx, node, 1, updates)
 
 
 @register("Transpose")

@@ -53,7 +53,9 @@ class Gemm(OpRule):
 
 @register("MatMul")
 class MatMul(OpRule):
-    """X[..., K] @ W[K, N] with a 2-D constant W; leading axes of X pass through to Y."""
+    """A[..., M, K] @ B[..., K, N] with numpy batch broadcasting. A contraction with a 2-D constant weight is
+    a consumer (Linear); batch axes shared by two activations are attention heads; a contraction between two
+    activations (over head_dim) is never pruned."""
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
         w_shape = ctx.shape(node.inputs[1])
@@ -62,20 +64,54 @@ class MatMul(OpRule):
         return [Dim(node.inputs[1], 1)]
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
         touched = Dim(port.value(node), axis)
-        w_shape, x_shape = ctx.shape(w), ctx.shape(x)
-        if ctx.const(w) is None or w_shape is None or len(w_shape) != 2:
-            ctx.freeze(touched, "MatMul without a 2-D constant right operand")
+        shapes = [ctx.shape(v) for v in (a, b, y)]
+        if any(s is None or len(s) < 2 for s in shapes):
+            ctx.freeze(touched, "MatMul with a 1-D or unknown-rank operand")
             return
-        if x_shape is None or len(x_shape) < 2:
-            ctx.freeze(touched, "MatMul with a 1-D or unknown-rank left operand")
-            return
-        last = len(x_shape) - 1
-        if (port.output, port.index, axis) in ((False, 0, last), (False, 1, 0)):
-            ctx.link(Dim(x, last), Dim(w, 0))
-            ctx.consumer(Dim(w, 0))
-        elif (port.output, port.index, axis) in ((True, 0, last), (False, 1, 1)):
-            ctx.link(Dim(y, last), Dim(w, 1))
+        ra, rb, ry = (len(s) for s in shapes)
+        role, out_axis = self._role(port, axis, ra, rb, ry)
+        if role == "k":
+            self._couple_contraction(ctx, a, b, ra, rb, touched)
+        elif role == "m":
+            ctx.link(Dim(a, ra - 2), Dim(y, ry - 2))
+        elif role == "n":
+            ctx.link(Dim(b, rb - 1), Dim(y, ry - 1))
         else:
-            ctx.link(Dim(x, axis), Dim(y, axis))
+            self._couple_batch(ctx, a, b, y, shapes, out_axis)
+
+    @staticmethod
+    def _role(port: Port, axis: int, ra: int, rb: int, ry: int) -> tuple[str, int]:
+        """(m | n | k | batch, output axis for batch)."""
+        if port.output:
+            return ("m" if axis == ry - 2 else "n" if axis == ry - 1 else "batch"), axis
+        rank = ra if port.index == 0 else rb
+        if axis >= rank - 2:
+            contraction = axis == (ra - 1 if port.index == 0 else rb - 2)
+            return ("k" if contraction else "m" if port.index == 0 else "n"), -1
+        return "batch", axis + ry - rank
+
+    @staticmethod
+    def _couple_contraction(ctx: CoupleContext, a: ir.Value, b: ir.Value, ra: int, rb: int, touched: Dim) -> None:
+        if ctx.const(b) is not None and rb == 2:
+            ctx.link(Dim(a, ra - 1), Dim(b, 0))
+            ctx.consumer(Dim(b, 0))
+        elif ctx.const(a) is not None and ra == 2:
+            ctx.link(Dim(a, 1), Dim(b, rb - 2))
+            ctx.consumer(Dim(a, 1))
+        else:
+            ctx.freeze(touched, "MatMul contraction between two activations (e.g. over head_dim)")
+
+    @staticmethod
+    def _couple_batch(ctx: CoupleContext, a: ir.Value, b: ir.Value, y: ir.Value, shapes: list, out_axis: int) -> None:
+        """A broadcast batch axis: linked between the output and each operand that is not broadcast there."""
+        y_shape = shapes[2]
+        linked = 0
+        for operand, shape in ((a, shapes[0]), (b, shapes[1])):
+            in_axis = out_axis - (len(y_shape) - len(shape))
+            if in_axis >= 0 and (shape[in_axis] != 1 or y_shape[out_axis] == 1):
+                ctx.link(Dim(y, out_axis), Dim(operand, in_axis))
+                linked += 1
+        if linked == 2 and ctx.const(a) is None and ctx.const(b) is None:
+            ctx.tag(Dim(y, out_axis), "head")

@@ -28,22 +28,33 @@ class PerChannelNorm(OpRule):
             ctx.link(channel, Dim(value, 0))
 
 
-@register("LayerNormalization")
+@register("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 class LayerNorm(OpRule):
-    """Statistics over axes [axis:]; the leading axes pass through."""
+    """Statistics over axes [axis:]; the leading axes pass through. Over a single last axis (the hidden
+    dimension) channels are coupled with scale and bias, approximately: the statistics change."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        x_shape = ctx.shape(node.inputs[0])
+        x, y = node.inputs[0], node.outputs[0]
+        x_shape = ctx.shape(x)
         dim = Dim(port.value(node), axis)
-        if x_shape is None or port.index != 0:
-            ctx.freeze(dim, "LayerNormalization normalises over this axis")
+        if x_shape is None:
+            ctx.freeze(dim, f"{node.op_type} input rank unknown")
             return
-        start = normalize_axis(attr_int(node, "axis", -1), len(x_shape))
-        if axis >= start:
-            ctx.freeze(dim, "LayerNormalization statistics span this axis")
+        rank = len(x_shape)
+        start = normalize_axis(attr_int(node, "axis", -1), rank)
+        data_port = port.index == 0
+        if data_port and axis < start:
+            for _, value in present(node.outputs):
+                ctx.link(Dim(x, axis), Dim(value, axis))
             return
-        for _, value in present(node.outputs):
-            ctx.link(Dim(node.inputs[0], axis), Dim(value, axis))
+        normalized = axis if data_port else axis + start
+        if start != rank - 1 or normalized != rank - 1 or (port.output and port.index > 0):
+            ctx.freeze(dim, f"{node.op_type} statistics span this axis")
+            return
+        ctx.link(Dim(x, rank - 1), Dim(y, rank - 1))
+        for _, param in present(node.inputs)[1:]:
+            ctx.link(Dim(y, rank - 1), Dim(param, 0))
+        ctx.approximate(Dim(y, rank - 1), f"{node.op_type} statistics span this axis")
 
 
 @register("GroupNormalization", "LpNormalization", "LRN", "MeanVarianceNormalization")

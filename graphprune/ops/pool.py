@@ -39,12 +39,18 @@ def _input_axis(out_axis: int, rank: int, reduced: set[int], keepdims: bool) -> 
     return survivors[out_axis]
 
 
+_STATISTICS = {"ReduceMean", "ReduceSumSquare", "ReduceL2"}  # RMSNorm-style statistics over the hidden axis
+
+
 def couple_reduction(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, reduced: set[int], rank: int) -> None:
     """Axes outside `reduced` pass from input 0 to output 0 (shifted when keepdims=0); reduced ones freeze."""
     keepdims = bool(attr_int(node, "keepdims", 1))
     in_axis = _input_axis(axis, rank, reduced, keepdims) if port.output else axis
     if in_axis in reduced:
-        ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} reduces over this axis")
+        if node.op_type in _STATISTICS and len(reduced) == 1:
+            ctx.approximate(Dim(node.inputs[0], in_axis), f"{node.op_type} reduces over this axis")
+        else:
+            ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} reduces over this axis")
         return
     ctx.link(Dim(node.inputs[0], in_axis), Dim(node.outputs[0], _kept_axis(in_axis, reduced, keepdims)))
 

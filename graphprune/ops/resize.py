@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register, rewrite_shape_input,
-)
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register
+from graphprune.ops.shapevec import rewrite_shape_vector
 
 
 def _pass_through(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, untouched: bool, what: str) -> None:
@@ -47,7 +46,8 @@ class Resize(OpRule):
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         if node.op_type == "Resize" and self._const_at(ctx, node, 3) is not None:
-            rewrite_shape_input(ctx, node, 3, node.outputs[0])
+            kept = {a: ctx.kept(node.outputs[0], a) for a in range(len(self._const_at(ctx, node, 3)))}
+            rewrite_shape_vector(ctx, node, 3, {a: len(k) for a, k in kept.items() if k is not None})
 
 
 @register("Pad")

@@ -3,6 +3,8 @@ a valid pruned model at ratio 0.5, and the freezes that must happen (and only th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -12,16 +14,18 @@ from graphprune.io import load_model
 from graphprune.passes import make_plan, prune_file
 from tests.harness import assert_group_equivalent, masked_check, outputs
 
-# name -> (prunable groups at least, a reason some frozen group must give, or None)
+# name -> (prunable groups at least, a reason some frozen group must give, reasons allowed besides
+# "graph output"); both are regexes
 EXPECT = {
-    "resnet": (5, None),
-    "mobilenet_v2": (6, None),
-    "mobilenet_v3": (9, None),
-    "densenet": (5, None),
-    "inception": (9, None),
-    "resnext": (2, None),
-    "shufflenet": (2, "Reshape splits this axis|Slice with dynamic bounds"),
-    "convnext": (1, "LayerNormalization statistics span this axis"),
+    "resnet": (5, None, None),
+    "mobilenet_v2": (6, None, None),
+    "mobilenet_v3": (9, None, None),
+    "densenet": (5, None, None),
+    "inception": (9, None, None),
+    "resnext": (2, None, None),
+    # the legacy exporter computes torch.chunk's split point from Shape at run time
+    "shufflenet": (2, None, "Shape op|Slice with dynamic bounds|computed at run time"),
+    "convnext": (1, "approximate .*--prune-hidden", "approximate"),
 }
 CASES = [(name, dynamo) for name in EXPECT for dynamo in (False, True)]
 IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
@@ -30,12 +34,13 @@ IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
 @pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
 def test_groups_and_freezes(exported, name, dynamo):
     analysis = analyze(load_model(exported(name, dynamo)))
-    least, reason = EXPECT[name]
+    least, must, allowed = EXPECT[name]
     assert len(analysis.prunable()) >= least
     frozen = [r for g in analysis.groups if g.frozen for r in g.frozen_reasons]
-    assert all("graph output" in r for r in frozen) == (reason is None), frozen
-    if reason:
-        assert any(any(part in r for part in reason.split("|")) for r in frozen), frozen
+    pattern = "graph output" + (f"|{allowed}" if allowed else "")
+    assert all(re.search(pattern, r) for r in frozen), frozen
+    if must:
+        assert any(re.search(must, r) for r in frozen), frozen
 
 
 @pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)

@@ -111,11 +111,8 @@ def test_channels_last_linear_with_layerscale():
         (lambda b, y: b.op("GroupNormalization", [y, b.weight(8), b.weight(8)], num_groups=2), "GroupNormalization"),
         (lambda b, y: b.op("ReduceSum", [y, b.const(np.array([1]))], keepdims=1), "reduces over this axis"),
         (lambda b, y: b.op("MyOp", [y], domain="com.example"), "unsupported op com.example::MyOp"),
-        (lambda b, y: b.op("Reshape", [b.op("Transpose", [b.op("Reshape", [y, b.const(np.array([0, 2, 4, 8, 8]))])],
-                                          perm=[0, 2, 1, 3, 4]), b.const(np.array([0, 8, 8, 8]))]),
-         "splits this axis"),
     ],
-    ids=["depth-to-space", "softmax-channels", "groupnorm", "reduce-channels", "custom-op", "channel-shuffle"],
+    ids=["depth-to-space", "softmax-channels", "groupnorm", "reduce-channels", "custom-op"],
 )
 def test_barriers_freeze_with_reason(build, reason):
     b = GraphBuilder()
@@ -150,3 +147,29 @@ def test_shared_weight_couples_both_uses():
     conv_groups = [g for g in groups if any(m.tensor == left for m in g.members)]
     assert len(conv_groups) == 1 and any(m.tensor == right for m in conv_groups[0].members)
     assert_all_groups_equivalent(model)
+
+
+def shuffle(b: GraphBuilder, y: str, groups: int, channels: int) -> str:
+    """ShuffleNet's channel shuffle: Reshape → Transpose → Reshape."""
+    split = b.op("Reshape", [y, b.const(np.array([0, groups, channels // groups, 8, 8]))])
+    return b.op("Reshape", [b.op("Transpose", [split], perm=[0, 2, 1, 3, 4]), b.const(np.array([0, channels, 8, 8]))])
+
+
+def test_channel_shuffle_prunes_whole_shuffle_groups():
+    b = GraphBuilder()
+    y = b.op("Relu", [b.conv("x", 4, 18)])
+    model = b.build(X, [b.head(b.conv(shuffle(b, y, 3, 18), 18, 5), 5)])
+    analysis = analyze(load(model))
+    shuffled = [g for g in analysis.prunable() if any(m.tensor == y for m in g.members)]
+    assert [g.size for g in shuffled] == [3]  # one unit per shuffle group of 6 channels
+    assert_all_groups_equivalent(model, least=2)
+
+
+def test_split_inner_factor_freezes():
+    b = GraphBuilder()
+    split = b.op("Reshape", [b.conv("x", 4, 8), b.const(np.array([0, 2, 4, 8, 8]))])
+    inner = b.op("ReduceMax", [split], axes=[1], keepdims=0)               # [B, 4, 8, 8]: the inner factor
+    coupled = b.op("Add", [inner, b.conv("x", 4, 4)])                      # this conv's channels reach it
+    model = b.build(X, [b.head(b.conv(coupled, 4, 6), 6)], opset=17)
+    reasons = frozen_reasons(model)
+    assert any("inner factor" in r for r in reasons), reasons

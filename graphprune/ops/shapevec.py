@@ -1,0 +1,63 @@
+"""Shape vectors (Reshape targets, Expand shapes): read their entries and rewrite the ones that carry channel
+counts, whether the vector is a constant or a Concat of runtime pieces (batch, sequence) and constants."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ops.registry import CoupleContext, RewriteContext, attr_int
+
+
+def _pieces(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[tuple[ir.Value, np.ndarray | None, int]] | None:
+    """(piece, constant or None, length) for a constant vector (one piece) or a Concat of 1-D pieces."""
+    array = ctx.const(value)
+    if array is not None:
+        return [(value, np.atleast_1d(array).astype(np.int64), int(np.atleast_1d(array).size))]
+    producer = value.producer()
+    if producer is None or producer.op_type != "Concat" or attr_int(producer, "axis", 0) != 0:
+        return None
+    pieces = []
+    for piece in producer.inputs:
+        shape = ctx.shape(piece)
+        if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+            return None
+        array = ctx.const(piece)
+        pieces.append((piece, None if array is None else np.atleast_1d(array).astype(np.int64), shape[0]))
+    return pieces
+
+
+def shape_entries(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[int | None] | None:
+    """Each entry of the vector: its constant value, or None where it is computed at run time."""
+    pieces = _pieces(ctx, value)
+    if pieces is None:
+        return None
+    entries: list[int | None] = []
+    for _, array, length in pieces:
+        entries.extend(array.tolist() if array is not None else [None] * length)
+    return entries
+
+
+def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates: dict[int, int]) -> None:
+    """Set entries `updates` (position → value) of the shape vector at input `index` of `node`. A Concat is
+    cloned for this node alone (other nodes may share it); updated positions must lie in constant pieces."""
+    updates = {p: v for p, v in updates.items()}
+    pieces = _pieces(ctx, node.inputs[index])
+    new_pieces, offset, changed = [], 0, False
+    for piece, array, length in pieces:
+        touched = {p - offset: v for p, v in updates.items() if offset <= p < offset + length}
+        if touched:
+            new = array.copy()
+            for position, value in touched.items():
+                new[position] = value
+            if not np.array_equal(new, array):
+                changed = True
+                piece = ctx.new_const(new)
+        new_pieces.append(piece)
+        offset += length
+    if not changed:
+        return
+    if len(pieces) == 1:
+        node.replace_input_with(index, new_pieces[0])
+    else:
+        node.replace_input_with(index, ctx.add_node("Concat", new_pieces, {"axis": 0}, before=node))
