@@ -18,6 +18,7 @@ from graphprune import ops
 from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
 from graphprune.unionfind import UnionFind
+from graphprune.values import const_of, shape_of
 
 
 @dataclass
@@ -32,23 +33,6 @@ class Analysis:
 
     def group(self, group_id: int) -> Group:
         return self.groups[group_id]
-
-
-def shape_of(value: ir.Value | None) -> ShapeDims | None:
-    """Static sizes as int, symbolic ones as their name (None when anonymous); None for unknown rank."""
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return [int(d) for d in value.const_value.shape]
-    if value.shape is None:
-        return None
-    return [d if isinstance(d, int) else d.value for d in value.shape]
-
-
-def const_of(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
 
 
 class _Propagator:

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, ShapeInferencePass
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+from graphprune.canonicalize import canonicalize
 from graphprune.errors import ModelLoadError
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -37,6 +38,7 @@ def prepare(model: ir.Model) -> ir.Model:
     """Normalise a model for analysis: weights as initializers, shapes inferred where possible."""
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     infer_shapes(model)
+    canonicalize(model)
     return model
 
 
@@ -62,7 +64,8 @@ def _initializer_bytes(model: ir.Model) -> int:
 
 
 def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
-    """Copy inferred shapes onto values whose own shape has fewer static dims."""
+    """Copy ORT's inferred shapes onto values unless their own shape has more static dims (ORT's symbolic
+    names relate dims across tensors, where ONNX's inference invents fresh ones)."""
     shapes = {}
     for info in (*inferred.graph.value_info, *inferred.graph.output):
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
@@ -74,7 +77,7 @@ def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
             if new is None:
                 continue
             old = value.shape
-            if old is None or len(old) != len(new) or _static_count(new) > _static_count(list(old)):
+            if old is None or len(old) != len(new) or _static_count(new) >= _static_count(list(old)):
                 value.shape = ir.Shape(new)
 
 

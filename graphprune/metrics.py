@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.analysis import shape_of
+from graphprune.values import shape_of
 
 
 @dataclass

@@ -10,7 +10,8 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
-from graphprune.analysis import Analysis, const_of, shape_of
+from graphprune.analysis import Analysis
+from graphprune.values import const_of, shape_of
 from graphprune.plan import PruningPlan
 
 _Key = tuple[int, int]  # (id(value), axis)

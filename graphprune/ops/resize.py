@@ -69,7 +69,8 @@ class Pad(OpRule):
 
 @register("Shape")
 class Shape(OpRule):
-    """Reading the channel count would change after pruning: freeze unless [start, end) excludes the axis."""
+    """The channel count changes after pruning: safe only if every reader of the shape vector extracts other
+    entries (Gather or Slice with constant indices), as exporters do to read batch and sequence lengths."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         shape = ctx.shape(node.inputs[0])
@@ -81,5 +82,26 @@ class Shape(OpRule):
         start = node.attributes["start"].as_int() if "start" in node.attributes else 0
         end = node.attributes["end"].as_int() if "end" in node.attributes else rank
         start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
-        if start <= axis < end:
+        if not start <= axis < end:
+            return
+        position, length = axis - start, end - start
+        if not all(_excludes(ctx, use.node, position, length) for use in node.outputs[0].uses()):
             ctx.freeze(dim, "its size is read by a Shape op (shape-computing subgraph)")
+
+
+def _excludes(ctx: CoupleContext, reader: ir.Node, position: int, length: int) -> bool:
+    """Whether `reader` of a shape vector provably ignores entry `position`."""
+    if reader.op_type == "Gather" and len(reader.inputs) > 1:
+        indices = ctx.const(reader.inputs[1])
+        return indices is not None and position not in {int(i) % length for i in np.atleast_1d(indices)}
+    if reader.op_type == "Slice":
+        bounds = [ctx.const(v) if v is not None else None for v in list(reader.inputs[1:]) + [None] * 4][:4]
+        starts, ends, axes, steps = bounds
+        if starts is None or ends is None or (axes is not None and list(np.atleast_1d(axes)) not in ([0], [-1])):
+            return False
+        if steps is not None and int(np.atleast_1d(steps)[0]) != 1:
+            return False
+        lo, hi = (max(0, min(length, int(v) + length if int(v) < 0 else int(v)))
+                  for v in (np.atleast_1d(starts)[0], np.atleast_1d(ends)[0]))
+        return not lo <= position < hi
+    return False

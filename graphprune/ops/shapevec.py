@@ -9,7 +9,10 @@ import onnx_ir as ir
 from graphprune.ops.registry import CoupleContext, RewriteContext, attr_int
 
 
-def _pieces(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[tuple[ir.Value, np.ndarray | None, int]] | None:
+Piece = tuple[ir.Value, np.ndarray | None, int]
+
+
+def _pieces(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[Piece] | None:
     """(piece, constant or None, length) for a constant vector (one piece) or a Concat of 1-D pieces."""
     array = ctx.const(value)
     if array is not None:
@@ -41,7 +44,6 @@ def shape_entries(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[
 def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates: dict[int, int]) -> None:
     """Set entries `updates` (position → value) of the shape vector at input `index` of `node`. A Concat is
     cloned for this node alone (other nodes may share it); updated positions must lie in constant pieces."""
-    updates = {p: v for p, v in updates.items()}
     pieces = _pieces(ctx, node.inputs[index])
     new_pieces, offset, changed = [], 0, False
     for piece, array, length in pieces:
