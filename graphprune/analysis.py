@@ -50,6 +50,8 @@ class _Propagator:
         self.approx: dict[Dim, list[str]] = {}
         self.queue: deque[Dim] = deque()
         self.visited: set[tuple[int, Port, int]] = set()
+        self.deferred: list[tuple[ir.Node, Port, Dim]] = []
+        self.last_chance = False
 
     # CoupleContext -------------------------------------------------------------------------
     def shape(self, value: ir.Value | None) -> ShapeDims | None:
@@ -63,6 +65,12 @@ class _Propagator:
 
     def has_dim(self, dim: Dim) -> bool:
         return dim in self.dims
+
+    def defer(self, node: ir.Node, port: Port, axis: int) -> bool:
+        if self.last_chance:
+            return False
+        self.deferred.append((node, port, Dim(port.value(node), axis)))
+        return True
 
     def link(self, a: Dim, b: Dim) -> None:
         size_a, size_b = self._size(a), self._size(b)
@@ -135,8 +143,14 @@ class _Propagator:
             if rule is not None:
                 for dim in rule.seeds(self, node):
                     self._ensure(dim)
-        while self.queue:
-            self._process(self.queue.popleft())
+        while self.queue or self.deferred:
+            while self.queue:
+                self._process(self.queue.popleft())
+            retry, self.deferred = self.deferred, []
+            self.last_chance = True
+            for node, port, dim in retry:
+                ops.lookup(node).couple(self, node, port, dim.axis)
+            self.last_chance = False
 
     def _process(self, dim: Dim) -> None:
         value = dim.value

@@ -1,16 +1,132 @@
 """Canonicalisation at load: rewrite provably equivalent op sequences into forms the dimension rules model.
 
-The dynamo exporter transposes K in scaled-dot-product attention as Reshape([B, H, S, D] → [B·H, S, D]) →
-Transpose → Reshape(→ [B, H, D, S]): the merged B·H axis has a symbolic size, so no rule can map heads
-through it. When shapes prove the sandwich restores the merged prefix, it is one Transpose.
+- Static shape reads: exporters read sizes with Shape → Gather/Slice and compute reshape targets from them
+  (`x.view(b, s, heads, -1)`, `kv_heads * n_rep`). Entries that are static in the inferred shape become
+  constants, and small integer arithmetic over constants is folded, so the rules see constant targets.
+- Transpose sandwiches: the dynamo exporter transposes K in scaled-dot-product attention as
+  Reshape([B, H, S, D] → [B·H, S, D]) → Transpose → Reshape(→ [B, H, D, S]); the merged B·H axis has a
+  symbolic size, so no rule can map heads through it. When shapes prove the sandwich restores the merged
+  prefix, it is one Transpose.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from graphprune.values import shape_of
+from graphprune.values import const_of, shape_of
+
+_FOLDABLE_ELEMENTS = 64  # shape arithmetic only: never fold weights
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _axes(node: ir.Node, values: list) -> list[int]:
+    return list(_attr(node, "axes", None) or (values[1].tolist() if len(values) > 1 else []))
+
+
+_FOLDERS: dict[str, Callable[[ir.Node, list[np.ndarray]], np.ndarray]] = {
+    "Unsqueeze": lambda n, v: np.expand_dims(v[0], tuple(a + v[0].ndim + len(_axes(n, v)) if a < 0 else a
+                                                         for a in _axes(n, v))),
+    "Squeeze": lambda n, v: np.squeeze(v[0], tuple(_axes(n, v)) or None),
+    "Concat": lambda n, v: np.concatenate(v, axis=_attr(n, "axis", 0)),
+    "Gather": lambda n, v: np.take(v[0], v[1], axis=_attr(n, "axis", 0)),
+    "Mul": lambda n, v: v[0] * v[1],
+    "Add": lambda n, v: v[0] + v[1],
+    "Sub": lambda n, v: v[0] - v[1],
+    "Div": lambda n, v: v[0] // v[1] if np.issubdtype(v[0].dtype, np.integer) else v[0] / v[1],
+    "Identity": lambda n, v: v[0],
+}
+
+
+def _static_shape_entries(node: ir.Node) -> np.ndarray | None:
+    """The value of a Shape node's output when every entry it covers is static."""
+    shape = shape_of(node.inputs[0])
+    if shape is None:
+        return None
+    rank = len(shape)
+    start, end = _attr(node, "start", 0), _attr(node, "end", rank)
+    start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+    entries = shape[start:end]
+    return np.array(entries, dtype=np.int64) if all(isinstance(d, int) for d in entries) else None
+
+
+def _fold_shape_read(node: ir.Node) -> np.ndarray | None:
+    """Gather or Slice of a Shape vector that selects only static entries."""
+    source = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    if source is None or source.op_type != "Shape":
+        return None
+    shape = shape_of(source.inputs[0])
+    if shape is None:
+        return None
+    rank = len(shape)
+    start = _attr(source, "start", 0)
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    end = _attr(source, "end", rank)
+    end = max(0, min(rank, end + rank if end < 0 else end))
+    entries = shape[start:end]
+    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
+        index = const_of(node.inputs[1])
+        picked = np.take(np.arange(len(entries)), index)
+    elif node.op_type == "Slice" and all(const_of(v) is not None for v in node.inputs[1:]):
+        bounds = [int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3]]
+        step = int(const_of(node.inputs[4]).reshape(-1)[0]) if len(node.inputs) > 4 else 1
+        picked = np.arange(len(entries))[slice(bounds[0], bounds[1], step)]
+    else:
+        return None
+    values = [entries[i] for i in np.atleast_1d(picked)]
+    if not all(isinstance(v, int) for v in values):
+        return None
+    return np.array(values, dtype=np.int64).reshape(np.shape(picked))
+
+
+def _folded_value(node: ir.Node) -> np.ndarray | None:
+    if len(node.outputs) != 1:
+        return None
+    if node.op_type == "Shape":
+        return _static_shape_entries(node)
+    if node.op_type in ("Gather", "Slice"):
+        read = _fold_shape_read(node)
+        if read is not None:
+            return read
+    folder = _FOLDERS.get(node.op_type)
+    values = [const_of(v) for v in node.inputs if v is not None]
+    if folder is None or not values or any(v is None or v.size > _FOLDABLE_ELEMENTS for v in values):
+        return None
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    return np.asarray(folder(node, values))
+
+
+def fold_static_shapes(model: ir.Model) -> int:
+    """Replace static shape reads and constant shape arithmetic by constants; returns how many nodes."""
+    folded = 0
+    for node in list(model.graph):
+        if node.graph is not model.graph:
+            continue
+        try:
+            value = _folded_value(node)
+        except (ValueError, IndexError, TypeError):
+            value = None
+        output = node.outputs[0] if node.outputs else None
+        if value is None or output is None or output.is_graph_output():
+            continue
+        dtype = output.dtype.numpy() if output.dtype is not None else value.dtype
+        name = f"{output.name}_folded"
+        constant = ir.Value(name=name, const_value=ir.tensor(value.astype(dtype), name=name))
+        constant.shape, constant.dtype = ir.Shape(value.shape), constant.const_value.dtype
+        model.graph.register_initializer(constant)
+        output.replace_all_uses_with(constant)
+        folded += 1
+    if folded:
+        RemoveUnusedNodesPass()(model)
+    return folded
 
 
 def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
@@ -69,4 +185,5 @@ def fold_transpose_sandwiches(model: ir.Model) -> int:
 
 def canonicalize(model: ir.Model) -> None:
     """Apply every canonicalisation in place."""
+    fold_static_shapes(model)
     fold_transpose_sandwiches(model)

@@ -1,4 +1,7 @@
-"""Export torch modules to ONNX with either exporter, batch axis dynamic (needs graphprune[torch])."""
+"""Export torch modules to ONNX with either exporter, with dynamic batch (and sequence) axes.
+
+Needs graphprune[torch].
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,29 @@ from pathlib import Path
 
 import torch
 
+Axes = dict[int, str]
 
-def export(module: torch.nn.Module, example: torch.Tensor, path: str | Path, dynamo: bool, opset: int = 18) -> Path:
-    """Write `module` to `path` (input "x", output "y"); the dynamo exporter may add `path`.data."""
+
+def export(module: torch.nn.Module, example: torch.Tensor | tuple, path: str | Path, dynamo: bool, opset: int = 18,
+           input_names: list[str] | None = None, dynamic: list[Axes] | None = None,
+           output_dynamic: Axes | None = None) -> Path:
+    """Write `module` to `path` with inputs `input_names` (default "x") and output "y"; `dynamic` names the
+    dynamic axes of each input (default: axis 0 "batch"). The dynamo exporter may add `path`.data."""
     path = Path(path)
+    example = example if isinstance(example, tuple) else (example,)
+    input_names = input_names or ["x"]
+    dynamic = dynamic or [{0: "batch"} for _ in example]
+    output_dynamic = output_dynamic or {0: "batch"}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if dynamo:
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+            dims = {name: torch.export.Dim(name, min=2, max=64 if name == "seq" else 1024)
+                    for axes in dynamic for name in axes.values()}
+            shapes = tuple({axis: dims[name] for axis, name in axes.items()} for axes in dynamic)
+            torch.onnx.export(module, example, str(path), dynamo=True, input_names=input_names, output_names=["y"],
+                              dynamic_shapes=shapes, opset_version=opset, verbose=False)
         else:
-            torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=opset)
+            axes = {name: spec for name, spec in zip(input_names, dynamic, strict=True)} | {"y": output_dynamic}
+            torch.onnx.export(module, example, str(path), dynamo=False, input_names=input_names, output_names=["y"],
+                              dynamic_axes=axes, opset_version=opset)
     return path

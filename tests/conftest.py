@@ -12,10 +12,9 @@ logging.getLogger("torch").setLevel(logging.ERROR)
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(name, dynamo) -> path of the reference CNN `name` exported by that exporter (cached)."""
+    """exported(name, dynamo) -> path of reference model `name` exported by that exporter (cached)."""
     torch = pytest.importorskip("torch")
-    from graphprune.models.cnn import build
-    from graphprune.models.export import export
+    from graphprune.models.reference import export_reference
 
     torch.set_num_threads(1)
     cache: dict[tuple[str, bool], Path] = {}
@@ -24,8 +23,7 @@ def exported(tmp_path_factory):
     def get(name: str, dynamo: bool) -> Path:
         key = (name, dynamo)
         if key not in cache:
-            module, example = build(name)
-            cache[key] = export(module, example, folder / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx", dynamo)
+            cache[key] = export_reference(name, dynamo, folder)
         return cache[key]
 
     return get

@@ -14,7 +14,6 @@ _REASONS = {
     "Loop": "control flow (Loop) subgraph",
     "Scan": "control flow (Scan) subgraph",
     "NonZero": "NonZero output depends on values",
-    "Expand": "Expand target shape is not modelled",
     "Tile": "Tile repeats channels",
     "Einsum": "Einsum is not modelled",
     "TopK": "TopK selects along an axis",

@@ -17,7 +17,7 @@ import onnx_ir as ir
 from graphprune.ops.registry import (
     CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register,
 )
-from graphprune.ops.shapevec import rewrite_shape_vector, shape_entries
+from graphprune.ops.shapevec import rewrite_entries_for, settable_entries
 
 Block = tuple[list[int], list[int]]
 
@@ -105,6 +105,8 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, l
     """Input axes `left` merge into output axis `out_axis`; link the one that carries channels."""
     if in_axis is None:
         carriers = [a for a in left if ctx.has_dim(Dim(x, a))]
+        if not carriers and ctx.defer(node, Port(True, 0), out_axis):
+            return  # asked again once propagation has reached the input side
         if len(carriers) != 1:
             ctx.freeze(Dim(y, out_axis), f"{node.op_type} merges axes {left}; none alone is known to carry channels")
             return
@@ -136,20 +138,43 @@ class Reshape(OpRule):
     """Like Regroup; the target entries of pruned axes are rewritten, so they must be constants (or -1)."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        entries = shape_entries(ctx, node.inputs[1])
-        if entries is None:
+        settable = settable_entries(ctx, node.inputs[1])
+        if settable is None:
             ctx.freeze(Dim(port.value(node), axis), "Reshape target shape is computed at run time")
             return
-        couple_regroup(ctx, node, port, axis, lambda o: o < len(entries) and entries[o] is not None)
+        couple_regroup(ctx, node, port, axis, lambda o: o < len(settable) and settable[o])
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
-        entries = shape_entries(ctx, node.inputs[1])
-        updates = {}
-        for axis, entry in enumerate(entries):
-            kept = ctx.kept(node.outputs[0], axis)
-            if kept is not None and entry != -1:
-                updates[axis] = len(kept)
-        rewrite_shape_vector(ctx, node, 1, updates)
+        rewrite_entries_for(ctx, node, 1, node.outputs[0], keep={-1})
+
+
+@register("Expand")
+class Expand(OpRule):
+    """Broadcast input 0 to a shape vector: an axis the input already has at full size passes through (its
+    shape entry is rewritten unless it is 1); an axis Expand creates from size 1 cannot carry prunable units."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        dim = Dim(port.value(node), axis)
+        x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+        settable = settable_entries(ctx, node.inputs[1])
+        if (not port.output and port.index != 0) or x_shape is None or y_shape is None or settable is None:
+            ctx.freeze(dim, "Expand shape input, unknown ranks or a computed shape vector")
+            return
+        offset = len(y_shape) - len(x_shape)
+        out_axis = axis if port.output else axis + offset
+        in_axis = out_axis - offset
+        if in_axis < 0 or x_shape[in_axis] != y_shape[out_axis]:
+            ctx.freeze(dim, "Expand broadcasts this axis from size 1")
+            return
+        shape_axis = out_axis - (len(y_shape) - len(settable))
+        if shape_axis >= 0 and not settable[shape_axis]:
+            ctx.freeze(dim, "Expand target size of this axis is computed at run time")
+            return
+        ctx.link(Dim(x, in_axis), Dim(y, out_axis))
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        rewrite_entries_for(ctx, node, 1, node.outputs[0], keep={1})
 
 
 @register("Transpose")

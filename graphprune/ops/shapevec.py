@@ -30,6 +30,15 @@ def _pieces(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[Piece]
     return pieces
 
 
+def settable_entries(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[bool] | None:
+    """Per entry, whether the rewrite can give it a new value: it lies in a constant piece, or is a runtime
+    piece of its own (a size the exporter read with Shape; channel axes are static, so a constant replaces it)."""
+    pieces = _pieces(ctx, value)
+    if pieces is None:
+        return None
+    return [array is not None or length == 1 for _, array, length in pieces for _ in range(length)]
+
+
 def shape_entries(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[int | None] | None:
     """Each entry of the vector: its constant value, or None where it is computed at run time."""
     pieces = _pieces(ctx, value)
@@ -43,16 +52,16 @@ def shape_entries(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[
 
 def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates: dict[int, int]) -> None:
     """Set entries `updates` (position → value) of the shape vector at input `index` of `node`. A Concat is
-    cloned for this node alone (other nodes may share it); updated positions must lie in constant pieces."""
+    cloned for this node alone (other nodes may share it); updated positions must be settable_entries."""
     pieces = _pieces(ctx, node.inputs[index])
     new_pieces, offset, changed = [], 0, False
     for piece, array, length in pieces:
         touched = {p - offset: v for p, v in updates.items() if offset <= p < offset + length}
         if touched:
-            new = array.copy()
+            new = array.copy() if array is not None else np.zeros(1, dtype=np.int64)
             for position, value in touched.items():
                 new[position] = value
-            if not np.array_equal(new, array):
+            if array is None or not np.array_equal(new, array):
                 changed = True
                 piece = ctx.new_const(new)
         new_pieces.append(piece)
@@ -63,3 +72,15 @@ def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates
         node.replace_input_with(index, new_pieces[0])
     else:
         node.replace_input_with(index, ctx.add_node("Concat", new_pieces, {"axis": 0}, before=node))
+
+
+def rewrite_entries_for(ctx: RewriteContext, node: ir.Node, index: int, output: ir.Value, keep: set[int]) -> None:
+    """Write the surviving channel counts of `output`'s pruned axes into the shape vector at input `index`,
+    leaving entries whose value in `keep` makes the op infer the size (Reshape's -1, Expand's 1)."""
+    entries = shape_entries(ctx, node.inputs[index])
+    updates = {}
+    for axis, entry in enumerate(entries):
+        kept = ctx.kept(output, axis)
+        if kept is not None and entry not in keep:
+            updates[axis] = len(kept)
+    rewrite_shape_vector(ctx, node, index, updates)

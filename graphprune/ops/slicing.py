@@ -7,7 +7,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, int_list, normalize_axis, present, register,
+    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, attr_ints, int_list, normalize_axis, present,
+    register,
 )
 
 
@@ -74,19 +75,29 @@ class Split(OpRule):
             ctx.set_input_const(node, 1, new)
 
 
+def _slice_axes(ctx, node: ir.Node) -> list[int] | None:
+    """The axes a Slice cuts (normalised); None when they are not known statically."""
+    shape = ctx.shape(node.inputs[0])
+    if shape is None:
+        return None
+    if "starts" in node.attributes:
+        axes = attr_ints(node, "axes") or list(range(len(node.attributes["starts"].as_ints())))
+    elif len(node.inputs) > 3 and node.inputs[3] is not None:
+        axes = int_list(ctx, node, "axes", 3)
+    else:
+        starts_shape = ctx.shape(node.inputs[1])
+        axes = list(range(starts_shape[0])) if starts_shape and isinstance(starts_shape[0], int) else None
+    return None if axes is None else [normalize_axis(a, len(shape)) for a in axes]
+
+
 def _slice_params(ctx, node: ir.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
     """(starts, ends, axes, steps) normalised to non-negative axes; None when any is dynamic."""
-    shape = ctx.shape(node.inputs[0])
+    axes = _slice_axes(ctx, node)
     starts, ends = int_list(ctx, node, "starts", 1), int_list(ctx, node, "ends", 2)
-    if shape is None or starts is None or ends is None:
-        return None
-    axes = int_list(ctx, node, "axes", 3)
     steps = int_list(ctx, node, "steps", 4)
-    has_axes = "axes" in node.attributes or (len(node.inputs) > 3 and node.inputs[3] is not None)
     has_steps = len(node.inputs) > 4 and node.inputs[4] is not None
-    if (has_axes and axes is None) or (has_steps and steps is None):
+    if axes is None or starts is None or ends is None or (has_steps and steps is None):
         return None
-    axes = [normalize_axis(a, len(shape)) for a in (axes or range(len(starts)))]
     return starts, ends, axes, steps or [1] * len(starts)
 
 
@@ -101,15 +112,19 @@ class Slice(OpRule):
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         dim = Dim(port.value(node), axis)
-        params = _slice_params(ctx, node)
-        if port.index != 0 or params is None:
-            ctx.freeze(dim, "Slice with dynamic bounds" if params is None else "Slice bound inputs carry no channels")
+        axes = _slice_axes(ctx, node)
+        if port.index != 0 or axes is None:
+            ctx.freeze(dim, "Slice with dynamic axes" if axes is None else "Slice bound inputs carry no channels")
             return
         x, y = node.inputs[0], node.outputs[0]
-        starts, ends, axes, steps = params
         if axis not in axes:
             ctx.link(Dim(x, axis), Dim(y, axis))
             return
+        params = _slice_params(ctx, node)
+        if params is None:
+            ctx.freeze(dim, "Slice with dynamic bounds along the channel axis")
+            return
+        starts, ends, axes, steps = params
         k = axes.index(axis)
         size = _static_size(ctx, x, axis)
         if steps[k] != 1 or size is None:
@@ -120,6 +135,8 @@ class Slice(OpRule):
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         x = node.inputs[0]
+        if all(ctx.kept(x, axis) is None for axis in _slice_axes(ctx, node)):
+            return
         starts, ends, axes, _ = _slice_params(ctx, node)
         new_starts, new_ends = list(starts), list(ends)
         for k, axis in enumerate(axes):

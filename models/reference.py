@@ -1,0 +1,24 @@
+"""One entry point for every reference model: build it and export it with either torch exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graphprune.models import cnn, transformers
+from graphprune.models.export import export
+
+CNNS = list(cnn.BUILDERS)
+TRANSFORMERS = list(transformers.BUILDERS)
+
+
+def export_reference(name: str, dynamo: bool, folder: str | Path) -> Path:
+    """Export reference model `name` into `folder`; token models get dynamic batch and sequence axes."""
+    path = Path(folder) / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx"
+    if name in cnn.BUILDERS:
+        return export(*cnn.build(name), path, dynamo)
+    module, inputs = transformers.build(name)
+    if name == "vit":
+        return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name])
+    tokens = {0: "batch", 1: "seq"}
+    return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name],
+                  dynamic=[tokens] * len(inputs), output_dynamic=tokens)

@@ -1,0 +1,189 @@
+"""Small torch reference transformers in the shapes real exporters see (needs graphprune[torch]).
+
+BERT-style encoder (post-LN, GELU FFN, additive attention mask), ViT (patch conv, cls token concat, pre-LN),
+LLaMA-style decoder (RMSNorm, rotary embeddings, GQA with 2 query heads per KV head, SwiGLU, tied or untied
+lm_head). Each builder returns (module in eval mode, example inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, H_kv, S, D] → [B, H_kv·n_rep, S, D], written as Hugging Face's LLaMA does."""
+    batch, kv_heads, seq, head_dim = x.shape
+    if n_rep == 1:
+        return x
+    x = x[:, :, None, :, :].expand(batch, kv_heads, n_rep, seq, head_dim)
+    return x.reshape(batch, kv_heads * n_rep, seq, head_dim)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) self-attention with separate or fused Q/K/V projections."""
+
+    def __init__(self, d: int, heads: int, kv_heads: int | None = None, bias: bool = True, fused: bool = False,
+                 rope: bool = False, sdpa: bool = False):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads or heads, d // heads
+        self.fused, self.rope, self.sdpa = fused, rope, sdpa
+        kv_d = self.kv_heads * self.head_dim
+        if fused:
+            self.qkv = nn.Linear(d, d + 2 * kv_d, bias=bias)
+        else:
+            self.q, self.k, self.v = nn.Linear(d, d, bias=bias), nn.Linear(d, kv_d, bias=bias), nn.Linear(d, kv_d, bias=bias)
+        self.o = nn.Linear(d, d, bias=bias)
+        if rope:
+            inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+            angles = torch.outer(torch.arange(64).float(), inv)
+            emb = torch.cat((angles, angles), dim=-1)
+            self.register_buffer("cos", emb.cos(), persistent=False)
+            self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, s, d = x.shape
+        if self.fused:
+            kv_d = self.kv_heads * self.head_dim
+            q, k, v = self.qkv(x).split([d, kv_d, kv_d], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope:
+            cos, sin = self.cos[:s], self.sin[:s]
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        n_rep = self.heads // self.kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores + mask
+            out = scores.softmax(-1) @ v
+        return self.o(out.transpose(1, 2).reshape(b, s, d))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int):
+        super().__init__()
+        self.attn, self.ln1 = Attention(d, heads), nn.LayerNorm(d)
+        self.up, self.down, self.ln2 = nn.Linear(d, ffn), nn.Linear(ffn, d), nn.LayerNorm(d)
+
+    def forward(self, x, mask):
+        x = self.ln1(x + self.attn(x, mask))
+        return self.ln2(x + self.down(F.gelu(self.up(x))))
+
+
+class Bert(nn.Module):
+    def __init__(self, vocab: int = 100, d: int = 64, heads: int = 4, ffn: int = 128, layers: int = 2):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(64, d)
+        self.ln = nn.LayerNorm(d)
+        self.layers = nn.ModuleList(BertLayer(d, heads, ffn) for _ in range(layers))
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.ln(self.tok(input_ids) + self.pos(positions))
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(d), Attention(d, heads, fused=True)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self, d: int = 48, heads: int = 3, ffn: int = 96, layers: int = 2, patch: int = 8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, (32 // patch) ** 2 + 1, d) * 0.1)
+        self.blocks = nn.ModuleList(ViTBlock(d, heads, ffn) for _ in range(layers))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x)[:, 0])
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(d) + 0.1 * torch.randn(d)), eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int, ffn: int):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(d), Attention(d, heads, kv_heads, bias=False, rope=True, sdpa=True)
+        self.norm2 = RMSNorm(d)
+        self.gate, self.up = nn.Linear(d, ffn, bias=False), nn.Linear(d, ffn, bias=False)
+        self.down = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x, mask):
+        x = x + self.attn(self.norm1(x), mask)
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class Llama(nn.Module):
+    def __init__(self, vocab: int = 100, d: int = 64, heads: int = 4, kv_heads: int = 2, ffn: int = 96,
+                 layers: int = 2, tied: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(LlamaLayer(d, heads, kv_heads, ffn) for _ in range(layers))
+        self.norm = RMSNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tied:
+            self.lm_head.weight = self.embed.weight
+
+    def forward(self, input_ids):
+        s = input_ids.shape[1]
+        mask = torch.full((s, s), float("-inf")).triu(1)
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.lm_head(self.norm(x))
+
+
+BUILDERS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
+    "bert": lambda: (Bert(), (torch.randint(0, 100, (2, 12)), torch.tensor([[1] * 12, [1] * 9 + [0] * 3]))),
+    "vit": lambda: (ViT(), (torch.randn(2, 3, 32, 32),)),
+    "llama": lambda: (Llama(), (torch.randint(0, 100, (2, 12)),)),
+    "llama_tied": lambda: (Llama(tied=True), (torch.randint(0, 100, (2, 12)),)),
+}
+INPUT_NAMES = {"bert": ["input_ids", "attention_mask"], "vit": ["x"], "llama": ["input_ids"],
+               "llama_tied": ["input_ids"]}
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple]:
+    torch.manual_seed(seed)
+    module, inputs = BUILDERS[name]()
+    return module.eval(), inputs

@@ -1,0 +1,90 @@
+"""Reference transformers, both torch exporters: heads and FFN neurons detected without being told the head
+count, masked equivalence for every prunable group, GQA kept consistent, hidden pruning runnable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphprune import runtime, verify
+from graphprune.analysis import analyze
+from graphprune.io import load_model
+from graphprune.passes import apply_plan, make_plan
+from tests.harness import assert_group_equivalent
+
+# name -> {kind: (groups, units per group)} that must be prunable with either exporter
+EXPECT = {
+    "bert": {"head": (2, 4), "neuron": (2, 128)},
+    "vit": {"head": (2, 3), "neuron": (2, 96)},
+    "llama": {"head": (2, 2), "neuron": (2, 96)},       # a head unit is one KV group: 1 KV + 2 query heads
+    "llama_tied": {"head": (2, 2), "neuron": (2, 96)},
+}
+# the legacy exporter writes repeat_kv's Expand shape through Where(Equal(shape, -1), 1, shape)
+LEGACY_FROZEN = {"llama": "head", "llama_tied": "head"}
+CASES = [(name, dynamo) for name in EXPECT for dynamo in (False, True)]
+IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
+
+
+def prunable_by_kind(analysis, kind: str) -> list:
+    return [g for g in analysis.prunable() if g.kind == kind]
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_heads_and_neurons_detected(exported, name, dynamo):
+    analysis = analyze(load_model(exported(name, dynamo)))
+    for kind, (count, size) in EXPECT[name].items():
+        groups = prunable_by_kind(analysis, kind)
+        if not dynamo and LEGACY_FROZEN.get(name) == kind:
+            assert not groups
+            continue
+        assert [g.size for g in groups] == [size] * count, (kind, [g.summary() for g in analysis.groups])
+    hidden = [g for g in analysis.groups if g.kind == "hidden"]
+    assert len(hidden) == 1 and hidden[0].frozen and hidden[0].approximate
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_masked_equivalence_heads_and_neurons(exported, name, dynamo):
+    path = exported(name, dynamo)
+    groups = analyze(load_model(path)).prunable()
+    assert groups
+    for group in groups:
+        assert_group_equivalent(path, group)
+
+
+def test_gqa_units_are_whole_kv_groups(exported):
+    """A head unit owns one KV head (16 rows of K and of V) and both query heads that read it (32 rows of Q
+    and 32 input columns of O): removing it can never leave a query head without its KV head."""
+    analysis = analyze(load_model(exported("llama", True)))
+    for group in prunable_by_kind(analysis, "head"):
+        per_unit = sorted({int(np.sum(m.unit_of == 0)) for m in group.param_members()})
+        assert per_unit == [16, 32], per_unit
+        for member in group.param_members():
+            assert len(set(np.bincount(member.unit_of[member.unit_of >= 0]).tolist())) == 1
+
+
+def test_gqa_pruned_layers_keep_two_query_heads_per_kv_head(exported):
+    path = exported("llama", True)
+    analysis = analyze(load_model(path))
+    pruned = apply_plan(analysis, make_plan(analysis, "l2", 0.5))
+    verify.check(pruned)
+    head_splits = [n.outputs[0].shape for n in pruned.graph
+                   if n.op_type == "Reshape" and n.outputs[0].shape is not None and len(n.outputs[0].shape) == 4
+                   and n.outputs[0].shape[3] == 16 and isinstance(n.outputs[0].shape[2], int)]  # [B, S, H, D]
+    counts = sorted(shape[2] for shape in head_splits)
+    assert counts == [1, 1, 1, 1, 2, 2], counts  # per layer: q (2 heads), k and v (1 KV head each)
+    out = runtime.run(runtime.session(pruned), {"input_ids": np.arange(10, dtype=np.int64).reshape(2, 5)})[0]
+    assert out.shape == (2, 5, 100) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "vit"])
+def test_hidden_pruning_gives_a_valid_smaller_model(exported, name):
+    path = exported(name, True)
+    analysis = analyze(load_model(path), allow_approximate=True)
+    hidden = [g for g in analysis.prunable() if g.kind == "hidden"]
+    assert len(hidden) == 1 and hidden[0].size == {"vit": 48}.get(name, 64)
+    dense = load_model(path)
+    pruned = apply_plan(analysis, make_plan(analysis, "l2", 0.25))
+    verify.check(pruned)
+    feeds = runtime.random_feeds(runtime.session(dense), batch=2, dims={"seq": 7})
+    out = runtime.run(runtime.session(pruned), feeds)[0]
+    assert out.shape == runtime.run(runtime.session(dense), feeds)[0].shape and np.isfinite(out).all()
