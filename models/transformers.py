@@ -41,7 +41,8 @@ class Attention(nn.Module):
         if fused:
             self.qkv = nn.Linear(d, d + 2 * kv_d, bias=bias)
         else:
-            self.q, self.k, self.v = nn.Linear(d, d, bias=bias), nn.Linear(d, kv_d, bias=bias), nn.Linear(d, kv_d, bias=bias)
+            self.q = nn.Linear(d, d, bias=bias)
+            self.k, self.v = nn.Linear(d, kv_d, bias=bias), nn.Linear(d, kv_d, bias=bias)
         self.o = nn.Linear(d, d, bias=bias)
         if rope:
             inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
