@@ -16,22 +16,24 @@ from graphprune.passes.pipeline import prune_file
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    analysis = analyze(load_model(args.model))
+    analysis = analyze(load_model(args.model), allow_approximate=args.prune_hidden)
     if args.json:
         print(json.dumps([g.summary() for g in analysis.groups], indent=1))
         return 0
     rows = [
         [g.id, g.kind, g.size, human(g.params), "frozen" if g.frozen else "prunable", g.label,
-         g.frozen_reasons[0] if g.frozen else ""]
+         g.frozen_reasons[0] if g.frozen else g.detail()]
         for g in analysis.groups
     ]
-    print(render(["id", "kind", "size", "params", "status", "anchor", "reason"], rows))
+    print(render(["id", "kind", "size", "params", "status", "anchor", "reason / detail"], rows))
     print(f"\n{len(analysis.groups)} groups, {len(analysis.prunable())} prunable")
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed)
+    kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
+    result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
+                        kind_ratios, args.prune_hidden)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
     b, a = result.before, result.after
@@ -40,8 +42,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
         ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
     ]))
-    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups "
-          f"({args.criterion}, ratio {args.ratio}); wrote {args.output}")
+    ratios = ", ".join([f"ratio {args.ratio}"] + [f"{kind} {value}" for kind, value in kind_ratios.items()])
+    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({args.criterion}, {ratios}); "
+          f"wrote {args.output}")
     print(f"verified: {', '.join(result.verification.passed) or 'nothing'}")
     for note in result.verification.skipped:
         print(f"not verified: {note}")
@@ -68,6 +71,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+KINDS = ("channel", "head", "neuron", "hidden")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphprune", description="Structured pruning of ONNX models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,12 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="list channel groups and why any are frozen")
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--prune-hidden", action="store_true", help="treat approximate (hidden) groups as prunable")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller model")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
+    for kind in KINDS:
+        p.add_argument(f"--{kind}-ratio", type=float, default=None, help=f"ratio for {kind} groups (default --ratio)")
+    p.add_argument("--prune-hidden", action="store_true",
+                   help="also prune the hidden dimension (approximate: normalisation statistics change)")
     p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
     p.add_argument("--seed", type=int, default=0)
@@ -109,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "models", None) and len(args.models) > 2:
         print("graphprune: error: bench takes one or two models", file=sys.stderr)
         return 2
-    if getattr(args, "ratio", None) is not None and not 0.0 <= args.ratio < 1.0:
-        print(f"graphprune: error: --ratio must be in [0, 1), got {args.ratio}", file=sys.stderr)
-        return 2
+    for name in ("ratio", *(f"{kind}_ratio" for kind in KINDS)):
+        value = getattr(args, name, None)
+        if value is not None and not 0.0 <= value < 1.0:
+            print(f"graphprune: error: --{name.replace('_', '-')} must be in [0, 1), got {value}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except GraphpruneError as exc:

@@ -58,6 +58,20 @@ class Group:
     def param_members(self) -> list[Member]:
         return [m for m in self.members if m.is_param]
 
+    def unit_widths(self) -> list[int]:
+        """Distinct numbers of positions one unit owns across param members (heads: head_dim, q·head_dim)."""
+        return sorted({int(np.sum(m.unit_of == 0)) for m in self.param_members()})
+
+    def detail(self) -> str:
+        """What one unit is, for people: heads and head_dim (and queries per KV head under GQA)."""
+        widths = self.unit_widths()
+        if self.kind != "head" or not widths:
+            return ""
+        head_dim, widest = widths[0], widths[-1]
+        if widest == head_dim:
+            return f"{self.size} heads x head_dim {head_dim}"
+        return f"{self.size} KV groups x {widest // head_dim} query heads, head_dim {head_dim}"
+
     def summary(self) -> dict:
         """JSON-ready description."""
         return {
@@ -66,6 +80,7 @@ class Group:
             "size": self.size,
             "params": self.params,
             "label": self.label,
+            "detail": self.detail(),
             "frozen": self.frozen,
             "reasons": self.frozen_reasons,
             "approximate": self.approximate,

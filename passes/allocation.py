@@ -16,13 +16,17 @@ def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
     return min(size, max(1, keep))
 
 
-def uniform(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1) -> PruningPlan:
-    """Remove the lowest-scored `ratio` of every prunable group."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    plan = PruningPlan(meta={"allocation": "uniform", "ratio": ratio, "round_to": round_to})
+def uniform(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
+            kind_ratios: dict[str, float] | None = None) -> PruningPlan:
+    """Remove the lowest-scored `ratio` of every prunable group (`kind_ratios[group.kind]` where given)."""
+    kind_ratios = kind_ratios or {}
+    for value in (ratio, *kind_ratios.values()):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"ratios must be in [0, 1), got {value}")
+    plan = PruningPlan(meta={"allocation": "uniform", "ratio": ratio, "kind_ratios": kind_ratios,
+                             "round_to": round_to})
     for group in analysis.prunable():
-        keep = kept_count(group.size, ratio, round_to)
+        keep = kept_count(group.size, kind_ratios.get(group.kind, ratio), round_to)
         order = np.argsort(scores[group.id], kind="stable")
         plan.remove(group, order[: group.size - keep])
     return plan

