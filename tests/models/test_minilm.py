@@ -38,3 +38,20 @@ def test_pruned_minilm_keeps_embeddings_close(minilm, tmp_path):
     similarity = mean_cosine(minilm, target)
     assert 0.5 < similarity <= 1.0 + 1e-6, similarity
 
+
+
+def test_ort_fused_minilm_prunes_through_fused_ops(tmp_path_factory):
+    """ONNX Runtime's transformer optimizer fuses SkipLayerNormalization and BiasGelu; pruning goes through."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    folder = tmp_path_factory.mktemp("fused")
+    dense = export_minilm(folder / "minilm.onnx", dynamo=False)
+    fused = folder / "fused.onnx"
+    optimize_model(str(dense), model_type="bert", num_heads=12, hidden_size=384).save_model_to_file(str(fused))
+    ops = {n.op_type for n in load_model(fused).graph}
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+    analysis = analyze(load_model(fused))
+    assert sorted(g.kind for g in analysis.prunable()) == ["head"] * 6 + ["neuron"] * 6
+    target = folder / "pruned.onnx"
+    prune_file(fused, target, "l2", ratio=0.0, kind_ratios={"head": 0.25, "neuron": 0.3})
+    assert 0.5 < mean_cosine(dense, target) <= 1.0 + 1e-6
