@@ -45,7 +45,7 @@ class _Propagator:
         self.uf = UnionFind()
         self.dims: dict[Dim, tuple[int, int]] = {}
         self.frozen: dict[Dim, list[str]] = {}
-        self.consumers: set[Dim] = set()
+        self.consumers: dict[Dim, tuple[Dim, ir.Node]] = {}
         self.tags: dict[Dim, set[str]] = {}
         self.approx: dict[Dim, list[str]] = {}
         self.queue: deque[Dim] = deque()
@@ -95,9 +95,9 @@ class _Propagator:
         if self._ensure(dim):
             self.tags.setdefault(dim, set()).add(kind)
 
-    def consumer(self, dim: Dim) -> None:
-        if self._ensure(dim):
-            self.consumers.add(dim)
+    def consumer(self, weight: Dim, reads: Dim, node: ir.Node) -> None:
+        if self._ensure(weight):
+            self.consumers[weight] = (reads, node)
 
     def freeze(self, dim: Dim, reason: str) -> None:
         self._note(self.frozen, dim, reason)
@@ -211,7 +211,8 @@ class _Propagator:
             slot = np.clip(np.searchsorted(sorted_roots, r), 0, len(sorted_roots) - 1)
             unit_of = np.where(sorted_roots[slot] == r, unit_of_root[slot], -1)
             is_param = dim.value.const_value is not None
-            members.append(Member(dim.value, dim.axis, unit_of, is_param, dim in self.consumers))
+            reads, node = self.consumers.get(dim, (None, None))
+            members.append(Member(dim.value, dim.axis, unit_of, is_param, reads, node))
             if is_param:
                 shape = dim.value.const_value.shape
                 per_position = int(np.prod(shape)) // int(shape[dim.axis])

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ops.registry import Dim
+
 
 @dataclass
 class Member:
@@ -16,7 +18,13 @@ class Member:
     axis: int
     unit_of: np.ndarray
     is_param: bool
-    consumer: bool
+    reads: Dim | None = None  # consumer weights: the activation axis they read (calibration observes it)
+    node: ir.Node | None = None  # consumer weights: the node computing with them (bias compensation)
+
+    @property
+    def consumer(self) -> bool:
+        """A weight slice reading the group's channels: zeroing it masks them for everything downstream."""
+        return self.reads is not None
 
     @property
     def tensor(self) -> str:

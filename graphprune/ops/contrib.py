@@ -43,7 +43,7 @@ class FusedAttention(OpRule):
             return
         if (not port.output and port.index == 0 and axis == 2) or (port.index == 1 and not port.output and axis == 0):
             ctx.link(Dim(x, 2), Dim(w, 0))
-            ctx.consumer(Dim(w, 0))
+            ctx.consumer(Dim(w, 0), Dim(x, 2), node)
             return
         if not port.output and port.index == 0:
             ctx.link(Dim(x, axis), Dim(y, axis))

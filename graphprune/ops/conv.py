@@ -33,7 +33,7 @@ class _ConvLike(OpRule):
         if groups == 1:
             if side == "in":
                 ctx.link(Dim(x, 1), Dim(w, self.weight_in_axis))
-                ctx.consumer(Dim(w, self.weight_in_axis))
+                ctx.consumer(Dim(w, self.weight_in_axis), Dim(x, 1), node)
             else:
                 ctx.link(Dim(y, 1), Dim(w, self.weight_out_axis))
                 if bias is not None:

@@ -28,7 +28,7 @@ class Gemm(OpRule):
         role = self._role(ctx, node, port, axis, a_k, b_k)
         if role == "k":
             ctx.link(Dim(a, a_k), Dim(b, b_k))
-            ctx.consumer(Dim(b, b_k))
+            ctx.consumer(Dim(b, b_k), Dim(a, a_k), node)
         elif role == "m":
             ctx.link(Dim(a, a_m), Dim(y, 0))
             if len(node.inputs) > 2 and node.inputs[2] is not None:
@@ -73,7 +73,7 @@ class MatMul(OpRule):
         ra, rb, ry = (len(s) for s in shapes)
         role, out_axis = self._role(port, axis, ra, rb, ry)
         if role == "k":
-            self._couple_contraction(ctx, a, b, ra, rb, touched)
+            self._couple_contraction(ctx, node, (ra, rb), touched)
         elif role == "m":
             ctx.link(Dim(a, ra - 2), Dim(y, ry - 2))
         elif role == "n":
@@ -93,13 +93,15 @@ class MatMul(OpRule):
         return "batch", axis + ry - rank
 
     @staticmethod
-    def _couple_contraction(ctx: CoupleContext, a: ir.Value, b: ir.Value, ra: int, rb: int, touched: Dim) -> None:
+    def _couple_contraction(ctx: CoupleContext, node: ir.Node, ranks: tuple[int, int], touched: Dim) -> None:
+        a, b = node.inputs[0], node.inputs[1]
+        ra, rb = ranks
         if ctx.const(b) is not None and rb == 2:
             ctx.link(Dim(a, ra - 1), Dim(b, 0))
-            ctx.consumer(Dim(b, 0))
+            ctx.consumer(Dim(b, 0), Dim(a, ra - 1), node)
         elif ctx.const(a) is not None and ra == 2:
             ctx.link(Dim(a, 1), Dim(b, rb - 2))
-            ctx.consumer(Dim(a, 1))
+            ctx.consumer(Dim(a, 1), Dim(b, rb - 2), node)
         else:
             ctx.freeze(touched, "MatMul contraction between two activations (e.g. over head_dim)")
 
