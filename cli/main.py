@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
+from graphprune.cli.table import human, ratio, render
+from graphprune.passes.importance import criteria
+from graphprune.passes.pipeline import CalibrationSpec, prune_file
+
 from graphprune import runtime
 from graphprune.analysis import analyze
-from graphprune.cli.table import human, ratio, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
-from graphprune.passes.importance import criteria
-from graphprune.passes.pipeline import prune_file
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -32,8 +33,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
+    spec = CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True)
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
-                        kind_ratios, args.prune_hidden)
+                        kind_ratios, args.prune_hidden, spec, args.compensate)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
     b, a = result.before, result.after
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, or .npy for one input")
+    p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
+    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold removed channels' mean into consumer biases (default: on for flap)")
     p.add_argument("--save-plan", help="also write the pruning plan as JSON")
     p.set_defaults(func=cmd_prune)
 

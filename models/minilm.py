@@ -60,9 +60,8 @@ def export_minilm(path: str | Path, dynamo: bool) -> Path:
     """Export the encoder (inputs input_ids, attention_mask; output last hidden state) to `path`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModel
-
     from graphprune.models.export import export
+    from transformers import AutoModel
 
     class Encoder(torch.nn.Module):
         def __init__(self, base):

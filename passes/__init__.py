@@ -2,7 +2,10 @@
 
 from graphprune.passes import importance
 from graphprune.passes.allocation import kept_count, uniform
-from graphprune.passes.pipeline import PruneResult, make_plan, prune_file
+from graphprune.passes.pipeline import CalibrationSpec, PruneResult, make_plan, prune_file, run_calibration
 from graphprune.passes.rewrite import apply_plan
 
-__all__ = ["PruneResult", "apply_plan", "importance", "kept_count", "make_plan", "prune_file", "uniform"]
+__all__ = [
+    "CalibrationSpec", "PruneResult", "apply_plan", "importance", "kept_count", "make_plan", "prune_file",
+    "run_calibration", "uniform",
+]

@@ -6,15 +6,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from graphprune.passes.allocation import uniform
+from graphprune.passes.calibration import Calibration, calibrate, file_batches, synthetic_batches
+from graphprune.passes.compensation import bias_deltas
+from graphprune.passes.importance import get_criterion, needs_data
+from graphprune.passes.rewrite import apply_plan
+
 from graphprune import verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
-from graphprune.passes.allocation import uniform
-from graphprune.passes.importance import get_criterion
-from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan
 
 
@@ -32,29 +35,68 @@ class PruneResult:
 
 
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
-              seed: int = 0, kind_ratios: dict[str, float] | None = None) -> PruningPlan:
+              seed: int = 0, kind_ratios: dict[str, float] | None = None,
+              calibration: Calibration | None = None) -> PruningPlan:
     """Score every prunable group with `criterion` and allocate `ratio` (per kind: `kind_ratios`) uniformly."""
-    options = {"seed": seed} if criterion == "random" else {}
-    scorer = get_criterion(criterion, **options)
+    scorer = get_criterion(criterion, calibration, seed)
     scores = {g.id: scorer.score(analysis, g) for g in analysis.prunable()}
     plan = uniform(analysis, scores, ratio, round_to, kind_ratios)
     plan.meta["criterion"] = criterion
+    if calibration is not None:
+        plan.meta["calibration"] = {"source": calibration.source, "samples": calibration.samples}
     return plan
+
+
+@dataclass
+class CalibrationSpec:
+    """Where calibration data comes from: a .npz/.npy file, or synthetic inputs (data-free)."""
+
+    path: str | None = None
+    data_free: bool = False
+    samples: int = 128
+    batch_size: int = 16
+    progress: bool = False
+
+    def wanted(self) -> bool:
+        return self.path is not None or self.data_free
+
+
+def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0) -> Calibration:
+    """Collect statistics for `analysis` from the source `spec` names."""
+    if spec.path:
+        inputs = [v.name for v in analysis.model.graph.inputs if not v.is_initializer()]
+        batches, source = file_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
+    elif spec.data_free:
+        batches, source = synthetic_batches(analysis.model, spec.batch_size, spec.samples, seed), "data-free"
+    else:
+        raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
+    total = -(-spec.samples // spec.batch_size)
+    return calibrate(analysis, batches, total=total, progress=spec.progress, source=source)
 
 
 def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l2",
                ratio: float = 0.5, round_to: int = 1, seed: int = 0, kind_ratios: dict[str, float] | None = None,
-               prune_hidden: bool = False) -> PruneResult:
+               prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
+               compensate: bool | None = None) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
-    original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation)."""
+    original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
+    Criteria that need data, and bias compensation (default: on for flap), calibrate first."""
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise GraphpruneError("the output path must differ from the input (the input is never modified)")
+    compensate = criterion == "flap" if compensate is None else compensate
+    spec = calibration or CalibrationSpec()
+    if (needs_data(criterion) or compensate) and not spec.wanted():
+        raise GraphpruneError(f"{'bias compensation' if compensate else f'criterion {criterion!r}'} needs "
+                              "calibration data: pass --calib FILE or --data-free")
     model = load_model(source)
     before = cost(model, source)
     analysis = analyze(model, allow_approximate=prune_hidden)
-    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios)
-    pruned = apply_plan(analysis, plan)
+    stats = run_calibration(analysis, spec, seed) if spec.wanted() else None
+    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats)
+    deltas = bias_deltas(analysis, plan, stats) if compensate else None
+    plan.meta["compensation"] = "bias" if compensate else None
+    pruned = apply_plan(analysis, plan, deltas)
     checks = verify.verify_like(source, pruned)
     save_model(pruned, target)
     return PruneResult(plan, before, cost(pruned, target), analysis.groups, checks)

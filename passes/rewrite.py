@@ -7,12 +7,13 @@ import itertools
 
 import numpy as np
 import onnx_ir as ir
+from graphprune.passes.compensation import BiasDeltas, apply_bias_deltas
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
-from graphprune.values import const_of, shape_of
 from graphprune.plan import PruningPlan
+from graphprune.values import const_of, shape_of
 
 _Key = tuple[int, int]  # (id(value), axis)
 
@@ -20,8 +21,9 @@ _Key = tuple[int, int]  # (id(value), axis)
 class _Rewriter:
     """Implements the rules' RewriteContext for one plan."""
 
-    def __init__(self, analysis: Analysis, plan: PruningPlan) -> None:
+    def __init__(self, analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None) -> None:
         self.model = analysis.model
+        self.deltas = deltas or {}
         self.values: dict[_Key, ir.Value] = {}
         self.removed: dict[_Key, set[int]] = {}
         self.sizes: dict[_Key, int] = {}
@@ -84,12 +86,23 @@ class _Rewriter:
             rule = ops.lookup(node)
             if touched and rule is not None:
                 rule.rewrite(self, node)
+        apply_bias_deltas(self.model, self.deltas, self._prune_like_output)
         by_value: dict[int, list[int]] = {}
         for (vid, axis) in self.removed:
             by_value.setdefault(vid, []).append(axis)
         for vid, axes in by_value.items():
             self._shrink(self.values[(vid, axes[0])], axes)
         RemoveUnusedNodesPass()(self.model)
+
+    def _prune_like_output(self, node: ir.Node, bias: ir.Value) -> None:
+        """A bias created by compensation loses the same positions as its node's output channels."""
+        out = node.outputs[0]
+        axis = 1 if node.op_type in ("Conv", "ConvTranspose") else len(out.shape) - 1 if out.shape else -1
+        key = (id(out), axis)
+        if key in self.removed:
+            self.values[(id(bias), 0)] = bias
+            self.removed[(id(bias), 0)] = self.removed[key]
+            self.sizes[(id(bias), 0)] = self.sizes[key]
 
     def _shrink(self, value: ir.Value, axes: list[int]) -> None:
         """Slice an initializer along `axes`, or record an activation's new sizes (if its shape is known)."""
@@ -107,7 +120,7 @@ class _Rewriter:
             value.shape = ir.Shape(dims)
 
 
-def apply_plan(analysis: Analysis, plan: PruningPlan) -> ir.Model:
-    """Remove the plan's units from `analysis.model` in place and return it."""
-    _Rewriter(analysis, plan).run()
+def apply_plan(analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None) -> ir.Model:
+    """Remove the plan's units from `analysis.model` in place (adding bias `deltas` first) and return it."""
+    _Rewriter(analysis, plan, deltas).run()
     return analysis.model

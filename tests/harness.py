@@ -9,12 +9,14 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnx_ir as ir
+from graphprune.passes import apply_plan
+from graphprune.passes.calibration import Calibration
+from graphprune.passes.compensation import apply_bias_deltas, bias_deltas
 
 from graphprune import runtime, verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.io import from_proto, load_model
 from graphprune.metrics import count_params
-from graphprune.passes import apply_plan
 from graphprune.plan import PruningPlan
 
 Source = Path | onnx.ModelProto
@@ -29,15 +31,21 @@ def outputs(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return runtime.run(runtime.session(model), feeds)
 
 
-def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0) -> dict:
+def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0,
+                 calibration: Calibration | None = None) -> dict:
     """Prune `source` with the plan `make_plan` builds; return the errors of the pruned model against the
-    masked original and of the dense original against the masked one (which must be non-zero to be a test)."""
+    masked original and of the dense original against the masked one (which must be non-zero to be a test).
+    With `calibration`, both get the same bias compensation."""
     pruned_analysis = analyze(load(source))
     plan = make_plan(pruned_analysis)
-    masked = verify.mask_consumers(analyze(load(source)), plan)
+    masked_analysis = analyze(load(source))
+    masked_deltas = bias_deltas(masked_analysis, plan, calibration) if calibration is not None else {}
+    masked = verify.mask_consumers(masked_analysis, plan)
+    apply_bias_deltas(masked, masked_deltas)
     dense = load(source)
     params_before = count_params(dense)
-    pruned = apply_plan(pruned_analysis, plan)
+    deltas = bias_deltas(pruned_analysis, plan, calibration) if calibration is not None else None
+    pruned = apply_plan(pruned_analysis, plan, deltas)
     verify.check(pruned)
     feeds = runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed)
     reference = outputs(masked, feeds)

@@ -11,7 +11,15 @@ import onnx_ir as ir
 
 from graphprune.ops.elementwise import couple_broadcast
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, attr_ints, present, register,
+    CoupleContext,
+    Dim,
+    OpRule,
+    Port,
+    RewriteContext,
+    attr_int,
+    attr_ints,
+    present,
+    register,
 )
 
 MS = "com.microsoft"

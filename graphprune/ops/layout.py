@@ -15,7 +15,14 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_ints, normalize_axis, register,
+    CoupleContext,
+    Dim,
+    OpRule,
+    Port,
+    RewriteContext,
+    attr_ints,
+    normalize_axis,
+    register,
 )
 from graphprune.ops.shapevec import rewrite_entries_for, settable_entries
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, attr_int, int_list, normalize_axis, register,
+    CoupleContext,
+    Dim,
+    OpRule,
+    Port,
+    attr_int,
+    int_list,
+    normalize_axis,
+    register,
 )
 
 

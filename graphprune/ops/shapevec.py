@@ -8,7 +8,6 @@ import onnx_ir as ir
 
 from graphprune.ops.registry import CoupleContext, RewriteContext, attr_int
 
-
 Piece = tuple[ir.Value, np.ndarray | None, int]
 
 

@@ -7,7 +7,16 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
-    CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, attr_ints, int_list, normalize_axis, present,
+    CoupleContext,
+    Dim,
+    OpRule,
+    Port,
+    RewriteContext,
+    attr_int,
+    attr_ints,
+    int_list,
+    normalize_axis,
+    present,
     register,
 )
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from graphprune.passes.importance.registry import Criterion, register_criterion
 
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
-from graphprune.passes.importance.registry import register_criterion
 
 
 def position_norms(member: Member, power: int) -> np.ndarray:
@@ -21,7 +21,7 @@ def per_unit(member: Member, per_position: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(member.unit_of[owned], weights=per_position[owned], minlength=size)
 
 
-class _Norm:
+class _Norm(Criterion):
     power = 1
 
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
@@ -46,11 +46,8 @@ class L2(_Norm):
 
 
 @register_criterion("random")
-class Random:
+class Random(Criterion):
     """Uniform random scores: the baseline every criterion must beat."""
 
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
-        return self.rng.random(group.size)
+        return np.random.default_rng((self.seed, group.id)).random(group.size)

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
+from graphprune.passes.calibration import Calibration
 
 from graphprune.analysis import Analysis
+from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 
 
-class Criterion(Protocol):
+class Criterion:
+    """Scores units of a group (higher = keep). Criteria with `needs_data` read calibration statistics."""
+
     name: str
+    needs_data = False
 
-    def score(self, analysis: Analysis, group: Group) -> np.ndarray: ...
+    def __init__(self, calibration: Calibration | None = None, seed: int = 0) -> None:
+        if self.needs_data and calibration is None:
+            raise GraphpruneError(f"criterion {self.name!r} needs calibration data: pass --calib FILE or --data-free")
+        self.calibration = calibration
+        self.seed = seed
+
+    def score(self, analysis: Analysis, group: Group) -> np.ndarray:
+        raise NotImplementedError
 
 
-_CRITERIA: dict[str, Callable[[], Criterion]] = {}
+_CRITERIA: dict[str, Callable[..., Criterion]] = {}
 
 
 def register_criterion(name: str) -> Callable:
@@ -32,10 +44,14 @@ def register_criterion(name: str) -> Callable:
     return decorate
 
 
-def get_criterion(name: str, **options) -> Criterion:
+def get_criterion(name: str, calibration: Calibration | None = None, seed: int = 0) -> Criterion:
     if name not in _CRITERIA:
-        raise KeyError(f"unknown criterion {name!r}; available: {', '.join(sorted(_CRITERIA))}")
-    return _CRITERIA[name](**options)
+        raise GraphpruneError(f"unknown criterion {name!r}; available: {', '.join(sorted(_CRITERIA))}")
+    return _CRITERIA[name](calibration=calibration, seed=seed)
+
+
+def needs_data(name: str) -> bool:
+    return _CRITERIA[name].needs_data
 
 
 def criteria() -> list[str]:

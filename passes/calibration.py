@@ -1,0 +1,147 @@
+"""Calibration: run the model in ONNX Runtime on sample inputs and stream per-channel statistics of every
+tensor a prunable group's consumer weights read — without keeping activations in memory.
+
+Statistics are over every position but the channel axis (tokens, or batch x height x width for convs):
+mean and variance (Chan/Welford merge of batch moments) and the mean squared value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+from tqdm import tqdm
+
+from graphprune import runtime
+from graphprune.analysis import Analysis
+from graphprune.errors import GraphpruneError
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class ChannelStats:
+    """Streaming moments of one tensor axis, per channel."""
+
+    count: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None  # Σ (x - mean)², merged across batches
+
+    def update(self, x: np.ndarray, axis: int) -> None:
+        rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
+        n, mean = rows.shape[0], rows.mean(axis=0)
+        m2 = ((rows - mean) ** 2).sum(axis=0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.m2 = self.m2 + m2 + delta**2 * self.count * n / total
+        self.mean = self.mean + delta * n / total
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.count, 1)
+
+    @property
+    def mean_square(self) -> np.ndarray:
+        """E[x²] per channel: ‖X_j‖² / number of positions."""
+        return self.variance + self.mean**2
+
+
+@dataclass
+class Calibration:
+    """Statistics per (tensor name, axis), and how many samples produced them."""
+
+    stats: dict[tuple[str, int], ChannelStats] = field(default_factory=dict)
+    samples: int = 0
+    source: str = ""
+
+    def of(self, value: ir.Value, axis: int) -> ChannelStats:
+        key = (value.name, axis)
+        if key not in self.stats:
+            raise GraphpruneError(f"no calibration statistics for {value.name}[{axis}]")
+        return self.stats[key]
+
+
+def observed_axes(analysis: Analysis) -> dict[str, set[int]]:
+    """Tensor name → channel axes read by the consumer weights of prunable groups."""
+    wanted: dict[str, set[int]] = {}
+    for group in analysis.prunable():
+        for member in group.members:
+            if member.reads is not None:
+                wanted.setdefault(member.reads.value.name, set()).add(member.reads.axis)
+    return wanted
+
+
+def _session_exposing(model: ir.Model, names: list[str]):
+    """An ORT session over `model` whose outputs also include the tensors `names` (the model is restored)."""
+    values = {v.name: v for node in model.graph for v in node.outputs} | {v.name: v for v in model.graph.inputs}
+    original = list(model.graph.outputs)
+    extra = [values[n] for n in names if values[n] not in original]
+    model.graph.outputs.extend(extra)
+    try:
+        return runtime.session(model)
+    finally:
+        model.graph.outputs.clear()
+        model.graph.outputs.extend(original)
+
+
+def calibrate(analysis: Analysis, batches: Iterable[Feeds], total: int | None = None,
+              progress: bool = True, source: str = "") -> Calibration:
+    """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis."""
+    wanted = observed_axes(analysis)
+    names = sorted(wanted)
+    sess = _session_exposing(analysis.model, names)
+    result = Calibration(source=source)
+    input_names = [i.name for i in sess.get_inputs()]
+    for feeds in tqdm(batches, total=total, desc="calibrating", unit="batch", disable=not progress):
+        outputs = sess.run(names, {k: v for k, v in feeds.items() if k in input_names})
+        for name, array in zip(names, outputs, strict=True):
+            for axis in wanted[name]:
+                result.stats.setdefault((name, axis), ChannelStats()).update(array, axis)
+        result.samples += next(iter(feeds.values())).shape[0]
+    if result.samples == 0:
+        raise GraphpruneError("calibration data held no samples")
+    return result
+
+
+def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: int,
+                 samples: int | None = None) -> Iterator[Feeds]:
+    """Batches from a .npz (arrays keyed by input name; a single-input model accepts any one key) or a .npy
+    (single-input models), split along the first axis."""
+    path = Path(path)
+    if not path.is_file():
+        raise GraphpruneError(f"{path}: no such calibration file")
+    try:
+        if path.suffix == ".npy":
+            arrays = {input_names[0]: np.load(path)} if len(input_names) == 1 else None
+        else:
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise GraphpruneError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
+    if arrays is None:
+        raise GraphpruneError(f"{path}: a .npy file only serves a single-input model; use .npz keyed by input name")
+    if len(input_names) == 1 and input_names[0] not in arrays and len(arrays) == 1:
+        arrays = {input_names[0]: next(iter(arrays.values()))}
+    missing = [n for n in input_names if n not in arrays]
+    if missing:
+        raise GraphpruneError(f"{path}: no arrays for model inputs {missing} (has {sorted(arrays)})")
+    count = min(len(arrays[n]) for n in input_names)
+    count = min(count, samples) if samples else count
+    for start in range(0, count, batch_size):
+        yield {n: arrays[n][start:start + batch_size] for n in input_names}
+
+
+def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int,
+                      seed: int = 0) -> Iterator[Feeds]:
+    """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec."""
+    sess = runtime.session(model)
+    for index, start in enumerate(range(0, samples, batch_size)):
+        yield runtime.random_feeds(sess, batch=min(batch_size, samples - start), seed=seed + index, dims={"seq": 16})

@@ -1,0 +1,111 @@
+"""Bias compensation (FLAP): a removed input channel j of a consumer is replaced by its calibration mean,
+folded into the consumer's bias: b += Σ_{j∈P} W[:, j] · mean(X_j). Convolutions treat the mean as constant
+over space (exact away from zero-padded borders)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+from graphprune.passes.calibration import Calibration
+
+from graphprune.analysis import Analysis
+from graphprune.plan import PruningPlan
+
+BiasDeltas = dict[ir.Node, np.ndarray]
+_names = itertools.count()
+
+
+def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration) -> BiasDeltas:
+    """Per consumer node, the change to its output bias that removing the plan's channels calls for."""
+    deltas: BiasDeltas = {}
+    for gid, units in plan.removed.items():
+        for member in analysis.group(gid).members:
+            if not member.consumer:
+                continue
+            positions = member.positions(units)
+            mean = calibration.of(member.reads.value, member.reads.axis).mean[positions]
+            rows = np.moveaxis(member.value.const_value.numpy(), member.axis, 0)[positions].astype(np.float64)
+            contribution = np.tensordot(mean, rows, axes=(0, 0))
+            delta = _per_output(member.node, contribution)
+            if delta is not None:
+                deltas[member.node] = deltas.get(member.node, 0) + delta
+    return deltas
+
+
+def _per_output(node: ir.Node, contribution: np.ndarray) -> np.ndarray | None:
+    """Reduce a weight-shaped contribution (input axis summed out) to one value per output channel."""
+    if node.op_type == "Conv":
+        return contribution.reshape(contribution.shape[0], -1).sum(axis=1)
+    if node.op_type == "ConvTranspose" and contribution.ndim >= 1:
+        return contribution.reshape(contribution.shape[0], -1).sum(axis=1)
+    if node.op_type in ("Gemm", "MatMul", "Attention") and contribution.ndim == 1:
+        return contribution
+    return None
+
+
+def apply_bias_deltas(model: ir.Model, deltas: BiasDeltas,
+                      on_new_bias: Callable[[ir.Node, ir.Value], None] = lambda node, bias: None) -> None:
+    """Add each delta to its node's bias, creating the bias where the node has none; `on_new_bias(node,
+    value)` hears of created biases (the rewrite slices them with the node's output channels)."""
+    for node, delta in deltas.items():
+        bias = _bias_of(node)
+        if bias is not None:
+            array = bias.const_value.numpy()
+            scale = _bias_scale(node)
+            bias.const_value = ir.tensor((array + (delta / scale).reshape(array.shape)).astype(array.dtype),
+                                         name=bias.name)
+            continue
+        created = _constant(model, delta.astype(node.outputs[0].dtype.numpy() if node.outputs[0].dtype else np.float32))
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            if len(node.inputs) < 3:
+                node.resize_inputs(3)
+            node.replace_input_with(2, created)
+        else:
+            _add_after(model, node, created)
+        on_new_bias(node, created)
+
+
+def _bias_scale(node: ir.Node) -> float:
+    if node.op_type == "Gemm" and "beta" in node.attributes:
+        return float(node.attributes["beta"].as_float())
+    return 1.0
+
+
+def _bias_of(node: ir.Node) -> ir.Value | None:
+    """The constant bias a node's output gets: its own bias input, or a MatMul's sole following Add."""
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "Attention"):
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        return bias if bias is not None and bias.const_value is not None and len(bias.uses()) == 1 else None
+    uses = node.outputs[0].uses()
+    if len(uses) == 1 and uses[0].node.op_type == "Add":
+        other = uses[0].node.inputs[1 - uses[0].idx]
+        if other is not None and other.const_value is not None and len(other.uses()) == 1 \
+                and other.const_value.shape.rank() == 1:
+            return other
+    return None
+
+
+def _constant(model: ir.Model, array: np.ndarray) -> ir.Value:
+    name = f"graphprune_bias_{next(_names)}"
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape, value.dtype = ir.Shape(array.shape), value.const_value.dtype
+    model.graph.register_initializer(value)
+    return value
+
+
+def _add_after(model: ir.Model, node: ir.Node, bias: ir.Value) -> None:
+    """y → Add(y, bias), every former reader of y reading the sum."""
+    out = node.outputs[0]
+    readers = list(out.uses())
+    add = ir.node("Add", [out, bias], name=f"{node.name or 'matmul'}_graphprune_bias")
+    add.outputs[0].name = f"{out.name}_biased"
+    add.outputs[0].shape, add.outputs[0].type = out.shape, out.type
+    for usage in readers:
+        usage.node.replace_input_with(usage.idx, add.outputs[0])
+    if out.is_graph_output():
+        outputs = model.graph.outputs
+        outputs[outputs.index(out)] = add.outputs[0]
+    model.graph.insert_after(node, add)

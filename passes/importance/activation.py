@@ -1,0 +1,60 @@
+"""Activation-aware criteria from calibration statistics of the tensors each group's consumer weights read.
+
+- wanda-sp (structured Wanda, as defined by the FLAP authors): S_j = mean_i |W_ij| · ‖X_j‖₂.
+- flap (fluctuation, FLAP's WIFV): S_j = Var(X_j) · ‖W_:,j‖²; a unit scores the mean over its channels.
+Groups without a consumer weight (read by nobody) score zero: removing them changes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from graphprune.passes.importance.magnitude import per_unit
+from graphprune.passes.importance.registry import Criterion, register_criterion
+
+from graphprune.analysis import Analysis
+from graphprune.groups import Group, Member
+
+
+def weight_rows(member: Member) -> np.ndarray:
+    """The consumer weight as [input channel, everything else] in float64."""
+    array = np.moveaxis(member.value.const_value.numpy(), member.axis, 0).astype(np.float64)
+    return array.reshape(array.shape[0], -1)
+
+
+class _Activation(Criterion):
+    needs_data = True
+
+    def per_position(self, member: Member) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, analysis: Analysis, group: Group) -> np.ndarray:
+        total = np.zeros(group.size)
+        for member in group.members:
+            if member.consumer:
+                total += per_unit(member, self.per_position(member), group.size) / self.unit_norm(member, group)
+        return total
+
+    def unit_norm(self, member: Member, group: Group) -> np.ndarray:
+        return np.ones(group.size)
+
+
+@register_criterion("wanda-sp")
+class WandaSP(_Activation):
+    """Σ over a unit's channels of mean |W_:,j| · ‖X_j‖₂ (per-token RMS, proportional to the norm)."""
+
+    def per_position(self, member: Member) -> np.ndarray:
+        stats = self.calibration.of(member.reads.value, member.reads.axis)
+        return np.abs(weight_rows(member)).mean(axis=1) * np.sqrt(stats.mean_square)
+
+
+@register_criterion("flap")
+class Flap(_Activation):
+    """Mean over a unit's channels of Var(X_j) · ‖W_:,j‖²."""
+
+    def per_position(self, member: Member) -> np.ndarray:
+        stats = self.calibration.of(member.reads.value, member.reads.axis)
+        return stats.variance * (weight_rows(member) ** 2).sum(axis=1)
+
+    def unit_norm(self, member: Member, group: Group) -> np.ndarray:
+        owned = member.unit_of[member.unit_of >= 0]
+        return np.maximum(np.bincount(owned, minlength=group.size), 1)

@@ -1,0 +1,131 @@
+"""Calibration statistics, activation-aware criteria on cases whose answer is known by construction, and
+bias compensation held to masked equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphprune.cli.main import main
+from graphprune.models.demo import DEMO_MODEL
+from graphprune.passes import CalibrationSpec, apply_plan, make_plan, run_calibration
+from graphprune.passes.calibration import ChannelStats, calibrate, file_batches
+from graphprune.passes.compensation import bias_deltas
+
+from graphprune import runtime, verify
+from graphprune.analysis import analyze
+from graphprune.errors import GraphpruneError
+from tests.graphs import GraphBuilder
+from tests.harness import load, masked_check, random_subset_plan
+
+RNG = np.random.default_rng(0)
+
+
+def test_streaming_moments_match_numpy():
+    batches = [RNG.standard_normal((n, 5, 3)) * 3 + 1 for n in (4, 1, 7)]
+    stats = ChannelStats()
+    for batch in batches:
+        stats.update(batch, axis=1)
+    rows = np.concatenate([np.moveaxis(b, 1, -1).reshape(-1, 5) for b in batches])
+    assert stats.count == len(rows)
+    np.testing.assert_allclose(stats.mean, rows.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.variance, rows.var(0), rtol=1e-10)
+    np.testing.assert_allclose(stats.mean_square, (rows**2).mean(0), rtol=1e-10)
+
+
+def mlp(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray):
+    """x[B, 4] → Relu(x @ w1 + b1) → @ w2: one neuron group of w1.shape[1] units."""
+    b = GraphBuilder()
+    hidden = b.op("Relu", [b.op("Add", [b.op("MatMul", ["x", b.const(w1)]), b.const(b1)])])
+    return b.build({"x": ["batch", 4]}, {b.op("MatMul", [hidden, b.const(w2)]): ["batch", 3]})
+
+
+def constructed_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit 2 is dead (always 0); unit 4 is constant (5.0); both have the largest outgoing weights."""
+    w1 = RNG.standard_normal((4, 6)).astype(np.float32)
+    b1 = np.zeros(6, np.float32)
+    w1[:, 2], w1[:, 4], b1[2], b1[4] = 0, 0, -1, 5
+    w2 = RNG.standard_normal((6, 3)).astype(np.float32)
+    w2[2] *= 50
+    w2[4] *= 50
+    return w1, b1, w2
+
+
+def constructed_mlp():
+    return mlp(*constructed_arrays())
+
+
+def data(n: int = 64) -> dict:
+    return {"x": RNG.standard_normal((n, 4)).astype(np.float32)}
+
+
+def test_calibration_observes_consumer_inputs_exactly():
+    w1, b1, w2 = constructed_arrays()
+    analysis = analyze(load(mlp(w1, b1, w2)))
+    feeds = data()
+    stats = calibrate(analysis, [feeds], progress=False)
+    hidden = np.maximum(feeds["x"] @ w1 + b1, 0)
+    (observed,) = stats.stats.values()
+    np.testing.assert_allclose(observed.mean, hidden.mean(0), atol=1e-6)
+    np.testing.assert_allclose(observed.variance, hidden.var(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", ["wanda-sp", "flap"])
+def test_activation_criteria_remove_the_dead_unit_first(criterion):
+    analysis = analyze(load(constructed_mlp()))
+    stats = calibrate(analysis, [data()], progress=False)
+    removed = make_plan(analysis, criterion, 1 / 6, calibration=stats).removed
+    assert [u.tolist() for u in removed.values()] == [[2]]
+    magnitude = make_plan(analysis, "l1", 1 / 6).removed
+    assert 2 not in next(iter(magnitude.values())).tolist()  # what makes this a test of the data
+
+
+def test_flap_compensation_makes_removing_a_constant_unit_exact():
+    model = constructed_mlp()
+    analysis = analyze(load(model))
+    stats = calibrate(analysis, [data()], progress=False)
+    plan = make_plan(analysis, "flap", 2 / 6, calibration=stats)
+    assert sorted(next(iter(plan.removed.values())).tolist()) == [2, 4]
+    feeds = data(16)
+    dense = runtime.run(runtime.session(load(model)), feeds)
+    plain = apply_plan(analyze(load(model)), plan)
+    compensated_analysis = analyze(load(model))
+    compensated = apply_plan(compensated_analysis, plan, bias_deltas(compensated_analysis, plan, stats))
+    error_plain = verify.relative_error(dense, runtime.run(runtime.session(plain), feeds))
+    error_compensated = verify.relative_error(dense, runtime.run(runtime.session(compensated), feeds))
+    assert error_compensated <= 1e-5 < 0.1 < error_plain
+
+
+@pytest.mark.parametrize(("name", "dynamo"), [("resnet", True), ("resnet", False), ("llama", True), ("bert", True)],
+                         ids=["resnet-dynamo", "resnet-legacy", "llama-dynamo", "bert-dynamo"])
+def test_compensation_is_masked_equivalent(exported, name, dynamo):
+    """Biases that exist get the delta; missing ones (dynamo convs, bias-free LLaMA linears) are created."""
+    path = exported(name, dynamo)
+    analysis = analyze(load(path))
+    stats = run_calibration(analysis, CalibrationSpec(data_free=True, samples=8, batch_size=4))
+    for group in analysis.prunable():
+        result = masked_check(path, random_subset_plan(group.id), calibration=stats)
+        assert result["error"] <= 1e-4, (group.label, result)
+
+
+def test_criteria_that_need_data_say_so(tmp_path, capsys):
+    code = main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o.onnx"), "--criterion", "wanda-sp"])
+    err = capsys.readouterr().err
+    assert code == 1 and "needs calibration data" in err and not (tmp_path / "o.onnx").exists()
+
+
+def test_calibration_files_are_checked(tmp_path):
+    np.savez(tmp_path / "wrong.npz", tokens=np.zeros((4, 3)), other=np.zeros(4))
+    with pytest.raises(GraphpruneError, match="no arrays for model inputs"):
+        list(file_batches(tmp_path / "wrong.npz", ["x"], 2))
+    np.save(tmp_path / "one.npy", np.zeros((4, 3)))
+    with pytest.raises(GraphpruneError, match="single-input"):
+        list(file_batches(tmp_path / "one.npy", ["a", "b"], 2))
+    assert [b["x"].shape[0] for b in file_batches(tmp_path / "one.npy", ["x"], 3)] == [3, 1]
+
+
+def test_cli_flap_with_calibration_file(tmp_path, capsys):
+    with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
+        np.savez(tmp_path / "calib.npz", images=d["x"][:64])
+    code = main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o.onnx"), "--criterion", "flap",
+                 "--calib", str(tmp_path / "calib.npz"), "--ratio", "0.25", "--save-plan", str(tmp_path / "p.json")])
+    assert code == 0 and '"compensation": "bias"' in (tmp_path / "p.json").read_text()
