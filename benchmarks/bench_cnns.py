@@ -12,15 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from graphprune import runtime
+from graphprune.analysis import analyze
 from graphprune.cli.table import render
+from graphprune.io import load_model, save_model
+from graphprune.metrics import cost
 from graphprune.models.cnn import BUILDERS, build
 from graphprune.models.export import export
 from graphprune.passes import apply_plan, make_plan
-
-from graphprune import runtime
-from graphprune.analysis import analyze
-from graphprune.io import load_model, save_model
-from graphprune.metrics import cost
 
 
 def bench_one(name: str, folder: Path, args: argparse.Namespace) -> list:

@@ -12,11 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from graphprune import runtime
 from graphprune.cli.table import render
 from graphprune.models.minilm import SENTENCES, export_minilm, mean_cosine, tokenize
 from graphprune.passes import prune_file
-
-from graphprune import runtime
 
 SETTINGS = [(0.25, 0.3), (0.25, 0.5), (0.5, 0.5)]
 

@@ -6,14 +6,13 @@ import argparse
 import json
 import sys
 
-from graphprune.cli.table import human, ratio, render
-from graphprune.passes.importance import criteria
-from graphprune.passes.pipeline import CalibrationSpec, prune_file
-
 from graphprune import runtime
 from graphprune.analysis import analyze
+from graphprune.cli.table import human, ratio, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
+from graphprune.passes.importance import criteria
+from graphprune.passes.pipeline import CalibrationSpec, prune_file
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

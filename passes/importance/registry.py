@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from graphprune.passes.calibration import Calibration
 
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
+from graphprune.passes.calibration import Calibration
 
 
 class Criterion:

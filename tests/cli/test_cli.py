@@ -9,9 +9,9 @@ import sys
 
 import onnx
 import pytest
+
 from graphprune.cli.main import main
 from graphprune.models.demo import DEMO_MODEL
-
 from tests.graphs import GraphBuilder
 
 

