@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
-                   help="fold removed channels' mean into consumer biases (default: on for flap)")
+                   help="compensate removed channels: consumer biases (flap) or OBS weight updates (obs); "
+                        "default on for flap and obs")
     p.add_argument("--save-plan", help="also write the pruning plan as JSON")
     p.set_defaults(func=cmd_prune)
 

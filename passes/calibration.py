@@ -30,9 +30,12 @@ class ChannelStats:
     count: int = 0
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None  # Σ (x - mean)², merged across batches
+    gram: np.ndarray | None = None  # Σ x xᵀ over positions (channels x channels), when asked for
 
-    def update(self, x: np.ndarray, axis: int) -> None:
+    def update(self, x: np.ndarray, axis: int, gram: bool = False) -> None:
         rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
+        if gram:
+            self.gram = rows.T @ rows + (self.gram if self.gram is not None else 0)
         n, mean = rows.shape[0], rows.mean(axis=0)
         m2 = ((rows - mean) ** 2).sum(axis=0)
         if self.count == 0:
@@ -93,8 +96,9 @@ def _session_exposing(model: ir.Model, names: list[str]):
 
 
 def calibrate(analysis: Analysis, batches: Iterable[Feeds], total: int | None = None,
-              progress: bool = True, source: str = "") -> Calibration:
-    """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis."""
+              progress: bool = True, source: str = "", gram_limit: int = 0) -> Calibration:
+    """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis,
+    and the channel Gram matrix XᵀX (for second-order criteria) of axes with at most `gram_limit` channels."""
     wanted = observed_axes(analysis)
     names = sorted(wanted)
     sess = _session_exposing(analysis.model, names)
@@ -104,7 +108,8 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], total: int | None = 
         outputs = sess.run(names, {k: v for k, v in feeds.items() if k in input_names})
         for name, array in zip(names, outputs, strict=True):
             for axis in wanted[name]:
-                result.stats.setdefault((name, axis), ChannelStats()).update(array, axis)
+                gram = array.shape[axis] <= gram_limit
+                result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)
         result.samples += next(iter(feeds.values())).shape[0]
     if result.samples == 0:
         raise GraphpruneError("calibration data held no samples")

@@ -11,10 +11,13 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis import Analysis
+from graphprune.groups import Member
 from graphprune.passes.calibration import Calibration
+from graphprune.passes.importance.obs import inverse_hessian
 from graphprune.plan import PruningPlan
 
 BiasDeltas = dict[ir.Node, np.ndarray]
+WeightUpdates = dict[ir.Value, np.ndarray]
 _names = itertools.count()
 
 
@@ -109,3 +112,31 @@ def _add_after(model: ir.Model, node: ir.Node, bias: ir.Value) -> None:
         outputs = model.graph.outputs
         outputs[outputs.index(out)] = add.outputs[0]
     model.graph.insert_after(node, add)
+
+
+def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibration) -> WeightUpdates:
+    """OBS compensation: for each consumer weight, the jointly optimal change to the surviving input channels
+    when the removed set P goes, W ← W − H⁻¹[:, P] (H⁻¹[P, P])⁻¹ W[P, :] (W as [input channel, outputs])."""
+    removed: dict[tuple[ir.Value, int], tuple[Member, list[np.ndarray]]] = {}
+    for gid, units in plan.removed.items():
+        for member in analysis.group(gid).members:
+            if member.consumer:
+                entry = removed.setdefault((member.value, member.axis), (member, []))
+                entry[1].append(member.positions(units))
+    updates: WeightUpdates = {}
+    for (value, axis), (member, parts) in removed.items():
+        positions = np.concatenate(parts)
+        hinv = inverse_hessian(calibration, member)
+        original = value.const_value.numpy()
+        rows = np.moveaxis(original, axis, 0).astype(np.float64)
+        flat = rows.reshape(rows.shape[0], -1)
+        flat = flat - hinv[:, positions] @ np.linalg.solve(hinv[np.ix_(positions, positions)], flat[positions])
+        flat[positions] = 0.0
+        updates[value] = np.moveaxis(flat.reshape(rows.shape), 0, axis).astype(original.dtype)
+    return updates
+
+
+def apply_weight_updates(updates: WeightUpdates) -> None:
+    """Replace each weight by its compensated version (before any slicing)."""
+    for value, array in updates.items():
+        value.const_value = ir.tensor(array, name=value.name)

@@ -14,8 +14,9 @@ from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
 from graphprune.passes.allocation import uniform
 from graphprune.passes.calibration import Calibration, calibrate, file_batches, synthetic_batches
-from graphprune.passes.compensation import bias_deltas
+from graphprune.passes.compensation import bias_deltas, obs_weight_updates
 from graphprune.passes.importance import get_criterion, needs_data
+from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan
 
@@ -60,8 +61,8 @@ class CalibrationSpec:
         return self.path is not None or self.data_free
 
 
-def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0) -> Calibration:
-    """Collect statistics for `analysis` from the source `spec` names."""
+def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gram_limit: int = 0) -> Calibration:
+    """Collect statistics for `analysis` from the source `spec` names (Gram matrices up to `gram_limit`)."""
     if spec.path:
         inputs = [v.name for v in analysis.model.graph.inputs if not v.is_initializer()]
         batches, source = file_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
@@ -70,7 +71,7 @@ def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0) ->
     else:
         raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
     total = -(-spec.samples // spec.batch_size)
-    return calibrate(analysis, batches, total=total, progress=spec.progress, source=source)
+    return calibrate(analysis, batches, total=total, progress=spec.progress, source=source, gram_limit=gram_limit)
 
 
 def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l2",
@@ -79,11 +80,11 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
                compensate: bool | None = None) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
     original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
-    Criteria that need data, and bias compensation (default: on for flap), calibrate first."""
+    Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first."""
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise GraphpruneError("the output path must differ from the input (the input is never modified)")
-    compensate = criterion == "flap" if compensate is None else compensate
+    compensate = criterion in ("flap", "obs") if compensate is None else compensate
     spec = calibration or CalibrationSpec()
     if (needs_data(criterion) or compensate) and not spec.wanted():
         raise GraphpruneError(f"{'bias compensation' if compensate else f'criterion {criterion!r}'} needs "
@@ -91,11 +92,16 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
     model = load_model(source)
     before = cost(model, source)
     analysis = analyze(model, allow_approximate=prune_hidden)
-    stats = run_calibration(analysis, spec, seed) if spec.wanted() else None
+    gram_limit = GRAM_LIMIT if criterion == "obs" else 0
+    stats = run_calibration(analysis, spec, seed, gram_limit) if spec.wanted() else None
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats)
-    deltas = bias_deltas(analysis, plan, stats) if compensate else None
-    plan.meta["compensation"] = "bias" if compensate else None
-    pruned = apply_plan(analysis, plan, deltas)
+    deltas, weights = None, None
+    if compensate and criterion == "obs":
+        weights = obs_weight_updates(analysis, plan, stats)
+    elif compensate:
+        deltas = bias_deltas(analysis, plan, stats)
+    plan.meta["compensation"] = ("obs-weights" if weights is not None else "bias") if compensate else None
+    pruned = apply_plan(analysis, plan, deltas, weights)
     checks = verify.verify_like(source, pruned)
     save_model(pruned, target)
     return PruneResult(plan, before, cost(pruned, target), analysis.groups, checks)

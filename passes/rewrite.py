@@ -11,7 +11,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
-from graphprune.passes.compensation import BiasDeltas, apply_bias_deltas
+from graphprune.passes.compensation import BiasDeltas, WeightUpdates, apply_bias_deltas, apply_weight_updates
 from graphprune.plan import PruningPlan
 from graphprune.values import const_of, shape_of
 
@@ -21,9 +21,11 @@ _Key = tuple[int, int]  # (id(value), axis)
 class _Rewriter:
     """Implements the rules' RewriteContext for one plan."""
 
-    def __init__(self, analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None) -> None:
+    def __init__(self, analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None,
+                 weights: WeightUpdates | None = None) -> None:
         self.model = analysis.model
         self.deltas = deltas or {}
+        self.weights = weights or {}
         self.values: dict[_Key, ir.Value] = {}
         self.removed: dict[_Key, set[int]] = {}
         self.sizes: dict[_Key, int] = {}
@@ -86,6 +88,7 @@ class _Rewriter:
             rule = ops.lookup(node)
             if touched and rule is not None:
                 rule.rewrite(self, node)
+        apply_weight_updates(self.weights)
         apply_bias_deltas(self.model, self.deltas, self._prune_like_output)
         by_value: dict[int, list[int]] = {}
         for (vid, axis) in self.removed:
@@ -120,7 +123,9 @@ class _Rewriter:
             value.shape = ir.Shape(dims)
 
 
-def apply_plan(analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None) -> ir.Model:
-    """Remove the plan's units from `analysis.model` in place (adding bias `deltas` first) and return it."""
-    _Rewriter(analysis, plan, deltas).run()
+def apply_plan(analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None,
+               weights: WeightUpdates | None = None) -> ir.Model:
+    """Remove the plan's units from `analysis.model` in place and return it; compensation (bias `deltas`,
+    compensated `weights`) is applied to the full-size tensors first."""
+    _Rewriter(analysis, plan, deltas, weights).run()
     return analysis.model

@@ -16,7 +16,7 @@ from graphprune.io import from_proto, load_model
 from graphprune.metrics import count_params
 from graphprune.passes import apply_plan
 from graphprune.passes.calibration import Calibration
-from graphprune.passes.compensation import apply_bias_deltas, bias_deltas
+from graphprune.passes.compensation import apply_bias_deltas, apply_weight_updates, bias_deltas, obs_weight_updates
 from graphprune.plan import PruningPlan
 
 Source = Path | onnx.ModelProto
@@ -31,21 +31,32 @@ def outputs(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return runtime.run(runtime.session(model), feeds)
 
 
+def compensation_for(analysis: Analysis, plan: PruningPlan, calibration: Calibration | None,
+                     kind: str) -> tuple[dict, dict]:
+    """(bias deltas, weight updates) of compensation `kind` ("bias" or "obs"), from the original weights."""
+    if calibration is None:
+        return {}, {}
+    if kind == "obs":
+        return {}, obs_weight_updates(analysis, plan, calibration)
+    return bias_deltas(analysis, plan, calibration), {}
+
+
 def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0,
-                 calibration: Calibration | None = None) -> dict:
+                 calibration: Calibration | None = None, compensation: str = "bias") -> dict:
     """Prune `source` with the plan `make_plan` builds; return the errors of the pruned model against the
     masked original and of the dense original against the masked one (which must be non-zero to be a test).
-    With `calibration`, both get the same bias compensation."""
+    With `calibration`, both get the same compensation (bias deltas or OBS weight updates)."""
     pruned_analysis = analyze(load(source))
     plan = make_plan(pruned_analysis)
     masked_analysis = analyze(load(source))
-    masked_deltas = bias_deltas(masked_analysis, plan, calibration) if calibration is not None else {}
+    masked_deltas, masked_weights = compensation_for(masked_analysis, plan, calibration, compensation)
+    apply_weight_updates(masked_weights)
     masked = verify.mask_consumers(masked_analysis, plan)
     apply_bias_deltas(masked, masked_deltas)
     dense = load(source)
     params_before = count_params(dense)
-    deltas = bias_deltas(pruned_analysis, plan, calibration) if calibration is not None else None
-    pruned = apply_plan(pruned_analysis, plan, deltas)
+    deltas, weights = compensation_for(pruned_analysis, plan, calibration, compensation)
+    pruned = apply_plan(pruned_analysis, plan, deltas, weights)
     verify.check(pruned)
     feeds = runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed)
     reference = outputs(masked, feeds)

@@ -13,7 +13,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.models.demo import DEMO_MODEL
 from graphprune.passes import CalibrationSpec, apply_plan, make_plan, run_calibration
 from graphprune.passes.calibration import ChannelStats, calibrate, file_batches
-from graphprune.passes.compensation import bias_deltas
+from graphprune.passes.compensation import bias_deltas, obs_weight_updates
 from tests.graphs import GraphBuilder
 from tests.harness import load, masked_check, random_subset_plan
 
@@ -95,16 +95,46 @@ def test_flap_compensation_makes_removing_a_constant_unit_exact():
     assert error_compensated <= 1e-5 < 0.1 < error_plain
 
 
+@pytest.mark.parametrize("compensation", ["bias", "obs"])
 @pytest.mark.parametrize(("name", "dynamo"), [("resnet", True), ("resnet", False), ("llama", True), ("bert", True)],
                          ids=["resnet-dynamo", "resnet-legacy", "llama-dynamo", "bert-dynamo"])
-def test_compensation_is_masked_equivalent(exported, name, dynamo):
-    """Biases that exist get the delta; missing ones (dynamo convs, bias-free LLaMA linears) are created."""
+def test_compensation_is_masked_equivalent(exported, name, dynamo, compensation):
+    """Bias deltas land in existing biases or created ones (dynamo convs, bias-free LLaMA linears); OBS weight
+    updates land in the consumer weights. Either way the pruned model equals the compensated masked one."""
     path = exported(name, dynamo)
     analysis = analyze(load(path))
-    stats = run_calibration(analysis, CalibrationSpec(data_free=True, samples=8, batch_size=4))
+    stats = run_calibration(analysis, CalibrationSpec(data_free=True, samples=8, batch_size=4), gram_limit=4096)
     for group in analysis.prunable():
-        result = masked_check(path, random_subset_plan(group.id), calibration=stats)
+        result = masked_check(path, random_subset_plan(group.id), calibration=stats, compensation=compensation)
         assert result["error"] <= 1e-4, (group.label, result)
+
+
+def dependent_mlp() -> tuple:
+    """Unit 5 is exactly twice unit 1 (Relu is positively homogeneous): removing it loses nothing if W2[1]
+    absorbs 2·W2[5]. Unit 5's outgoing weights are small, so magnitude keeps other units' weight instead."""
+    w1 = RNG.standard_normal((4, 6)).astype(np.float32)
+    w1[:, 5] = 2 * w1[:, 1]
+    w2 = RNG.standard_normal((6, 3)).astype(np.float32) + 3
+    w2[5] *= 0.5
+    return mlp(w1, np.zeros(6, np.float32), w2)
+
+
+def test_obs_compensation_removes_a_dependent_unit_exactly(monkeypatch):
+    monkeypatch.setattr("graphprune.passes.importance.obs.DAMPING", 1e-9)
+    model = dependent_mlp()
+    feeds = data(16)
+    dense = runtime.run(runtime.session(load(model)), feeds)
+    errors = {}
+    for criterion in ("obs", "l1"):
+        analysis = analyze(load(model))
+        stats = calibrate(analysis, [data(256)], progress=False, gram_limit=64)
+        plan = make_plan(analysis, criterion, 1 / 6, calibration=stats)
+        weights = obs_weight_updates(analysis, plan, stats) if criterion == "obs" else None
+        pruned = apply_plan(analysis, plan, weights=weights)
+        errors[criterion] = verify.relative_error(dense, runtime.run(runtime.session(pruned), feeds))
+        if criterion == "obs":
+            assert next(iter(plan.removed.values())).tolist() in ([1], [5])
+    assert errors["obs"] <= 1e-4 < errors["l1"], errors
 
 
 def test_criteria_that_need_data_say_so(tmp_path, capsys):
