@@ -12,7 +12,7 @@ from graphprune.cli.table import human, ratio, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
 from graphprune.passes.importance import criteria
-from graphprune.passes.pipeline import CalibrationSpec, prune_file
+from graphprune.passes.pipeline import Allocation, CalibrationSpec, PruneResult, apply_file, prune_file
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -33,22 +33,38 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
     spec = CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True)
+    target = None
+    if args.target_params or args.target_flops:
+        target = ("params", args.target_params) if args.target_params else ("flops", args.target_flops)
+    allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target)
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
-                        kind_ratios, args.prune_hidden, spec, args.compensate)
+                        kind_ratios, args.prune_hidden, spec, args.compensate, allocation)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
+    ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
+                       + [f"{kind} {value}" for kind, value in kind_ratios.items()])
+    report(result, args, f"{args.criterion}, {ratios}")
+    return 0
+
+
+def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
+    """The before/after table and what was verified."""
     b, a = result.before, result.after
     print(render(["", "before", "after", "ratio"], [
         ["params", human(b.params), human(a.params), ratio(a.params, b.params)],
         ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
         ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
     ]))
-    ratios = ", ".join([f"ratio {args.ratio}"] + [f"{kind} {value}" for kind, value in kind_ratios.items()])
-    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({args.criterion}, {ratios}); "
-          f"wrote {args.output}")
+    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); wrote {args.output}")
     print(f"verified: {', '.join(result.verification.passed) or 'nothing'}")
     for note in result.verification.skipped:
         print(f"not verified: {note}")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    spec = CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True)
+    result = apply_file(args.model, args.plan, args.output, spec, args.compensate)
+    report(result, args, f"plan {args.plan}")
     return 0
 
 
@@ -75,6 +91,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 KINDS = ("channel", "head", "neuron", "hidden")
 
 
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, or .npy for one input")
+    p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
+    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
+                   help="compensate removed channels: consumer biases (flap) or OBS weight updates (obs); "
+                        "default on for flap and obs (apply: as the plan was made)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphprune", description="Structured pruning of ONNX models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,16 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also prune the hidden dimension (approximate: normalisation statistics change)")
     p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
+    p.add_argument("--allocation", choices=["uniform", "global", "adaptive"], default="uniform",
+                   help="same ratio per group; one threshold over normalised scores; FLAP-style by parameter cost")
+    p.add_argument("--max-layer-ratio", type=float, default=0.99, help="never remove more of one group")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-params", type=float, help="keep this fraction of the parameters (exact)")
+    target.add_argument("--target-flops", type=float, help="keep this fraction of the FLOPs/MACs (exact)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, or .npy for one input")
-    p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
-    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")
-    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
-                   help="compensate removed channels: consumer biases (flap) or OBS weight updates (obs); "
-                        "default on for flap and obs")
+    add_calibration_arguments(p)
     p.add_argument("--save-plan", help="also write the pruning plan as JSON")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("apply", help="apply a saved pruning plan")
+    p.add_argument("model")
+    p.add_argument("plan")
+    p.add_argument("-o", "--output", required=True)
+    add_calibration_arguments(p)
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("bench", help="ONNX Runtime latency of one model, or the ratio of two")
     p.add_argument("models", nargs="+")

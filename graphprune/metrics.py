@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.analysis import Analysis
+from graphprune.plan import PruningPlan
 from graphprune.values import shape_of
 
 
@@ -66,3 +68,45 @@ def cost(model: ir.Model, path: str | os.PathLike | None = None) -> Cost:
         data = path.with_name(path.name + ".data")
         size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
     return Cost(count_params(model), sum(_node_macs(n) for n in model.graph), size)
+
+
+def kept_fractions(analysis: Analysis, plan: PruningPlan) -> dict[tuple[int, int], float]:
+    """(id(value), axis) → fraction of positions a plan keeps, for every tensor axis it shrinks."""
+    removed: dict[tuple[int, int], set[int]] = {}
+    sizes: dict[tuple[int, int], int] = {}
+    for gid, units in plan.removed.items():
+        for member in analysis.group(gid).members:
+            key = (id(member.value), member.axis)
+            removed.setdefault(key, set()).update(member.positions(units).tolist())
+            sizes[key] = len(member.unit_of)
+    return {key: 1.0 - len(positions) / sizes[key] for key, positions in removed.items()}
+
+
+def _fraction(fractions: dict[tuple[int, int], float], value: ir.Value | None, rank: int) -> float:
+    if value is None:
+        return 1.0
+    return float(np.prod([fractions.get((id(value), axis), 1.0) for axis in range(rank)]))
+
+
+def projected_cost(analysis: Analysis, plan: PruningPlan) -> Cost:
+    """Params and MACs `plan` would leave, computed without rewriting: weights shrink by the kept fraction of
+    each pruned axis; a layer's MACs by its weight's (or, for attention products, its output's) fraction."""
+    fractions = kept_fractions(analysis, plan)
+    model = analysis.model
+    params = 0.0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype.is_floating_point():
+            params += int(np.prod(tensor.shape.numpy())) * _fraction(fractions, value, tensor.shape.rank())
+    macs = 0.0
+    for node in model.graph:
+        base = _node_macs(node)
+        if not base:
+            continue
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if weight is not None and weight.const_value is not None:
+            macs += base * _fraction(fractions, weight, weight.const_value.shape.rank())
+        else:
+            out = node.outputs[0]
+            macs += base * _fraction(fractions, out, len(out.shape) if out.shape is not None else 0)
+    return Cost(int(round(params)), int(round(macs)))

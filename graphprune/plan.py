@@ -44,6 +44,14 @@ class PruningPlan:
     def save(self, path: str | Path, groups: list[Group]) -> None:
         Path(path).write_text(self.to_json(groups))
 
+    @staticmethod
+    def read_meta(path: str | Path) -> dict:
+        """A plan file's meta (how it was made) without checking it against a model."""
+        try:
+            return dict(json.loads(Path(path).read_text()).get("meta", {}))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise PlanError(f"{path}: not a graphprune plan ({exc})") from exc
+
     @classmethod
     def load(cls, path: str | Path, groups: list[Group]) -> "PruningPlan":
         """Read a plan and check it against `groups` (same ids, labels and sizes)."""

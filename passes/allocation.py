@@ -1,11 +1,25 @@
-"""Allocation: turn per-unit scores into a pruning plan under a ratio, with hardware-friendly widths."""
+"""Allocation: turn per-unit scores into a pruning plan.
+
+- uniform: the same ratio in every group (per kind where given);
+- global: scores normalised by each group's mean, one threshold over all units;
+- adaptive (FLAP): scores standardised per group, units weighted by their parameter cost, removed until
+  `ratio` of the prunable parameters is gone.
+Every strategy keeps at least one unit per group, honours `max_group_ratio`, rounds kept widths down to a
+multiple of `round_to`. A target (`params` or `flops`, a fraction of the original) is met exactly by bisection
+over how many units of the global or adaptive ranking go, on the projected cost of the plan.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from graphprune.analysis import Analysis
+from graphprune.errors import GraphpruneError
+from graphprune.groups import Group
+from graphprune.metrics import projected_cost
 from graphprune.plan import PruningPlan
+
+Scores = dict[int, np.ndarray]
 
 
 def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
@@ -16,17 +30,113 @@ def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
     return min(size, max(1, keep))
 
 
-def uniform(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
-            kind_ratios: dict[str, float] | None = None) -> PruningPlan:
-    """Remove the lowest-scored `ratio` of every prunable group (`kind_ratios[group.kind]` where given)."""
-    kind_ratios = kind_ratios or {}
-    for value in (ratio, *kind_ratios.values()):
+def _check(*ratios: float) -> None:
+    for value in ratios:
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"ratios must be in [0, 1), got {value}")
-    plan = PruningPlan(meta={"allocation": "uniform", "ratio": ratio, "kind_ratios": kind_ratios,
-                             "round_to": round_to})
-    for group in analysis.prunable():
-        keep = kept_count(group.size, kind_ratios.get(group.kind, ratio), round_to)
+            raise GraphpruneError(f"ratios must be in [0, 1), got {value}")
+
+
+def _plan_from_counts(groups: list[Group], scores: Scores, removals: dict[int, int], round_to: int,
+                      max_group_ratio: float, meta: dict) -> PruningPlan:
+    """Remove the lowest-scored units of each group, as many as `removals` says, within the limits."""
+    plan = PruningPlan(meta=meta)
+    for group in groups:
+        ratio = min(removals.get(group.id, 0) / group.size, max_group_ratio)
+        keep = kept_count(group.size, ratio, round_to)
         order = np.argsort(scores[group.id], kind="stable")
         plan.remove(group, order[: group.size - keep])
     return plan
+
+
+def uniform(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1,
+            kind_ratios: dict[str, float] | None = None, max_group_ratio: float = 0.99) -> PruningPlan:
+    """Remove the lowest-scored `ratio` of every prunable group (`kind_ratios[group.kind]` where given)."""
+    kind_ratios = kind_ratios or {}
+    _check(ratio, *kind_ratios.values())
+    groups = analysis.prunable()
+    removals = {g.id: int(np.floor(g.size * kind_ratios.get(g.kind, ratio) + 1e-9)) for g in groups}
+    meta = {"allocation": "uniform", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
+    return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
+
+
+def _normalised(scores: np.ndarray) -> np.ndarray:
+    mean = float(np.mean(np.abs(scores)))
+    return scores / mean if mean > 0 else scores
+
+
+def _standardised(scores: np.ndarray) -> np.ndarray:
+    std = float(np.std(scores))
+    return (scores - np.mean(scores)) / std if std > 0 else scores - np.mean(scores)
+
+
+def _ranking(analysis: Analysis, scores: Scores, strategy: str) -> list[tuple[float, int, float]]:
+    """(normalised score, group id, parameter cost) of every unit, least important first."""
+    transform = _normalised if strategy == "global" else _standardised
+    ranked = []
+    for group in analysis.prunable():
+        values = transform(np.asarray(scores[group.id], dtype=np.float64))
+        ranked += [(float(v), group.id, float(c)) for v, c in zip(values, group.params_per_unit, strict=True)]
+    ranked.sort(key=lambda item: item[0])
+    return ranked
+
+
+def _removals(ranking: list[tuple[float, int, float]], count: int) -> dict[int, int]:
+    removals: dict[int, int] = {}
+    for _, gid, _ in ranking[:count]:
+        removals[gid] = removals.get(gid, 0) + 1
+    return removals
+
+
+def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1, strategy: str = "global",
+           max_group_ratio: float = 0.99) -> PruningPlan:
+    """Global (`ratio` of all units) or adaptive (`ratio` of all prunable parameters) allocation."""
+    _check(ratio)
+    ranking = _ranking(analysis, scores, strategy)
+    if strategy == "global":
+        count = int(np.floor(len(ranking) * ratio + 1e-9))
+    else:
+        budget = ratio * sum(cost for _, _, cost in ranking)
+        count = int(np.searchsorted(np.cumsum([cost for _, _, cost in ranking]), budget, side="right"))
+    meta = {"allocation": strategy, "ratio": ratio, "round_to": round_to, "max_group_ratio": max_group_ratio}
+    return _plan_from_counts(analysis.prunable(), scores, _removals(ranking, count), round_to, max_group_ratio, meta)
+
+
+def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: int = 1,
+              strategy: str = "adaptive", max_group_ratio: float = 0.99) -> PruningPlan:
+    """The smallest removal along the `strategy` ranking whose projected `metric` ("params" or "flops")
+    is at most `target` times the original; an error when even the most the limits allow is not enough."""
+    if not 0.0 < target <= 1.0:
+        raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
+    groups = analysis.prunable()
+    meta = {"allocation": strategy, "target": {metric: target}, "round_to": round_to}
+
+    def measure(plan: PruningPlan) -> int:
+        projected = projected_cost(analysis, plan)
+        return projected.params if metric == "params" else projected.macs
+
+    if strategy == "uniform":  # bisect the common ratio, in steps of one unit of the largest group
+        steps = max(g.size for g in groups) if groups else 1
+
+        def build(step: int) -> PruningPlan:
+            ratio = min(step / steps, max_group_ratio)
+            removals = {g.id: int(np.floor(g.size * ratio + 1e-9)) for g in groups}
+            return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
+    else:
+        ranking = _ranking(analysis, scores, strategy)
+        steps = len(ranking)
+
+        def build(step: int) -> PruningPlan:
+            return _plan_from_counts(groups, scores, _removals(ranking, step), round_to, max_group_ratio, meta)
+
+    goal = target * measure(PruningPlan())
+    low, high = 0, steps
+    if measure(build(high)) > goal:
+        raise GraphpruneError(f"cannot reach {metric} {target:.3f} of the original within the group limits "
+                              f"(at most {measure(build(high)) / measure(PruningPlan()):.3f})")
+    while low < high:
+        middle = (low + high) // 2
+        if measure(build(middle)) <= goal:
+            high = middle
+        else:
+            low = middle + 1
+    return build(low)

@@ -12,7 +12,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
-from graphprune.passes.allocation import uniform
+from graphprune.passes.allocation import ranked, to_target, uniform
 from graphprune.passes.calibration import Calibration, calibrate, file_batches, synthetic_batches
 from graphprune.passes.compensation import bias_deltas, obs_weight_updates
 from graphprune.passes.importance import get_criterion, needs_data
@@ -34,13 +34,36 @@ class PruneResult:
         return len(self.plan.removed)
 
 
+@dataclass
+class Allocation:
+    """How much to remove: a ratio (per kind under uniform allocation) or a params/flops target."""
+
+    strategy: str = "uniform"
+    ratio: float = 0.5
+    kind_ratios: dict[str, float] | None = None
+    round_to: int = 1
+    max_group_ratio: float = 0.99
+    target: tuple[str, float] | None = None
+
+    def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        if self.strategy not in ("uniform", "global", "adaptive"):
+            raise GraphpruneError(f"unknown allocation {self.strategy!r}: uniform, global or adaptive")
+        if self.target is not None:
+            return to_target(analysis, scores, *self.target, self.round_to, self.strategy, self.max_group_ratio)
+        if self.strategy == "uniform":
+            return uniform(analysis, scores, self.ratio, self.round_to, self.kind_ratios, self.max_group_ratio)
+        return ranked(analysis, scores, self.ratio, self.round_to, self.strategy, self.max_group_ratio)
+
+
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
               seed: int = 0, kind_ratios: dict[str, float] | None = None,
-              calibration: Calibration | None = None) -> PruningPlan:
-    """Score every prunable group with `criterion` and allocate `ratio` (per kind: `kind_ratios`) uniformly."""
+              calibration: Calibration | None = None, allocation: Allocation | None = None) -> PruningPlan:
+    """Score every prunable group with `criterion` and allocate: `allocation`, or `ratio` (per kind:
+    `kind_ratios`) uniformly."""
     scorer = get_criterion(criterion, calibration, seed)
     scores = {g.id: scorer.score(analysis, g) for g in analysis.prunable()}
-    plan = uniform(analysis, scores, ratio, round_to, kind_ratios)
+    allocation = allocation or Allocation("uniform", ratio, kind_ratios, round_to)
+    plan = allocation.plan(analysis, scores)
     plan.meta["criterion"] = criterion
     if calibration is not None:
         plan.meta["calibration"] = {"source": calibration.source, "samples": calibration.samples}
@@ -77,13 +100,11 @@ def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gr
 def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l2",
                ratio: float = 0.5, round_to: int = 1, seed: int = 0, kind_ratios: dict[str, float] | None = None,
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
-               compensate: bool | None = None) -> PruneResult:
+               compensate: bool | None = None, allocation: Allocation | None = None) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
     original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
     Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first."""
-    source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        raise GraphpruneError("the output path must differ from the input (the input is never modified)")
+    source, target = _distinct(source, target)
     compensate = criterion in ("flap", "obs") if compensate is None else compensate
     spec = calibration or CalibrationSpec()
     if (needs_data(criterion) or compensate) and not spec.wanted():
@@ -94,9 +115,44 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
     analysis = analyze(model, allow_approximate=prune_hidden)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = run_calibration(analysis, spec, seed, gram_limit) if spec.wanted() else None
-    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats)
+    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation)
+    plan.meta["prune_hidden"] = prune_hidden
+    return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
+
+
+def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: str | os.PathLike,
+               calibration: CalibrationSpec | None = None, compensate: bool | None = None) -> PruneResult:
+    """Apply a saved plan to `source`. Compensation (default: as when the plan was made) is recomputed from
+    calibration data, so it needs the same `calibration` source."""
+    source, target = _distinct(source, target)
+    model = load_model(source)
+    before = cost(model, source)
+    probe = PruningPlan.read_meta(plan_path)
+    analysis = analyze(model, allow_approximate=bool(probe.get("prune_hidden")))
+    plan = PruningPlan.load(plan_path, analysis.groups)
+    criterion = plan.meta.get("criterion", "")
+    compensate = bool(plan.meta.get("compensation")) if compensate is None else compensate
+    spec = calibration or CalibrationSpec()
+    if compensate and not spec.wanted():
+        raise GraphpruneError("this plan compensates removed channels: pass --calib FILE or --data-free to "
+                              "recompute the compensation, or --no-compensate")
+    gram_limit = GRAM_LIMIT if compensate and criterion == "obs" else 0
+    stats = run_calibration(analysis, spec, 0, gram_limit) if compensate else None
+    return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
+
+
+def _distinct(source: str | os.PathLike, target: str | os.PathLike) -> tuple[Path, Path]:
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        raise GraphpruneError("the output path must differ from the input (the input is never modified)")
+    return source, target
+
+
+def _rewrite_and_save(source: Path, target: Path, analysis: Analysis, plan: PruningPlan,
+                      stats: Calibration | None, compensate: bool, before: Cost) -> PruneResult:
+    """Compensate, rewrite, verify against the original's checks, save atomically."""
     deltas, weights = None, None
-    if compensate and criterion == "obs":
+    if compensate and plan.meta.get("criterion") == "obs":
         weights = obs_weight_updates(analysis, plan, stats)
     elif compensate:
         deltas = bias_deltas(analysis, plan, stats)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -121,3 +122,34 @@ def test_console_script_entry_point(tmp_path):
     done = subprocess.run([sys.executable, "-m", "graphprune.cli.main", "analyze", str(tmp_path / "nope.onnx")],
                           capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("graphprune: error:") and "Traceback" not in done.stderr
+
+
+def test_apply_a_saved_plan_reproduces_prune(capsys, tmp_path):
+    plan, first, second = tmp_path / "plan.json", tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert run_cli(capsys, "prune", DEMO_MODEL, "-o", first, "--save-plan", plan, "--allocation", "adaptive",
+                   "--ratio", "0.3")[0] == 0
+    code, out, _ = run_cli(capsys, "apply", DEMO_MODEL, plan, "-o", second)
+    assert code == 0 and "plan" in out
+    assert onnx.load(first).graph.initializer == onnx.load(second).graph.initializer
+
+
+def test_apply_refuses_a_plan_for_another_model(capsys, tmp_path):
+    plan = tmp_path / "plan.json"
+    assert run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "a.onnx", "--save-plan", plan)[0] == 0
+    other = tmp_path / "other.onnx"
+    onnx.save(custom_op_model(True), other)
+    code, _, err = run_cli(capsys, "apply", other, plan, "-o", tmp_path / "b.onnx")
+    assert_one_line_error(code, err)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_apply_of_a_compensated_plan_needs_data(capsys, tmp_path):
+    with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
+        np.savez(tmp_path / "calib.npz", x=d["x"][:32])
+    plan = tmp_path / "plan.json"
+    assert run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "a.onnx", "--criterion", "flap", "--calib",
+                   tmp_path / "calib.npz", "--save-plan", plan)[0] == 0
+    code, _, err = run_cli(capsys, "apply", DEMO_MODEL, plan, "-o", tmp_path / "b.onnx")
+    assert code == 1 and "compensates" in err
+    assert run_cli(capsys, "apply", DEMO_MODEL, plan, "-o", tmp_path / "b.onnx", "--calib",
+                   tmp_path / "calib.npz")[0] == 0
