@@ -38,7 +38,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         target = ("params", args.target_params) if args.target_params else ("flops", args.target_flops)
     allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target)
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
-                        kind_ratios, args.prune_hidden, spec, args.compensate, allocation)
+                        kind_ratios, args.prune_hidden, spec, args.compensate, allocation,
+                        {"policy_file": args.policy} if args.policy else None)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-params", type=float, help="keep this fraction of the parameters (exact)")
     target.add_argument("--target-flops", type=float, help="keep this fraction of the FLOPs/MACs (exact)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", help="criterion policy: saved PruneNet policy to use, or where to save one trained now")
     add_calibration_arguments(p)
     p.add_argument("--save-plan", help="also write the pruning plan as JSON")
     p.set_defaults(func=cmd_prune)

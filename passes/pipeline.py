@@ -57,10 +57,11 @@ class Allocation:
 
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
               seed: int = 0, kind_ratios: dict[str, float] | None = None,
-              calibration: Calibration | None = None, allocation: Allocation | None = None) -> PruningPlan:
-    """Score every prunable group with `criterion` and allocate: `allocation`, or `ratio` (per kind:
-    `kind_ratios`) uniformly."""
-    scorer = get_criterion(criterion, calibration, seed)
+              calibration: Calibration | None = None, allocation: Allocation | None = None,
+              options: dict | None = None) -> PruningPlan:
+    """Score every prunable group with `criterion` (its `options`) and allocate: `allocation`, or `ratio`
+    (per kind: `kind_ratios`) uniformly."""
+    scorer = get_criterion(criterion, calibration, seed, options)
     scores = {g.id: scorer.score(analysis, g) for g in analysis.prunable()}
     allocation = allocation or Allocation("uniform", ratio, kind_ratios, round_to)
     plan = allocation.plan(analysis, scores)
@@ -100,7 +101,8 @@ def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gr
 def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l2",
                ratio: float = 0.5, round_to: int = 1, seed: int = 0, kind_ratios: dict[str, float] | None = None,
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
-               compensate: bool | None = None, allocation: Allocation | None = None) -> PruneResult:
+               compensate: bool | None = None, allocation: Allocation | None = None,
+               options: dict | None = None) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
     original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
     Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first."""
@@ -115,7 +117,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
     analysis = analyze(model, allow_approximate=prune_hidden)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = run_calibration(analysis, spec, seed, gram_limit) if spec.wanted() else None
-    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation)
+    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options)
     plan.meta["prune_hidden"] = prune_hidden
     return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
 

@@ -18,11 +18,12 @@ class Criterion:
     name: str
     needs_data = False
 
-    def __init__(self, calibration: Calibration | None = None, seed: int = 0) -> None:
+    def __init__(self, calibration: Calibration | None = None, seed: int = 0, options: dict | None = None) -> None:
         if self.needs_data and calibration is None:
             raise GraphpruneError(f"criterion {self.name!r} needs calibration data: pass --calib FILE or --data-free")
         self.calibration = calibration
         self.seed = seed
+        self.options = options or {}
 
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
         raise NotImplementedError
@@ -44,10 +45,12 @@ def register_criterion(name: str) -> Callable:
     return decorate
 
 
-def get_criterion(name: str, calibration: Calibration | None = None, seed: int = 0) -> Criterion:
+def get_criterion(name: str, calibration: Calibration | None = None, seed: int = 0,
+                  options: dict | None = None) -> Criterion:
+    """An instance of criterion `name`; `options` carries criterion-specific settings (e.g. policy_file)."""
     if name not in _CRITERIA:
         raise GraphpruneError(f"unknown criterion {name!r}; available: {', '.join(sorted(_CRITERIA))}")
-    return _CRITERIA[name](calibration=calibration, seed=seed)
+    return _CRITERIA[name](calibration=calibration, seed=seed, options=options)
 
 
 def needs_data(name: str) -> bool:
