@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="prune the embedded digits CNN; show accuracy and latency before/after")
     p.add_argument("--ratio", type=float, default=0.25)
-    p.add_argument("--criterion", choices=criteria(), default="l2")
+    p.add_argument("--criterion", choices=criteria(), default="obs")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("-o", "--output", default=None, help="where to keep the pruned model")
     p.set_defaults(func=cmd_demo)
