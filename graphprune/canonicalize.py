@@ -3,6 +3,8 @@
 - Static shape reads: exporters read sizes with Shape → Gather/Slice and compute reshape targets from them
   (`x.view(b, s, heads, -1)`, `kv_heads * n_rep`). Entries that are static in the inferred shape become
   constants, and small integer arithmetic over constants is folded, so the rules see constant targets.
+- Pass-throughs: `Reshape(vector, [-1])` of a 1-D vector, and the legacy exporter's
+  `Where(Equal(s, -1), 1, s)` over shape vectors whose entries are constants or sizes read with Shape.
 - Transpose sandwiches: the dynamo exporter transposes K in scaled-dot-product attention as
   Reshape([B, H, S, D] → [B·H, S, D]) → Transpose → Reshape(→ [B, H, D, S]); the merged B·H axis has a
   symbolic size, so no rule can map heads through it. When shapes prove the sandwich restores the merged
@@ -42,7 +44,13 @@ _FOLDERS: dict[str, Callable[[ir.Node, list[np.ndarray]], np.ndarray]] = {
     "Sub": lambda n, v: v[0] - v[1],
     "Div": lambda n, v: v[0] // v[1] if np.issubdtype(v[0].dtype, np.integer) else v[0] / v[1],
     "Identity": lambda n, v: v[0],
+    "ConstantOfShape": lambda n, v: np.full(v[0].astype(np.int64), _fill_value(n)),
 }
+
+
+def _fill_value(node: ir.Node) -> np.ndarray:
+    attr = node.attributes.get("value")
+    return attr.value.numpy().reshape(()) if attr is not None else np.float32(0)
 
 
 def _static_shape_entries(node: ir.Node) -> np.ndarray | None:
@@ -162,6 +170,63 @@ def _sandwich_perm(first: ir.Node) -> tuple[ir.Node, list[int]] | None:
     return last, list(range(k)) + [k - 1 + p for p in perm[1:]]
 
 
+def _is_size_read(value: ir.Value) -> bool:
+    """A runtime entry of a shape vector that is a size read with Shape (so never -1)."""
+    node = value.producer()
+    while node is not None and node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Gather", "Slice"):
+        if node.op_type in ("Gather", "Slice") and node.inputs[0].producer() is not None \
+                and node.inputs[0].producer().op_type == "Shape":
+            return True
+        node = node.inputs[0].producer()
+    return node is not None and node.op_type == "Shape"
+
+
+def _never_minus_one(vector: ir.Value) -> bool:
+    """Every entry of a 1-D shape vector is a constant other than -1 or a size read with Shape."""
+    array = const_of(vector)
+    if array is not None:
+        return bool(np.all(array != -1))
+    node = vector.producer()
+    if node is None:
+        return False
+    if node.op_type == "Reshape" and shape_of(vector) is not None and len(shape_of(vector)) == 1:
+        return _never_minus_one(node.inputs[0])
+    if node.op_type == "Concat":
+        return all(_never_minus_one(piece) for piece in node.inputs)
+    return _is_size_read(vector)
+
+
+def _same_vector(node: ir.Node) -> ir.Value | None:
+    """The input an op provably passes through unchanged: Reshape of a 1-D vector to [-1], or the
+    exporters' `Where(Equal(s, -1), 1, s)` (replace -1 by 1) over a vector without -1 entries."""
+    if node.op_type == "Reshape":
+        target, shape = const_of(node.inputs[1]), shape_of(node.inputs[0])
+        if target is not None and target.tolist() == [-1] and shape is not None and len(shape) == 1:
+            return node.inputs[0]
+    if node.op_type == "Where" and len(node.inputs) == 3:
+        condition, vector = node.inputs[0].producer(), node.inputs[2]
+        if condition is None or condition.op_type != "Equal" or vector not in condition.inputs:
+            return None
+        other = condition.inputs[1 - list(condition.inputs).index(vector)]
+        minus_one = const_of(other)
+        if minus_one is not None and np.all(minus_one == -1) and _never_minus_one(vector):
+            return vector
+    return None
+
+
+def fold_pass_throughs(model: ir.Model) -> int:
+    """Bypass ops that provably return their input (see _same_vector); returns how many."""
+    folded = 0
+    for node in list(model.graph):
+        same = _same_vector(node) if node.graph is model.graph else None
+        if same is not None and not node.outputs[0].is_graph_output():
+            node.outputs[0].replace_all_uses_with(same)
+            folded += 1
+    if folded:
+        RemoveUnusedNodesPass()(model)
+    return folded
+
+
 def fold_transpose_sandwiches(model: ir.Model) -> int:
     """Replace every provable Reshape→Transpose→Reshape sandwich with one Transpose; returns the count."""
     folded = 0
@@ -186,4 +251,5 @@ def fold_transpose_sandwiches(model: ir.Model) -> int:
 def canonicalize(model: ir.Model) -> None:
     """Apply every canonicalisation in place."""
     fold_static_shapes(model)
+    fold_pass_throughs(model)
     fold_transpose_sandwiches(model)

@@ -19,8 +19,6 @@ EXPECT = {
     "llama": {"head": (2, 2), "neuron": (2, 96)},       # a head unit is one KV group: 1 KV + 2 query heads
     "llama_tied": {"head": (2, 2), "neuron": (2, 96)},
 }
-# the legacy exporter writes repeat_kv's Expand shape through Where(Equal(shape, -1), 1, shape)
-LEGACY_FROZEN = {"llama": "head", "llama_tied": "head"}
 CASES = [(name, dynamo) for name in EXPECT for dynamo in (False, True)]
 IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
 
@@ -34,9 +32,6 @@ def test_heads_and_neurons_detected(exported, name, dynamo):
     analysis = analyze(load_model(exported(name, dynamo)))
     for kind, (count, size) in EXPECT[name].items():
         groups = prunable_by_kind(analysis, kind)
-        if not dynamo and LEGACY_FROZEN.get(name) == kind:
-            assert not groups
-            continue
         assert [g.size for g in groups] == [size] * count, (kind, [g.summary() for g in analysis.groups])
     hidden = [g for g in analysis.groups if g.kind == "hidden"]
     assert len(hidden) == 1 and hidden[0].frozen and hidden[0].approximate
