@@ -7,7 +7,7 @@ import json
 import sys
 
 from graphprune import runtime
-from graphprune.analysis import analyze
+from graphprune.analysis import GQA_UNITS, analyze
 from graphprune.cli.table import human, ratio, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
@@ -16,7 +16,7 @@ from graphprune.passes.pipeline import Allocation, CalibrationSpec, PruneResult,
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    analysis = analyze(load_model(args.model), allow_approximate=args.prune_hidden)
+    analysis = analyze(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units)
     if args.json:
         print(json.dumps([g.summary() for g in analysis.groups], indent=1))
         return 0
@@ -39,7 +39,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target)
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, spec, args.compensate, allocation,
-                        {"policy_file": args.policy} if args.policy else None)
+                        {"policy_file": args.policy} if args.policy else None, args.gqa_units)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
@@ -92,6 +92,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 KINDS = ("channel", "head", "neuron", "hidden")
 
 
+def add_gqa_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gqa-units", choices=GQA_UNITS, default="kv-group",
+                   help="grouped-query attention: remove whole KV groups, or the same query slot of every group")
+
+
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, or .npy for one input")
     p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
@@ -110,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--prune-hidden", action="store_true", help="treat approximate (hidden) groups as prunable")
+    add_gqa_argument(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller model")
@@ -120,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{kind}-ratio", type=float, default=None, help=f"ratio for {kind} groups (default --ratio)")
     p.add_argument("--prune-hidden", action="store_true",
                    help="also prune the hidden dimension (approximate: normalisation statistics change)")
+    add_gqa_argument(p)
     p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
     p.add_argument("--allocation", choices=["uniform", "global", "adaptive"], default="uniform",

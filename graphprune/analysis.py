@@ -38,9 +38,10 @@ class Analysis:
 class _Propagator:
     """Implements the rules' CoupleContext while walking the graph."""
 
-    def __init__(self, model: ir.Model, allow_approximate: bool = False) -> None:
+    def __init__(self, model: ir.Model, allow_approximate: bool = False, gqa_units: str = "kv-group") -> None:
         self.model = model
         self.allow_approximate = allow_approximate
+        self.options = {"gqa_units": gqa_units}
         self.graph = model.graph
         self.uf = UnionFind()
         self.dims: dict[Dim, tuple[int, int]] = {}
@@ -65,6 +66,9 @@ class _Propagator:
 
     def has_dim(self, dim: Dim) -> bool:
         return dim in self.dims
+
+    def option(self, name: str) -> str | None:
+        return self.options.get(name)
 
     def defer(self, node: ir.Node, port: Port, axis: int) -> bool:
         if self.last_chance:
@@ -223,7 +227,8 @@ class _Propagator:
         if approx and not self.allow_approximate:
             frozen.append("approximate (norm statistics change); allow with --prune-hidden")
         kind = self._kind(key_dims, members, approx)
-        return Group(gid, kind, len(order), members, params, frozen, approx)
+        tags = set().union(*(self.tags.get(d, set()) for d in key_dims))
+        return Group(gid, kind, len(order), members, params, frozen, approx, tags)
 
     def _kind(self, key_dims: list[Dim], members: list[Member], approx: list[str]) -> str:
         if any("head" in self.tags.get(d, ()) for d in key_dims):
@@ -246,9 +251,16 @@ def _notes(notes: dict[Dim, list[str]], dims: list[Dim]) -> list[str]:
     return lines
 
 
-def analyze(model: ir.Model, allow_approximate: bool = False) -> Analysis:
+GQA_UNITS = ("kv-group", "query-slot")
+
+
+def analyze(model: ir.Model, allow_approximate: bool = False, gqa_units: str = "kv-group") -> Analysis:
     """Find every group of `model` and which of them are frozen, and why. Groups whose removal is only
-    approximate (the hidden dimension under LayerNorm/RMSNorm) stay frozen unless `allow_approximate`."""
-    propagator = _Propagator(model, allow_approximate)
+    approximate (the hidden dimension under LayerNorm/RMSNorm) stay frozen unless `allow_approximate`.
+    `gqa_units`: under grouped-query attention a head unit is a KV group (its KV head and every query head
+    reading it) or, with "query-slot", the same query slot in every KV group (KV heads then stay whole)."""
+    if gqa_units not in GQA_UNITS:
+        raise ValueError(f"gqa_units must be one of {GQA_UNITS}, got {gqa_units!r}")
+    propagator = _Propagator(model, allow_approximate, gqa_units)
     propagator.run()
     return Analysis(model, propagator.groups())

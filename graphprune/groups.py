@@ -46,6 +46,7 @@ class Group:
     params_per_unit: np.ndarray
     frozen_reasons: list[str] = field(default_factory=list)
     approximate: list[str] = field(default_factory=list)
+    tags: set[str] = field(default_factory=set)  # structural facts rules noted ("head", "query-slot")
 
     @property
     def frozen(self) -> bool:
@@ -76,6 +77,8 @@ class Group:
         if self.kind != "head" or not widths:
             return ""
         head_dim, widest = widths[0], widths[-1]
+        if "query-slot" in self.tags:
+            return f"{self.size} query slots x {widest} channels (one query head of every KV group)"
         if widest == head_dim:
             return f"{self.size} heads x head_dim {head_dim}"
         return f"{self.size} KV groups x {widest // head_dim} query heads, head_dim {head_dim}"

@@ -102,7 +102,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
                ratio: float = 0.5, round_to: int = 1, seed: int = 0, kind_ratios: dict[str, float] | None = None,
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
                compensate: bool | None = None, allocation: Allocation | None = None,
-               options: dict | None = None) -> PruneResult:
+               options: dict | None = None, gqa_units: str = "kv-group") -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
     original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
     Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first."""
@@ -114,11 +114,11 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
                               "calibration data: pass --calib FILE or --data-free")
     model = load_model(source)
     before = cost(model, source)
-    analysis = analyze(model, allow_approximate=prune_hidden)
+    analysis = analyze(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = run_calibration(analysis, spec, seed, gram_limit) if spec.wanted() else None
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options)
-    plan.meta["prune_hidden"] = prune_hidden
+    plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
     return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
 
 
@@ -130,7 +130,8 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     model = load_model(source)
     before = cost(model, source)
     probe = PruningPlan.read_meta(plan_path)
-    analysis = analyze(model, allow_approximate=bool(probe.get("prune_hidden")))
+    analysis = analyze(model, allow_approximate=bool(probe.get("prune_hidden")),
+                       gqa_units=probe.get("gqa_units") or "kv-group")
     plan = PruningPlan.load(plan_path, analysis.groups)
     criterion = plan.meta.get("criterion", "")
     compensate = bool(plan.meta.get("compensation")) if compensate is None else compensate

@@ -42,13 +42,13 @@ def compensation_for(analysis: Analysis, plan: PruningPlan, calibration: Calibra
 
 
 def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0,
-                 calibration: Calibration | None = None, compensation: str = "bias") -> dict:
+                 calibration: Calibration | None = None, compensation: str = "bias", **analysis_options) -> dict:
     """Prune `source` with the plan `make_plan` builds; return the errors of the pruned model against the
     masked original and of the dense original against the masked one (which must be non-zero to be a test).
     With `calibration`, both get the same compensation (bias deltas or OBS weight updates)."""
-    pruned_analysis = analyze(load(source))
+    pruned_analysis = analyze(load(source), **analysis_options)
     plan = make_plan(pruned_analysis)
-    masked_analysis = analyze(load(source))
+    masked_analysis = analyze(load(source), **analysis_options)
     masked_deltas, masked_weights = compensation_for(masked_analysis, plan, calibration, compensation)
     apply_weight_updates(masked_weights)
     masked = verify.mask_consumers(masked_analysis, plan)
@@ -69,10 +69,11 @@ def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int
     }
 
 
-def assert_group_equivalent(source: Source, group, seed: int = 0, tolerance: float = 1e-4) -> dict:
+def assert_group_equivalent(source: Source, group, seed: int = 0, tolerance: float = 1e-4,
+                            **analysis_options) -> dict:
     """Masked equivalence of removing a random subset of `group`. A group read by some consumer must also
     change the output when masked (else the check proves nothing); a group nobody reads must vanish exactly."""
-    result = masked_check(source, random_subset_plan(group.id, seed))
+    result = masked_check(source, random_subset_plan(group.id, seed), **analysis_options)
     if any(m.consumer for m in group.members):
         assert result["error"] <= tolerance, (group.label, result)
         assert result["error"] < result["masking_effect"] / 100, (group.label, result)

@@ -109,7 +109,15 @@ def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
 
 def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, left: list[int], out_axis: int,
                   in_axis: int | None, src: list) -> None:
-    """Input axes `left` merge into output axis `out_axis`; link the one that carries channels."""
+    """Input axes `left` merge into output axis `out_axis`; link the one that carries channels. Under
+    query-slot GQA units, a merged axis that an Expand broadcast (repeat_kv's n_rep) is the carrier."""
+    slots = [a for a in left if a in _broadcast_axes(ctx, x)] if ctx.option("gqa_units") == "query-slot" else []
+    if slots:
+        if in_axis is not None and in_axis != slots[0]:
+            ctx.freeze(Dim(x, in_axis), "KV heads stay whole under query-slot GQA units")
+            return
+        in_axis = slots[0]
+        ctx.tag(Dim(x, in_axis), "query-slot")
     if in_axis is None:
         carriers = [a for a in left if ctx.has_dim(Dim(x, a))]
         if not carriers and ctx.defer(node, Port(True, 0), out_axis):
@@ -122,6 +130,18 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, l
     positions = np.arange(int(np.prod(sizes)))
     channel_of = np.unravel_index(positions, sizes)[left.index(in_axis)]
     ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
+
+
+def _broadcast_axes(ctx: CoupleContext, value: ir.Value) -> set[int]:
+    """Axes of an Expand's output that it broadcast from size 1."""
+    node = value.producer()
+    if node is None or node.op_type != "Expand":
+        return set()
+    xs, ys = ctx.shape(node.inputs[0]), ctx.shape(value)
+    if xs is None or ys is None:
+        return set()
+    offset = len(ys) - len(xs)
+    return {a for a in range(len(ys)) if a < offset or (xs[a - offset] == 1 and ys[a] != 1)}
 
 
 def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, right: list[int], dst: list) -> None:
@@ -171,13 +191,14 @@ class Expand(OpRule):
         offset = len(y_shape) - len(x_shape)
         out_axis = axis if port.output else axis + offset
         in_axis = out_axis - offset
-        if in_axis < 0 or x_shape[in_axis] != y_shape[out_axis]:
-            ctx.freeze(dim, "Expand broadcasts this axis from size 1")
-            return
         shape_axis = out_axis - (len(y_shape) - len(settable))
         if shape_axis >= 0 and not settable[shape_axis]:
             ctx.freeze(dim, "Expand target size of this axis is computed at run time")
             return
+        if in_axis < 0 or x_shape[in_axis] != y_shape[out_axis]:
+            if not (port.output and ctx.option("gqa_units") == "query-slot"):
+                ctx.freeze(dim, "Expand broadcasts this axis from size 1")
+            return  # query slots: fewer copies of the same KV head, nothing upstream changes
         ctx.link(Dim(x, in_axis), Dim(y, out_axis))
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:

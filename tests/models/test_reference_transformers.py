@@ -83,3 +83,24 @@ def test_hidden_pruning_gives_a_valid_smaller_model(exported, name):
     feeds = runtime.random_feeds(runtime.session(dense), batch=2, dims={"seq": 7})
     out = runtime.run(runtime.session(pruned), feeds)[0]
     assert out.shape == runtime.run(runtime.session(dense), feeds)[0].shape and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_gqa_query_slots_keep_the_ratio_consistent(exported, dynamo):
+    """Query-slot units remove the same query head of every KV group: Q rows and O columns of Hkv heads,
+    no K/V rows; KV heads stay whole; the pruned layers keep Hq = 1 * Hkv and run."""
+    path = exported("llama", dynamo)
+    analysis = analyze(load_model(path), gqa_units="query-slot")
+    slots = prunable_by_kind(analysis, "head")
+    assert [g.size for g in slots] == [2, 2]  # n_rep = 2 slots per layer
+    for group in slots:
+        assert group.unit_widths() == [32]  # 2 KV groups x head_dim 16, in Q rows and O columns
+        assert_group_equivalent(path, group, gqa_units="query-slot")
+    pruned = apply_plan(analysis, make_plan(analysis, "l2", 0.5))
+    head_splits = sorted(n.outputs[0].shape[2] for n in pruned.graph
+                         if n.op_type == "Reshape" and n.outputs[0].shape is not None
+                         and len(n.outputs[0].shape) == 4 and n.outputs[0].shape[3] == 16
+                         and isinstance(n.outputs[0].shape[2], int))
+    assert head_splits == [2] * 6, head_splits  # per layer: q, k, v all with 2 heads now
+    out = runtime.run(runtime.session(pruned), {"input_ids": np.arange(10, dtype=np.int64).reshape(2, 5)})[0]
+    assert out.shape == (2, 5, 100) and np.isfinite(out).all()
