@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, ShapeInferencePass
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+from graphprune import ops
 from graphprune.canonicalize import canonicalize
 from graphprune.errors import ModelLoadError
 
@@ -38,8 +39,25 @@ def prepare(model: ir.Model) -> ir.Model:
     """Normalise a model for analysis: weights as initializers, shapes inferred where possible."""
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     infer_shapes(model)
+    if fill_unknown_shapes(model):
+        infer_shapes(model)
     canonicalize(model)
     return model
+
+
+def fill_unknown_shapes(model: ir.Model) -> int:
+    """Give outputs that inference left shapeless the shapes their op rules state; returns how many."""
+    filled = 0
+    for node in model.graph:
+        rule = ops.lookup(node)
+        shapes = rule.output_shapes(node) if rule is not None else None
+        for value, shape in zip(node.outputs, shapes or [], strict=False):
+            if value is not None and value.shape is None and shape is not None:
+                value.shape = shape
+                if value.type is None and node.inputs and node.inputs[0] is not None:
+                    value.type = node.inputs[0].type
+                filled += 1
+    return filled
 
 
 def infer_shapes(model: ir.Model) -> None:

@@ -161,7 +161,68 @@ class BiasActivation(OpRule):
         couple_broadcast(ctx, node, port, axis, present(node.inputs))
 
 
-@register("GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention",
+@register("GroupQueryAttention", domain=MS)
+class GroupQueryAttention(OpRule):
+    """query [B, S, Hq·D], key/value [B, S, Hkv·D], optional caches past/present [B, Hkv, L, D] → output
+    [B, S, Hq·D]. A unit is one KV group: its KV head (and cache slice) and the Hq/Hkv query heads reading it.
+    A cache that is a graph input or output freezes the heads by the graph I/O rule."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        inputs = list(node.inputs) + [None] * 8
+        q, k, v, y = inputs[0], inputs[1], inputs[2], node.outputs[0]
+        caches = [t for t in (inputs[3], inputs[4], *list(node.outputs[1:3])) if t is not None]
+        shapes = [ctx.shape(t) for t in (q, k, v, y)]
+        hq, hkv = attr_int(node, "num_heads", 0), attr_int(node, "kv_num_heads", 0)
+        data = port.output or port.index in (0, 1, 2, 3, 4)
+        if not _freeze_unless(ctx, node, port, axis, k is not None and data and hq and hkv
+                              and all(s is not None and len(s) == 3 for s in shapes),
+                              "GroupQueryAttention with packed QKV, unknown shapes or a non-data input"):
+            return
+        is_cache = port.value(node) in caches
+        if axis == 0:
+            for t in (k, v, y, *caches):
+                ctx.link(Dim(q, 0), Dim(t, 0))
+        elif axis == 1 and not is_cache:
+            pair = (q, y) if port.value(node) in (q, y) else (k, v)
+            ctx.link(Dim(pair[0], 1), Dim(pair[1], 1))
+        elif (axis == 2 and not is_cache) or (axis == 1 and is_cache):
+            self._couple_heads(ctx, q, k, v, y, caches, shapes, hq, hkv)
+        else:
+            ctx.freeze(Dim(port.value(node), axis), "GroupQueryAttention cache length or head_dim axis")
+
+    @staticmethod
+    def _couple_heads(ctx, q, k, v, y, caches, shapes, hq: int, hkv: int) -> None:
+        head_dim, rep = shapes[0][2] // hq, hq // hkv
+        anchor, group_width = Dim(y, 2), rep * head_dim
+        queries = np.arange(hq * head_dim)
+        for target in (Dim(y, 2), Dim(q, 2)):
+            ctx.link_pairs(anchor, queries // group_width * group_width, target, queries)
+        keys = np.arange(hkv * head_dim)
+        for target in (Dim(k, 2), Dim(v, 2)):
+            ctx.link_pairs(anchor, keys // head_dim * group_width, target, keys)
+        for cache in caches:
+            ctx.link_pairs(anchor, np.arange(hkv) * group_width, Dim(cache, 1), np.arange(hkv))
+        ctx.tag(anchor, "head")
+
+    def output_shapes(self, node: ir.Node) -> list[ir.Shape | None] | None:
+        """output: the query's shape; present caches: [B, kv_num_heads, total length, head_dim]."""
+        query = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
+        if query is None or len(query) != 3 or not isinstance(query[2], int):
+            return None
+        head_dim = query[2] // attr_int(node, "num_heads", 1)
+        cache = ir.Shape([query[0], attr_int(node, "kv_num_heads", 1), ir.SymbolicDim(None), head_dim])
+        return [query, cache, cache]
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        head_dim = ctx.shape(node.inputs[0])[2] // attr_int(node, "num_heads", 1)
+        kept_q, kept_k = ctx.kept(node.outputs[0], 2), ctx.kept(node.inputs[1], 2)
+        if kept_q is not None:
+            ctx.set_attr(node, ir.AttrInt64("num_heads", len(kept_q) // head_dim))
+        if kept_k is not None:
+            ctx.set_attr(node, ir.AttrInt64("kv_num_heads", len(kept_k) // head_dim))
+
+
+@register("PackedAttention", "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention",
           "EmbedLayerNormalization", domain=MS)
 class UnmodelledFused(OpRule):
     """Fused ops whose layouts (KV caches, packed tokens, fused embeddings) are not modelled yet."""

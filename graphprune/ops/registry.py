@@ -87,6 +87,10 @@ class OpRule:
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         """Fix attributes or shape constants that carry channel counts; most ops have none."""
 
+    def output_shapes(self, node: ir.Node) -> list[ir.Shape | None] | None:
+        """Output shapes for ops neither ONNX nor ONNX Runtime shape inference knows (None: no opinion)."""
+        return None
+
 
 _RULES: dict[tuple[str, str], OpRule] = {}
 

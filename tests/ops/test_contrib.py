@@ -94,7 +94,22 @@ def test_skip_layernorm_and_bias_gelu():
         assert_group_equivalent(model, group)
 
 
-@pytest.mark.parametrize("op", ["GroupQueryAttention", "EmbedLayerNormalization"])
+def test_contrib_group_query_attention():
+    b = GraphBuilder()
+    q, k, v = (b.op("MatMul", ["x", b.weight(16, n)]) for n in (32, 16, 16))
+    seqlens = b.const(np.array([4], dtype=np.int32))
+    total = b.const(np.array([5], dtype=np.int32))
+    att = b.op("GroupQueryAttention", [q, k, v, "", "", seqlens, total], outputs=3, domain=MS, num_heads=4,
+               kv_num_heads=2)[0]
+    model = with_ms(b.build({"x": [1, 5, 16]}, {b.op("MatMul", [att, b.weight(32, 8)]): [1, 5, 8]}))
+    check_all(model, 2)  # two KV groups of two query heads
+    analysis = analyze(load(model))
+    pruned = apply_plan(analysis, make_plan(analysis, "l2", 0.5))
+    node = next(n for n in pruned.graph if n.op_type == "GroupQueryAttention")
+    assert (node.attributes["num_heads"].as_int(), node.attributes["kv_num_heads"].as_int()) == (2, 1)
+
+
+@pytest.mark.parametrize("op", ["PackedAttention", "EmbedLayerNormalization"])
 def test_unmodelled_fused_ops_freeze(op):
     b = GraphBuilder()
     y = b.op("MatMul", ["x", b.weight(16, 16)])
