@@ -112,29 +112,22 @@ def _folded_value(node: ir.Node) -> np.ndarray | None:
     return np.asarray(folder(node, values))
 
 
-def fold_static_shapes(model: ir.Model) -> int:
-    """Replace static shape reads and constant shape arithmetic by constants; returns how many nodes."""
-    folded = 0
-    for node in list(model.graph):
-        if node.graph is not model.graph:
-            continue
-        try:
-            value = _folded_value(node)
-        except (ValueError, IndexError, TypeError):
-            value = None
-        output = node.outputs[0] if node.outputs else None
-        if value is None or output is None or output.is_graph_output():
-            continue
-        dtype = output.dtype.numpy() if output.dtype is not None else value.dtype
-        name = f"{output.name}_folded"
-        constant = ir.Value(name=name, const_value=ir.tensor(value.astype(dtype), name=name))
-        constant.shape, constant.dtype = ir.Shape(value.shape), constant.const_value.dtype
-        model.graph.register_initializer(constant)
-        output.replace_all_uses_with(constant)
-        folded += 1
-    if folded:
-        RemoveUnusedNodesPass()(model)
-    return folded
+def _fold_static_shape(model: ir.Model, node: ir.Node) -> bool:
+    """Replace a static shape read or constant shape arithmetic by a constant."""
+    try:
+        value = _folded_value(node)
+    except (ValueError, IndexError, TypeError):
+        return False
+    output = node.outputs[0] if node.outputs else None
+    if value is None or output is None or output.is_graph_output():
+        return False
+    dtype = output.dtype.numpy() if output.dtype is not None else value.dtype
+    name = f"{output.name}_folded"
+    constant = ir.Value(name=name, const_value=ir.tensor(value.astype(dtype), name=name))
+    constant.shape, constant.dtype = ir.Shape(value.shape), constant.const_value.dtype
+    model.graph.register_initializer(constant)
+    output.replace_all_uses_with(constant)
+    return True
 
 
 def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
@@ -214,38 +207,50 @@ def _same_vector(node: ir.Node) -> ir.Value | None:
     return None
 
 
-def fold_pass_throughs(model: ir.Model) -> int:
-    """Bypass ops that provably return their input (see _same_vector); returns how many."""
-    folded = 0
-    for node in list(model.graph):
-        same = _same_vector(node) if node.graph is model.graph else None
-        if same is not None and not node.outputs[0].is_graph_output():
-            node.outputs[0].replace_all_uses_with(same)
-            folded += 1
-    if folded:
+def _bypass_pass_through(model: ir.Model, node: ir.Node) -> bool:
+    """Point the readers of an op that provably returns its input (see _same_vector) at that input."""
+    same = _same_vector(node)
+    if same is None or node.outputs[0].is_graph_output():
+        return False
+    node.outputs[0].replace_all_uses_with(same)
+    return True
+
+
+def _fold_sandwich(model: ir.Model, node: ir.Node) -> bool:
+    """Replace a provable Reshape→Transpose→Reshape sandwich starting at `node` with one Transpose."""
+    match = _sandwich_perm(node) if node.op_type == "Reshape" else None
+    if match is None:
+        return False
+    last, perm = match
+    transpose = ir.node("Transpose", [node.inputs[0]], {"perm": perm}, name=f"{last.name}_folded")
+    out = transpose.outputs[0]
+    out.name, out.shape, out.type = f"{last.outputs[0].name}_folded", last.outputs[0].shape, last.outputs[0].type
+    model.graph.insert_before(last, transpose)
+    last.outputs[0].replace_all_uses_with(out)
+    return True
+
+
+def _each_node(model: ir.Model, rewrite: Callable[[ir.Model, ir.Node], bool]) -> int:
+    """Offer every main-graph node to `rewrite` once, in order; drop what became dead; count rewrites."""
+    count = sum(1 for node in list(model.graph) if node.graph is model.graph and rewrite(model, node))
+    if count:
         RemoveUnusedNodesPass()(model)
-    return folded
+    return count
+
+
+def fold_static_shapes(model: ir.Model) -> int:
+    """Static shape reads and constant shape arithmetic become constants; returns how many nodes."""
+    return _each_node(model, _fold_static_shape)
+
+
+def fold_pass_throughs(model: ir.Model) -> int:
+    """Ops that provably return their input are bypassed; returns how many."""
+    return _each_node(model, _bypass_pass_through)
 
 
 def fold_transpose_sandwiches(model: ir.Model) -> int:
-    """Replace every provable Reshape→Transpose→Reshape sandwich with one Transpose; returns the count."""
-    folded = 0
-    for node in list(model.graph):
-        if node.op_type != "Reshape" or node.graph is not model.graph:
-            continue
-        match = _sandwich_perm(node)
-        if match is None:
-            continue
-        last, perm = match
-        transpose = ir.node("Transpose", [node.inputs[0]], {"perm": perm}, name=f"{last.name}_folded")
-        out = transpose.outputs[0]
-        out.name, out.shape, out.type = f"{last.outputs[0].name}_folded", last.outputs[0].shape, last.outputs[0].type
-        model.graph.insert_before(last, transpose)
-        last.outputs[0].replace_all_uses_with(out)
-        folded += 1
-    if folded:
-        RemoveUnusedNodesPass()(model)
-    return folded
+    """Provable Reshape→Transpose→Reshape sandwiches become one Transpose; returns how many."""
+    return _each_node(model, _fold_sandwich)
 
 
 def canonicalize(model: ir.Model) -> None:
