@@ -11,6 +11,7 @@ from graphprune.analysis import GQA_UNITS, analyze
 from graphprune.cli.table import human, ratio, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
+from graphprune.passes.calibration import ImageSpec
 from graphprune.passes.importance import criteria
 from graphprune.passes.pipeline import Allocation, CalibrationSpec, PruneResult, apply_file, prune_file
 
@@ -32,7 +33,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
-    spec = CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True)
+    spec = calibration_spec(args)
     target = None
     if args.target_params or args.target_flops:
         target = ("params", args.target_params) if args.target_params else ("flops", args.target_flops)
@@ -62,8 +63,14 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
         print(f"not verified: {note}")
 
 
+def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
+    image = ImageSpec(tuple(args.image_size), tuple(args.image_mean), tuple(args.image_std), args.image_layout,
+                      args.grayscale)
+    return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True, image=image)
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
-    spec = CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True)
+    spec = calibration_spec(args)
     result = apply_file(args.model, args.plan, args.output, spec, args.compensate)
     report(result, args, f"plan {args.plan}")
     return 0
@@ -98,7 +105,13 @@ def add_gqa_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, or .npy for one input")
+    p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, .npy (one input), .txt of "
+                                   "token ids (one sequence per line), or a folder of images")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224))
+    p.add_argument("--image-mean", type=float, nargs="+", default=[0.0, 0.0, 0.0])
+    p.add_argument("--image-std", type=float, nargs="+", default=[1.0, 1.0, 1.0])
+    p.add_argument("--image-layout", choices=["NCHW", "NHWC"], default="NCHW")
+    p.add_argument("--grayscale", action="store_true", help="images as one channel")
     p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
     p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")

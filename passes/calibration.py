@@ -144,6 +144,74 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
         yield {n: arrays[n][start:start + batch_size] for n in input_names}
 
 
+def token_batches(path: str | os.PathLike, input_names: list[str], batch_size: int,
+                  samples: int | None = None) -> Iterator[Feeds]:
+    """Batches from a text file of token ids, one sequence per line (whitespace-separated integers): the
+    ids input (`input_ids`, or the model's first input) right-padded with 0, plus `attention_mask` and
+    `token_type_ids` when the model has such inputs."""
+    path = Path(path)
+    try:
+        lines = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+        sequences = [np.array([int(t) for t in line], dtype=np.int64) for line in lines]
+    except (OSError, ValueError) as exc:
+        raise GraphpruneError(f"{path}: not a token-id file (one line of integers per sequence): {exc}") from exc
+    if not sequences:
+        raise GraphpruneError(f"{path}: no token sequences")
+    sequences = sequences[:samples] if samples else sequences
+    ids_name = "input_ids" if "input_ids" in input_names else input_names[0]
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, sequence in enumerate(chunk):
+            ids[row, : len(sequence)], mask[row, : len(sequence)] = sequence, 1
+        feeds = {ids_name: ids}
+        if "attention_mask" in input_names:
+            feeds["attention_mask"] = mask
+        if "token_type_ids" in input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        yield feeds
+
+
+@dataclass
+class ImageSpec:
+    """How to turn image files into a model input: resize, scale to [0, 1], normalise, lay out."""
+
+    size: tuple[int, int] = (224, 224)  # height, width
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    layout: str = "NCHW"
+    grayscale: bool = False
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def image_batches(folder: str | os.PathLike, input_name: str, spec: ImageSpec, batch_size: int,
+                  samples: int | None = None) -> Iterator[Feeds]:
+    """Batches from the image files of a folder (sorted by name), preprocessed by `spec`. Needs Pillow."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise GraphpruneError("image folders need Pillow: pip install 'graphprune[images]'") from exc
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise GraphpruneError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = files[:samples] if samples else files
+    mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
+    for start in range(0, len(files), batch_size):
+        images = []
+        for file in files[start:start + batch_size]:
+            with Image.open(file) as image:
+                image = image.convert("L" if spec.grayscale else "RGB").resize(spec.size[::-1], Image.BILINEAR)
+                array = np.asarray(image, dtype=np.float32) / 255.0
+            array = array[..., None] if array.ndim == 2 else array
+            images.append((array - mean[: array.shape[-1]]) / std[: array.shape[-1]])
+        batch = np.stack(images)
+        yield {input_name: np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else batch)}
+
+
 def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int,
                       seed: int = 0) -> Iterator[Feeds]:
     """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec."""

@@ -13,7 +13,15 @@ from graphprune.groups import Group
 from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
 from graphprune.passes.allocation import ranked, to_target, uniform
-from graphprune.passes.calibration import Calibration, calibrate, file_batches, synthetic_batches
+from graphprune.passes.calibration import (
+    Calibration,
+    ImageSpec,
+    calibrate,
+    file_batches,
+    image_batches,
+    synthetic_batches,
+    token_batches,
+)
 from graphprune.passes.compensation import bias_deltas, obs_weight_updates
 from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
@@ -73,13 +81,15 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
 
 @dataclass
 class CalibrationSpec:
-    """Where calibration data comes from: a .npz/.npy file, or synthetic inputs (data-free)."""
+    """Where calibration data comes from: a .npz/.npy file, a .txt of token ids, a folder of images
+    (preprocessed by `image`), or synthetic inputs (data-free)."""
 
     path: str | None = None
     data_free: bool = False
     samples: int = 128
     batch_size: int = 16
     progress: bool = False
+    image: ImageSpec | None = None
 
     def wanted(self) -> bool:
         return self.path is not None or self.data_free
@@ -87,8 +97,13 @@ class CalibrationSpec:
 
 def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gram_limit: int = 0) -> Calibration:
     """Collect statistics for `analysis` from the source `spec` names (Gram matrices up to `gram_limit`)."""
-    if spec.path:
-        inputs = [v.name for v in analysis.model.graph.inputs if not v.is_initializer()]
+    inputs = [v.name for v in analysis.model.graph.inputs if not v.is_initializer()]
+    if spec.path and Path(spec.path).is_dir():
+        batches = image_batches(spec.path, inputs[0], spec.image or ImageSpec(), spec.batch_size, spec.samples)
+        source = str(spec.path)
+    elif spec.path and Path(spec.path).suffix == ".txt":
+        batches, source = token_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
+    elif spec.path:
         batches, source = file_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
     elif spec.data_free:
         batches, source = synthetic_batches(analysis.model, spec.batch_size, spec.samples, seed), "data-free"

@@ -12,7 +12,7 @@ from graphprune.cli.main import main
 from graphprune.errors import GraphpruneError
 from graphprune.models.demo import DEMO_MODEL
 from graphprune.passes import CalibrationSpec, apply_plan, make_plan, run_calibration
-from graphprune.passes.calibration import ChannelStats, calibrate, file_batches
+from graphprune.passes.calibration import ChannelStats, ImageSpec, calibrate, file_batches, image_batches, token_batches
 from graphprune.passes.compensation import bias_deltas, obs_weight_updates
 from tests.graphs import GraphBuilder
 from tests.harness import load, masked_check, random_subset_plan
@@ -159,3 +159,32 @@ def test_cli_flap_with_calibration_file(tmp_path, capsys):
     code = main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o.onnx"), "--criterion", "flap",
                  "--calib", str(tmp_path / "calib.npz"), "--ratio", "0.25", "--save-plan", str(tmp_path / "p.json")])
     assert code == 0 and '"compensation": "bias"' in (tmp_path / "p.json").read_text()
+
+
+def test_token_files_pad_and_mask(tmp_path, exported):
+    (tmp_path / "ids.txt").write_text("5 6 7\n8 9\n\n10 11 12 13\n")
+    batches = list(token_batches(tmp_path / "ids.txt", ["input_ids", "attention_mask"], batch_size=2))
+    assert [b["input_ids"].shape for b in batches] == [(2, 3), (1, 4)]
+    np.testing.assert_array_equal(batches[0]["attention_mask"], [[1, 1, 1], [1, 1, 0]])
+    code = main(["prune", str(exported("bert", True)), "-o", str(tmp_path / "o.onnx"), "--criterion", "flap",
+                 "--calib", str(tmp_path / "ids.txt"), "--ratio", "0.25", "--batch-size", "2"])
+    assert code == 0
+
+
+def test_image_folders_match_the_same_pixels_as_arrays(tmp_path):
+    image_module = pytest.importorskip("PIL.Image")
+    with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
+        pixels = np.round(d["x"][:12, 0] * 255).astype(np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(pixels):
+        image_module.fromarray(image, mode="L").save(folder / f"{index:03d}.png")
+    analysis = analyze(load(DEMO_MODEL))
+    spec = ImageSpec(size=(8, 8), mean=(0.0,), std=(1.0,), grayscale=True)
+    from_images = calibrate(analysis, image_batches(folder, "x", spec, 5), progress=False)
+    arrays = (pixels.astype(np.float32) / 255.0)[:, None]
+    from_arrays = calibrate(analysis, [{"x": arrays[:5]}, {"x": arrays[5:10]}, {"x": arrays[10:]}], progress=False)
+    assert from_images.samples == from_arrays.samples == 12
+    for key, stats in from_arrays.stats.items():
+        np.testing.assert_allclose(from_images.stats[key].mean, stats.mean, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(from_images.stats[key].variance, stats.variance, rtol=1e-5, atol=1e-7)
