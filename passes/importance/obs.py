@@ -2,9 +2,11 @@
 
 Per consumer, H = (2/N) XᵀX over its input channels (dead channels get H_jj = 1, damping λ·mean(diag H)).
 A unit owning positions M costs ε_M = tr(W_Mᵀ (H⁻¹_MM)⁻¹ W_M) (W as [input channel, outputs]); a group sums
-its consumers. Scores are these one-shot saliencies (no greedy re-scoring); the weight compensation for the
-units finally removed is the joint optimum, applied by `obs_weight_updates`. Convolutions use H over input
-channels (exact for 1x1 kernels, an approximation for larger ones).
+its consumers. Groups of up to GREEDY_LIMIT units are ordered greedily: remove the cheapest, update
+W ← W − H⁻¹_:,M (H⁻¹_MM)⁻¹ W_M and H⁻¹ alike, re-score; wider groups (FFN neurons) use the one-shot
+saliencies. The weight compensation for the units finally removed is the joint optimum (what the sequential
+updates add up to), applied by `obs_weight_updates`. Convolutions use H over input channels (exact for 1x1
+kernels, an approximation for larger ones).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from graphprune.passes.importance.activation import weight_rows
 from graphprune.passes.importance.registry import Criterion, register_criterion
 
 DAMPING = 0.01
+GREEDY_LIMIT = 256  # groups up to this many units are ordered by greedy removal with re-scoring
 GRAM_LIMIT = 8192  # widest consumer input whose Hessian is formed (8192² float64 = 512 MiB)
 
 
@@ -46,10 +49,13 @@ class OBS(Criterion):
     needs_data = True
 
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
+        consumers = [m for m in group.members if m.consumer]
+        if not consumers:
+            return np.zeros(group.size)
+        if group.size <= GREEDY_LIMIT:
+            return self._greedy(group, consumers)
         total = np.zeros(group.size)
-        for member in group.members:
-            if not member.consumer:
-                continue
+        for member in consumers:
             w, hinv = weight_rows(member), inverse_hessian(self.calibration, member)
             owned = member.unit_of >= 0
             if np.bincount(member.unit_of[owned], minlength=group.size).max() == 1:
@@ -59,3 +65,26 @@ class OBS(Criterion):
                 for unit in range(group.size):
                     total[unit] += block_cost(w, hinv, np.flatnonzero(member.unit_of == unit))
         return total
+
+    def _greedy(self, group: Group, consumers: list[Member]) -> np.ndarray:
+        """Scores from the greedy removal order: the first removed scores lowest."""
+        state = [(weight_rows(m), inverse_hessian(self.calibration, m),
+                  [np.flatnonzero(m.unit_of == u) for u in range(group.size)]) for m in consumers]
+        remaining, order = set(range(group.size)), []
+        while len(remaining) > 1:
+            costs = {u: sum(block_cost(w, hinv, units[u]) for w, hinv, units in state if units[u].size)
+                     for u in remaining}
+            best = min(costs, key=costs.get)
+            order.append(best)
+            remaining.remove(best)
+            for w, hinv, units in state:
+                positions = units[best]
+                if positions.size:
+                    block = np.linalg.inv(hinv[np.ix_(positions, positions)])
+                    w -= hinv[:, positions] @ block @ w[positions]
+                    hinv -= hinv[:, positions] @ block @ hinv[positions, :]
+                    w[positions] = 0.0
+        order += list(remaining)
+        scores = np.empty(group.size)
+        scores[order] = np.arange(group.size)
+        return scores

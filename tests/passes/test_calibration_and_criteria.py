@@ -188,3 +188,12 @@ def test_image_folders_match_the_same_pixels_as_arrays(tmp_path):
     for key, stats in from_arrays.stats.items():
         np.testing.assert_allclose(from_images.stats[key].mean, stats.mean, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(from_images.stats[key].variance, stats.variance, rtol=1e-5, atol=1e-7)
+
+
+def test_greedy_obs_never_removes_both_halves_of_a_dependent_pair(monkeypatch):
+    """Units 1 and 5 (= 2 x unit 1) each look free alone; once one is gone the other carries their signal."""
+    monkeypatch.setattr("graphprune.passes.importance.obs.DAMPING", 1e-9)
+    analysis = analyze(load(dependent_mlp()))
+    stats = calibrate(analysis, [data(256)], progress=False, gram_limit=64)
+    removed = set(next(iter(make_plan(analysis, "obs", 2 / 6, calibration=stats).removed.values())).tolist())
+    assert len(removed & {1, 5}) == 1, removed
