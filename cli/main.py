@@ -66,7 +66,8 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
     image = ImageSpec(tuple(args.image_size), tuple(args.image_mean), tuple(args.image_std), args.image_layout,
                       args.grayscale)
-    return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True, image=image)
+    return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True, image=image,
+                           match_bn=args.match_bn)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -113,6 +114,8 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-layout", choices=["NCHW", "NHWC"], default="NCHW")
     p.add_argument("--grayscale", action="store_true", help="images as one channel")
     p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
+    p.add_argument("--match-bn", action="store_true",
+                   help="data-free inputs with the per-channel moments the first Conv→BatchNormalization expects")
     p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,

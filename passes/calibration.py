@@ -212,9 +212,41 @@ def image_batches(folder: str | os.PathLike, input_name: str, spec: ImageSpec, b
         yield {input_name: np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else batch)}
 
 
-def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int,
-                      seed: int = 0) -> Iterator[Feeds]:
-    """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec."""
+def bn_matched_moments(model: ir.Model) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(input name, per-channel mean, per-channel std) of Gaussian inputs whose first Conv → BatchNormalization
+    sees the BN's running statistics, solved by least squares (pixels independent, borders ignored):
+    E[y_o] = Σ_c m_c ΣW[o,c] + b_o, Var[y_o] = Σ_c s_c² ΣW[o,c]². None when no such pair follows an input."""
+    for value in model.graph.inputs:
+        uses = value.uses()
+        conv = uses[0].node if len(uses) == 1 and uses[0].node.op_type == "Conv" else None
+        readers = conv.outputs[0].uses() if conv is not None else []
+        bn = readers[0].node if len(readers) == 1 and readers[0].node.op_type == "BatchNormalization" else None
+        if bn is None or conv.attributes.get("group") is not None and conv.attributes["group"].as_int() != 1:
+            continue
+        params = [bn.inputs[i].const_value for i in (3, 4)] + [conv.inputs[1].const_value]
+        if any(p is None for p in params):
+            continue
+        running_mean, running_var, weight = (p.numpy().astype(np.float64) for p in params)
+        bias = conv.inputs[2].const_value.numpy() if len(conv.inputs) > 2 and conv.inputs[2] is not None else 0.0
+        taps = weight.reshape(weight.shape[0], weight.shape[1], -1)
+        mean = np.linalg.lstsq(taps.sum(axis=2), running_mean - bias, rcond=None)[0]
+        variance = np.linalg.lstsq((taps**2).sum(axis=2), running_var, rcond=None)[0]
+        return value.name, mean, np.sqrt(np.clip(variance, 1e-6, None))
+    return None
+
+
+def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int, seed: int = 0,
+                      match_bn: bool = False) -> Iterator[Feeds]:
+    """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec;
+    with `match_bn`, image inputs get the per-channel moments that fit the first BatchNormalization."""
     sess = runtime.session(model)
+    moments = bn_matched_moments(model) if match_bn and isinstance(model, ir.Model) else None
+    if match_bn and moments is None:
+        raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
     for index, start in enumerate(range(0, samples, batch_size)):
-        yield runtime.random_feeds(sess, batch=min(batch_size, samples - start), seed=seed + index, dims={"seq": 16})
+        feeds = runtime.random_feeds(sess, batch=min(batch_size, samples - start), seed=seed + index, dims={"seq": 16})
+        if moments is not None:
+            name, mean, std = moments
+            shape = (1, -1) + (1,) * (feeds[name].ndim - 2)
+            feeds[name] = (feeds[name] * std.reshape(shape) + mean.reshape(shape)).astype(feeds[name].dtype)
+        yield feeds

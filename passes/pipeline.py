@@ -90,6 +90,7 @@ class CalibrationSpec:
     batch_size: int = 16
     progress: bool = False
     image: ImageSpec | None = None
+    match_bn: bool = False
 
     def wanted(self) -> bool:
         return self.path is not None or self.data_free
@@ -106,7 +107,8 @@ def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gr
     elif spec.path:
         batches, source = file_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
     elif spec.data_free:
-        batches, source = synthetic_batches(analysis.model, spec.batch_size, spec.samples, seed), "data-free"
+        batches = synthetic_batches(analysis.model, spec.batch_size, spec.samples, seed, spec.match_bn)
+        source = "data-free (BN-matched)" if spec.match_bn else "data-free"
     else:
         raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
     total = -(-spec.samples // spec.batch_size)
