@@ -8,7 +8,7 @@ from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, attr_int, 
 
 
 @register(
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool",
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
 )
 class Pool(OpRule):
     """[N, C, spatial...] → [N, C, spatial'...]; MaxPool's Indices output encodes channel offsets."""
