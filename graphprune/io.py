@@ -70,10 +70,12 @@ def infer_shapes(model: ir.Model) -> None:
         pass
     if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
         return
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(ir.to_proto(model), auto_merge=True)
-    except Exception:  # noqa: BLE001 - e.g. ops it does not know
-        return
+    # When it gives up, ORT's inference dumps the model into the working directory: give it a scratch one.
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(ir.to_proto(model), auto_merge=True)
+        except Exception:  # noqa: BLE001 - e.g. ops it does not know
+            return
     _adopt_shapes(model, inferred)
 
 

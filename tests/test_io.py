@@ -64,3 +64,13 @@ def test_unreadable_files_raise_model_load_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ModelLoadError):
         load_model(path)
+
+
+def test_incomplete_shape_inference_writes_nothing_to_the_working_directory(tmp_path, monkeypatch):
+    b = GraphBuilder()
+    y = b.conv(b.op("Mystery", [b.conv("x", 3, 8)], domain="com.vendor"), 8, 6)
+    proto = b.build({"x": ["batch", 3, 4, 4]}, [b.head(y, 6)])
+    proto.opset_import.append(onnx.helper.make_opsetid("com.vendor", 1))
+    monkeypatch.chdir(tmp_path)
+    from_proto(proto)
+    assert list(tmp_path.iterdir()) == []
