@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune import ops
+from graphprune.experts import ExpertInfo, IdTable, Selector, contribution_idle, find_join
 from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
 from graphprune.unionfind import UnionFind
@@ -53,6 +54,11 @@ class _Propagator:
         self.visited: set[tuple[int, Port, int]] = set()
         self.deferred: list[tuple[ir.Node, Port, Dim]] = []
         self.last_chance = False
+        self.routers: dict[Dim, int] = {}  # expert axes routed over → top-k
+        self.ids: dict[int, Dim] = {}  # id(value) of tensors holding expert indices → their expert axis
+        self.id_queue: deque[tuple[ir.Value, Dim]] = deque()
+        self.selectors: list[Selector] = []
+        self.id_tables: list[IdTable] = []
 
     # CoupleContext -------------------------------------------------------------------------
     def shape(self, value: ir.Value | None) -> ShapeDims | None:
@@ -109,6 +115,27 @@ class _Propagator:
     def approximate(self, dim: Dim, reason: str) -> None:
         self._note(self.approx, dim, reason)
 
+    def expert(self, dim: Dim) -> bool:
+        if dim not in self.dims or not self.routers:
+            return False
+        root = self.uf.find(np.array([self.dims[dim][0]]))[0]
+        return any(root == self.uf.find(np.array([self.dims[r][0]]))[0] for r in self.routers)
+
+    def router(self, dim: Dim, top_k: int) -> None:
+        if self._ensure(dim):
+            self.routers[dim] = min(top_k, self.routers.get(dim, top_k))
+
+    def expert_ids(self, value: ir.Value, dim: Dim) -> None:
+        if id(value) not in self.ids:
+            self.ids[id(value)] = dim
+            self.id_queue.append((value, dim))
+
+    def selector(self, dim: Dim, index: int, node: ir.Node, input_index: int) -> None:
+        self.selectors.append(Selector(dim, index, node, input_index))
+
+    def id_table(self, dim: Dim, node: ir.Node, input_index: int) -> None:
+        self.id_tables.append(IdTable(dim, node, input_index))
+
     def _note(self, notes: dict[Dim, list[str]], dim: Dim, reason: str) -> None:
         if self._ensure(dim):
             reasons = notes.setdefault(dim, [])
@@ -147,9 +174,12 @@ class _Propagator:
             if rule is not None:
                 for dim in rule.seeds(self, node):
                     self._ensure(dim)
-        while self.queue or self.deferred:
-            while self.queue:
-                self._process(self.queue.popleft())
+        while self.queue or self.deferred or self.id_queue:
+            while self.queue or self.id_queue:
+                if self.queue:
+                    self._process(self.queue.popleft())
+                else:
+                    self._process_ids(*self.id_queue.popleft())
             retry, self.deferred = self.deferred, []
             self.last_chance = True
             for node, port, dim in retry:
@@ -169,6 +199,17 @@ class _Propagator:
             self.freeze(dim, "tensor has no producer in this graph")
         for usage in value.uses():
             self._visit(usage.node, Port(False, usage.idx), dim)
+
+    def _process_ids(self, value: ir.Value, dim: Dim) -> None:
+        """Follow a tensor of expert indices to its readers, which must say what the indices select."""
+        if value.is_graph_output():
+            self.freeze(dim, "expert indices are a graph output")
+        for usage in value.uses():
+            rule = ops.lookup(usage.node)
+            if usage.node.graph is not self.graph or rule is None:
+                self.freeze(dim, f"expert indices reach unsupported op {usage.node.op_type}")
+            else:
+                rule.couple_ids(self, usage.node, usage.idx, dim)
 
     def _visit(self, node: ir.Node, port: Port, dim: Dim) -> None:
         key = (id(node), port, dim.axis)
@@ -228,9 +269,36 @@ class _Propagator:
             frozen.append("approximate (norm statistics change); allow with --prune-hidden")
         kind = self._kind(key_dims, members, approx)
         tags = set().union(*(self.tags.get(d, set()) for d in key_dims))
-        return Group(gid, kind, len(order), members, params, frozen, approx, tags)
+        experts = self._experts(key_dims, members, frozen) if kind == "expert" else None
+        return Group(gid, kind, len(order), members, params, frozen, approx, tags, experts)
+
+    def _experts(self, key_dims: list[Dim], members: list[Member], frozen: list[str]) -> ExpertInfo:
+        """The MoE layer's routers, per-expert branches and index constants; a branch that does not end in
+        one idle-exact accumulation freezes the group (appended to `frozen`)."""
+        routed = [d for d in key_dims if d in self.routers]
+        info = ExpertInfo(min(self.routers[d] for d in routed), routed,
+                          id_tables=[t for t in self.id_tables if t.dim in key_dims])
+        unit_of = {d: m.unit_of for d, m in zip(key_dims, members, strict=True)}
+        for sel in self.selectors:
+            if sel.dim not in unit_of:
+                continue
+            if not 0 <= sel.index < len(unit_of[sel.dim]):
+                frozen.append(f"{sel.node.name}: expert index {sel.index} out of range")
+                continue
+            join = find_join(sel.node)
+            if isinstance(join, str) or not contribution_idle(join, sel.node):
+                frozen.append(join if isinstance(join, str) else
+                              f"{join.node.name}: expert {sel.index}'s contribution is not provably zero when unrouted")
+                continue
+            unit = int(unit_of[sel.dim][sel.index])
+            info.selectors.setdefault(unit, []).append(sel)
+            if all(j.node is not join.node for j in info.joins.get(unit, [])):
+                info.joins.setdefault(unit, []).append(join)
+        return info
 
     def _kind(self, key_dims: list[Dim], members: list[Member], approx: list[str]) -> str:
+        if any(d in self.routers for d in key_dims):
+            return "expert"
         if any("head" in self.tags.get(d, ()) for d in key_dims):
             return "head"
         if approx:

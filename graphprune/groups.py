@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.experts import ExpertInfo
 from graphprune.ops.registry import Dim
 
 
@@ -47,6 +48,7 @@ class Group:
     frozen_reasons: list[str] = field(default_factory=list)
     approximate: list[str] = field(default_factory=list)
     tags: set[str] = field(default_factory=set)  # structural facts rules noted ("head", "query-slot")
+    experts: ExpertInfo | None = None  # kind "expert": routing facts the rewrite needs
 
     @property
     def frozen(self) -> bool:
@@ -73,6 +75,8 @@ class Group:
 
     def detail(self) -> str:
         """What one unit is, for people: heads and head_dim (and queries per KV head under GQA)."""
+        if self.experts is not None:
+            return f"MoE layer: {self.size} experts, top-{self.experts.top_k}"
         widths = self.unit_widths()
         if self.kind != "head" or not widths:
             return ""

@@ -29,6 +29,9 @@ class PruningPlan:
             raise PlanError(f"group {group.id} has {group.size} units; plan removes {units.tolist()}")
         if units.size >= group.size:
             raise PlanError(f"plan removes every unit of group {group.id} ({group.label})")
+        if group.experts is not None and group.size - units.size < group.experts.top_k:
+            raise PlanError(f"group {group.id} ({group.label}): removing {units.size} of {group.size} experts leaves "
+                            f"{group.size - units.size}, fewer than the router's top-{group.experts.top_k}")
         self.removed[group.id] = units
 
     def is_empty(self) -> bool:

@@ -12,6 +12,7 @@ import onnx_ir as ir
 from graphprune import runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
+from graphprune.groups import Group
 from graphprune.io import as_file, uses_external_data
 from graphprune.plan import PruningPlan
 
@@ -83,10 +84,13 @@ def relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> flo
 
 
 def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
-    """Zero, in place, every consumer weight slice that reads a planned unit: the model a correct rewrite
-    of `plan` must reproduce exactly."""
+    """Zero, in place, every consumer weight slice that reads a planned unit, and force the router logits of
+    planned experts to -inf (a router that never picks them): the model a correct rewrite must reproduce."""
     for gid, units in plan.removed.items():
-        for member in analysis.group(gid).members:
+        group = analysis.group(gid)
+        if group.experts is not None:
+            _mask_experts(analysis.model, group, units)
+        for member in group.members:
             if not member.consumer:
                 continue
             positions = member.positions(units)
@@ -96,3 +100,18 @@ def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
             array[tuple(index)] = 0
             member.value.const_value = ir.tensor(array, name=member.value.name)
     return analysis.model
+
+
+def _mask_experts(model: ir.Model, group: Group, units: np.ndarray) -> None:
+    """Add -inf to the router logits of experts `units`, right after the layer computing them."""
+    for dim in group.experts.logits():
+        logits, axis = dim.value, dim.axis
+        positions = next(m for m in group.members if m.value is logits and m.axis == axis).positions(units)
+        bias = np.zeros([logits.shape[axis]] + [1] * (len(logits.shape) - 1 - axis), dtype=logits.dtype.numpy())
+        bias[positions] = -np.inf
+        mask = ir.Value(name=f"{logits.name}_expert_mask", const_value=ir.tensor(bias))
+        model.graph.register_initializer(mask)
+        masked = ir.node("Add", [logits, mask], name=f"{logits.name}_mask_experts")
+        ir.convenience.replace_all_uses_with(logits, masked.outputs[0])
+        masked.replace_input_with(0, logits)
+        model.graph.insert_after(logits.producer(), masked)

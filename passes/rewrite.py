@@ -11,6 +11,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
+from graphprune.groups import Group
 from graphprune.passes.compensation import BiasDeltas, WeightUpdates, apply_bias_deltas, apply_weight_updates
 from graphprune.plan import PruningPlan
 from graphprune.values import const_of, shape_of
@@ -31,6 +32,8 @@ class _Rewriter:
         self.sizes: dict[_Key, int] = {}
         self.shapes: dict[int, list] = {}
         self._names = itertools.count()
+        self.experts = [(analysis.group(gid), units) for gid, units in plan.removed.items()
+                        if analysis.group(gid).experts is not None]
         for gid, units in plan.removed.items():
             for member in analysis.group(gid).members:
                 positions = member.positions(units)
@@ -82,6 +85,8 @@ class _Rewriter:
 
     # the pass ------------------------------------------------------------------------------
     def run(self) -> None:
+        for group, units in self.experts:
+            self._remove_experts(group, units)
         pruned_ids = {key[0] for key in self.removed}
         for node in list(self.model.graph):
             touched = any(v is not None and id(v) in pruned_ids for v in (*node.inputs, *node.outputs))
@@ -96,6 +101,28 @@ class _Rewriter:
         for vid, axes in by_value.items():
             self._shrink(self.values[(vid, axes[0])], axes)
         RemoveUnusedNodesPass()(self.model)
+
+    def _remove_experts(self, group: Group, units: np.ndarray) -> None:
+        """Beyond slicing: removed experts' branches are cut at their accumulations (they become dead), kept
+        experts' selector indices and the arange tables compared with routing indices are renumbered."""
+        info = group.experts
+        for unit in units.tolist():
+            for join in info.joins.get(unit, []):
+                ir.convenience.replace_all_uses_with(join.node.outputs[0], join.node.inputs[join.accumulator],
+                                                     replace_graph_outputs=True)
+        for unit, selectors in info.selectors.items():
+            if unit in units:
+                continue
+            for sel in selectors:
+                kept = self.kept(sel.dim.value, sel.dim.axis)
+                old = self.const(sel.node.inputs[sel.input_index])
+                new = np.full(old.shape, np.searchsorted(kept, sel.index), dtype=old.dtype)
+                self.set_input_const(sel.node, sel.input_index, new)
+        for table in info.id_tables:
+            kept = self.kept(table.dim.value, table.dim.axis)
+            old = self.const(table.node.inputs[table.input_index])
+            shape = [len(kept) if n != 1 else 1 for n in old.shape]
+            self.set_input_const(table.node, table.input_index, np.arange(len(kept), dtype=old.dtype).reshape(shape))
 
     def _prune_like_output(self, node: ir.Node, bias: ir.Value) -> None:
         """A bias created by compensation loses the same positions as its node's output channels."""

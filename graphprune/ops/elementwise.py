@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+import numpy as np
+
+from graphprune.ops.moe import pass_ids
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, present, register
 
 
@@ -23,6 +26,12 @@ class Unary(OpRule):
         source = Dim(node.inputs[0], axis)
         for _, out in present(node.outputs):
             ctx.link(source, Dim(out, axis))
+
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        if node.op_type in ("Cast", "Identity"):
+            pass_ids(ctx, node, input_index, dim)
+        else:
+            super().couple_ids(ctx, node, input_index, dim)
 
 
 def couple_broadcast(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
@@ -56,4 +65,32 @@ class Broadcast(OpRule):
     """N-ary elementwise op with multidirectional broadcasting: residual adds couple channels here."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        couple_broadcast(ctx, node, port, axis, present(node.inputs))
+        inputs = present(node.inputs)
+        if node.op_type == "Equal" and ctx.expert(Dim(port.value(node), axis)):
+            inputs = [(i, v) for i, v in inputs if ctx.const(v) is None]  # the arange table is renumbered per node
+        couple_broadcast(ctx, node, port, axis, inputs)
+
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        """`ids == e` selects expert e's branch; `ids[..., None] == arange(E)` is a one-hot table over experts."""
+        other = node.inputs[1 - input_index] if node.op_type == "Equal" else None
+        table = ctx.const(other)
+        if table is None:
+            super().couple_ids(ctx, node, input_index, dim)
+        elif table.size == 1:
+            ctx.selector(dim, int(table.reshape(())), node, 1 - input_index)
+        else:
+            _one_hot_table(ctx, node, other, table, dim)
+
+
+def _one_hot_table(ctx: CoupleContext, node: ir.Node, table_value: ir.Value, table: np.ndarray, dim: Dim) -> None:
+    """A constant arange(E) along one axis compared with broadcast expert indices: that axis of the output is an
+    expert axis; the table (maybe shared by other layers) is replaced for this node by the rewrite."""
+    out_shape = ctx.shape(node.outputs[0])
+    long_axes = [a for a, n in enumerate(table.shape) if n != 1]
+    size = ctx.shape(dim.value)[dim.axis]
+    if out_shape is None or len(long_axes) != 1 or not np.array_equal(table.reshape(-1), np.arange(size)):
+        ctx.freeze(dim, "expert indices compared with a constant that is not arange(experts)")
+        return
+    out = Dim(node.outputs[0], long_axes[0] + len(out_shape) - table.ndim)
+    ctx.link(dim, out)
+    ctx.id_table(out, node, list(node.inputs).index(table_value))

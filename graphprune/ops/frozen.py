@@ -16,7 +16,6 @@ _REASONS = {
     "NonZero": "NonZero output depends on values",
     "Tile": "Tile repeats channels",
     "Einsum": "Einsum is not modelled",
-    "TopK": "TopK selects along an axis",
     "CumSum": "CumSum accumulates along an axis",
 }
 

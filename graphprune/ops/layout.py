@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ops.moe import pass_ids
 from graphprune.ops.registry import (
     CoupleContext,
     Dim,
@@ -24,7 +25,7 @@ from graphprune.ops.registry import (
     normalize_axis,
     register,
 )
-from graphprune.ops.shapevec import rewrite_entries_for, settable_entries
+from graphprune.ops.shapevec import copied_shape, rewrite_entries_for, settable_entries
 
 Block = tuple[list[int], list[int]]
 
@@ -159,6 +160,9 @@ class Regroup(OpRule):
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         couple_regroup(ctx, node, port, axis)
 
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        pass_ids(ctx, node, input_index, dim)
+
 
 @register("Reshape")
 class Reshape(OpRule):
@@ -174,6 +178,9 @@ class Reshape(OpRule):
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         rewrite_entries_for(ctx, node, 1, node.outputs[0], keep={-1})
 
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        pass_ids(ctx, node, input_index, dim)
+
 
 @register("Expand")
 class Expand(OpRule):
@@ -184,6 +191,10 @@ class Expand(OpRule):
         x, y = node.inputs[0], node.outputs[0]
         dim = Dim(port.value(node), axis)
         x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+        src = copied_shape(ctx, node.inputs[1])
+        if src is not None and port.output and x_shape is not None and all(n == 1 for n in x_shape):
+            ctx.link(Dim(src, axis), Dim(y, axis))  # a fill shaped like src (zeros_like)
+            return
         settable = settable_entries(ctx, node.inputs[1])
         if (not port.output and port.index != 0) or x_shape is None or y_shape is None or settable is None:
             ctx.freeze(dim, "Expand shape input, unknown ranks or a computed shape vector")
@@ -202,7 +213,8 @@ class Expand(OpRule):
         ctx.link(Dim(x, in_axis), Dim(y, out_axis))
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
-        rewrite_entries_for(ctx, node, 1, node.outputs[0], keep={1})
+        if copied_shape(ctx, node.inputs[1]) is None:
+            rewrite_entries_for(ctx, node, 1, node.outputs[0], keep={1})
 
 
 @register("Transpose")
@@ -220,3 +232,6 @@ class Transpose(OpRule):
         perm = [normalize_axis(p, len(perm)) for p in perm]
         in_axis = perm[axis] if port.output else axis
         ctx.link(Dim(node.inputs[0], in_axis), Dim(node.outputs[0], perm.index(in_axis)))
+
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        pass_ids(ctx, node, input_index, dim)

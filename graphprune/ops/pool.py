@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from graphprune.ops.moe import is_router_softmax, masked_zero
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, attr_int, int_list, normalize_axis, register
 
 
@@ -45,6 +46,11 @@ def couple_reduction(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, r
     keepdims = bool(attr_int(node, "keepdims", 1))
     in_axis = _input_axis(axis, rank, reduced, keepdims) if port.output else axis
     if in_axis in reduced:
+        expert_sum = node.op_type == "ReduceSum" and not (keepdims and port.output)
+        if expert_sum and masked_zero(ctx, node.inputs[0], in_axis):
+            return  # a sum over experts: the ones never routed to add zeros
+        if expert_sum and ctx.defer(node, port, axis):
+            return  # the axis may turn out to be an expert axis
         if node.op_type in _STATISTICS and len(reduced) == 1:
             ctx.approximate(Dim(node.inputs[0], in_axis), f"{node.op_type} reduces over this axis")
         else:
@@ -104,6 +110,9 @@ class Softmax(OpRule):
             return
         legacy = ctx.opset() < 13
         norm = normalize_axis(attr_int(node, "axis", 1 if legacy else -1), len(shape))
+        if axis == norm and is_router_softmax(ctx, node, axis):
+            ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
+            return
         if axis == norm or (legacy and axis >= norm):
             ctx.freeze(dim, f"{node.op_type} normalises over this axis")
             return

@@ -59,6 +59,12 @@ class CoupleContext(Protocol):
     def consumer(self, weight: Dim, reads: Dim, node: ir.Node) -> None: ...  # `weight` consumes `reads`
     def freeze(self, dim: Dim, reason: str) -> None: ...
     def approximate(self, dim: Dim, reason: str) -> None: ...
+    # mixture of experts: the expert axis is the router's output axis (see graphprune.experts)
+    def expert(self, dim: Dim) -> bool: ...  # True once `dim` is coupled to a router's expert axis
+    def router(self, dim: Dim, top_k: int) -> None: ...  # `dim` is routed over: its units are experts
+    def expert_ids(self, value: ir.Value, dim: Dim) -> None: ...  # `value` holds indices into `dim`
+    def selector(self, dim: Dim, index: int, node: ir.Node, input_index: int) -> None: ...  # picks one expert
+    def id_table(self, dim: Dim, node: ir.Node, input_index: int) -> None: ...  # arange(E) input of node → dim
 
 
 class RewriteContext(Protocol):
@@ -83,6 +89,10 @@ class OpRule:
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         raise NotImplementedError
+
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        """Input `input_index` holds expert indices into `dim` (a router's expert axis): say where they go."""
+        ctx.freeze(dim, f"expert indices reach {node.domain or 'ai.onnx'}::{node.op_type}, which is not modelled for them")
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         """Fix attributes or shape constants that carry channel counts; most ops have none."""

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, int_list, register
-from graphprune.ops.shapevec import rewrite_shape_vector
+from graphprune.ops.shapevec import copied_shape, rewrite_shape_vector
 
 
 def _pass_through(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, untouched: bool, what: str) -> None:
@@ -85,8 +85,26 @@ class Shape(OpRule):
         if not start <= axis < end:
             return
         position, length = axis - start, end - start
-        if not all(_excludes(ctx, use.node, position, length) for use in node.outputs[0].uses()):
+        if not all(_excludes(ctx, use.node, position, length) or (length == rank and _copies(use))
+                   for use in node.outputs[0].uses()):
             ctx.freeze(dim, "its size is read by a Shape op (shape-computing subgraph)")
+
+
+def _copies(use) -> bool:  # an onnx_ir Usage (node, idx)
+    """A reader that gives its output the whole shape (coupled to the source axis by its own rule)."""
+    return (use.node.op_type, use.idx) in (("ConstantOfShape", 0), ("Expand", 1))
+
+
+@register("ConstantOfShape")
+class ConstantOfShape(OpRule):
+    """A fill of the shape of `src` read whole by Shape (zeros_like): output axes are src's axes."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        src = copied_shape(ctx, node.inputs[0])
+        if src is None or not port.output:
+            ctx.freeze(Dim(port.value(node), axis), "ConstantOfShape of a shape that is not a tensor's whole shape")
+            return
+        ctx.link(Dim(src, axis), Dim(node.outputs[0], axis))
 
 
 def _excludes(ctx: CoupleContext, reader: ir.Node, position: int, length: int) -> bool:

@@ -11,6 +11,16 @@ from graphprune.ops.registry import CoupleContext, RewriteContext, attr_int
 Piece = tuple[ir.Value, np.ndarray | None, int]
 
 
+def copied_shape(ctx: CoupleContext | RewriteContext, vector: ir.Value | None) -> ir.Value | None:
+    """`src` when `vector` is the whole `Shape(src)` (zeros_like written as Expand/ConstantOfShape), else None."""
+    producer = vector.producer() if vector is not None else None
+    if producer is None or producer.op_type != "Shape":
+        return None
+    rank = len(ctx.shape(producer.inputs[0]) or [])
+    start, end = attr_int(producer, "start", 0), attr_int(producer, "end", rank)
+    return producer.inputs[0] if rank and start in (0, -rank) and end >= rank else None
+
+
 def _pieces(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[Piece] | None:
     """(piece, constant or None, length) for a constant vector (one piece) or a Concat of 1-D pieces."""
     array = ctx.const(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ops.moe import masked_zero, pass_ids
 from graphprune.ops.registry import (
     CoupleContext,
     Dim,
@@ -186,6 +187,22 @@ class Gather(OpRule):
         elif port.index == 1:
             ctx.link(Dim(indices, axis), Dim(y, g + axis))
         elif axis == g:
-            ctx.freeze(dim, "Gather selects along this axis")
+            _select_expert(ctx, node, dim)
         else:
             ctx.link(Dim(data, axis), Dim(y, axis if axis < g else axis + q - 1))
+
+    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
+        pass_ids(ctx, node, input_index, dim)
+
+
+def _select_expert(ctx: CoupleContext, node: ir.Node, dim: Dim) -> None:
+    """A constant scalar index into an expert axis whose unrouted entries are zero picks one expert's branch
+    (Hugging Face's `expert_mask[e]`); any other selection along a channel axis freezes it."""
+    index = ctx.const(node.inputs[1])
+    scalar = index is not None and index.ndim == 0
+    if scalar and not ctx.expert(dim) and ctx.defer(node, Port(False, 0), dim.axis):
+        return
+    if not scalar or not masked_zero(ctx, dim.value, dim.axis):
+        ctx.freeze(dim, "Gather selects along this axis")
+        return
+    ctx.selector(dim, int(index) % ctx.shape(dim.value)[dim.axis], node, 1)
