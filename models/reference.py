@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graphprune.models import cnn, transformers
+from graphprune.models import cnn, moe, transformers
 from graphprune.models.export import export
 
 CNNS = list(cnn.BUILDERS)
 TRANSFORMERS = list(transformers.BUILDERS)
+MOES = [f"moe_{form}" for form in moe.FORMS]
 
 
 def export_reference(name: str, dynamo: bool, folder: str | Path) -> Path:
@@ -16,6 +17,9 @@ def export_reference(name: str, dynamo: bool, folder: str | Path) -> Path:
     path = Path(folder) / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx"
     if name in cnn.BUILDERS:
         return export(*cnn.build(name), path, dynamo)
+    if name in MOES:
+        tokens = {0: "batch", 1: "seq"}
+        return export(*moe.build(name.removeprefix("moe_")), path, dynamo, dynamic=[tokens], output_dynamic=tokens)
     module, inputs = transformers.build(name)
     if name == "vit":
         return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name])

@@ -5,7 +5,8 @@
 - adaptive (FLAP): scores standardised per group, units weighted by their parameter cost, removed until
   `ratio` of the prunable parameters is gone.
 Every strategy keeps at least one unit per group, honours `max_group_ratio`, rounds kept widths down to a
-multiple of `round_to`. A target (`params` or `flops`, a fraction of the original) is met exactly by bisection
+multiple of `round_to`. MoE experts are never ranked against channels: `experts` removes a ratio of every
+expert group (the plan refuses to leave fewer experts than the router's top-k). A target (`params` or `flops`, a fraction of the original) is met exactly by bisection
 over how many units of the global or adaptive ranking go, on the projected cost of the plan.
 """
 
@@ -36,6 +37,19 @@ def _check(*ratios: float) -> None:
             raise GraphpruneError(f"ratios must be in [0, 1), got {value}")
 
 
+def _strategy_groups(analysis: Analysis) -> list[Group]:
+    """Groups the strategies allocate: every prunable group but MoE experts (see `experts`)."""
+    return [g for g in analysis.prunable() if g.kind != "expert"]
+
+
+def experts(analysis: Analysis, scores: Scores, ratio: float) -> PruningPlan:
+    """Remove the lowest-scored `ratio` of the experts of every MoE layer."""
+    _check(ratio)
+    groups = [g for g in analysis.prunable() if g.kind == "expert"]
+    removals = {g.id: int(np.floor(g.size * ratio + 1e-9)) for g in groups}
+    return _plan_from_counts(groups, scores, removals, 1, 1.0, {"expert_ratio": ratio})
+
+
 def _plan_from_counts(groups: list[Group], scores: Scores, removals: dict[int, int], round_to: int,
                       max_group_ratio: float, meta: dict) -> PruningPlan:
     """Remove the lowest-scored units of each group, as many as `removals` says, within the limits."""
@@ -53,7 +67,7 @@ def uniform(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1,
     """Remove the lowest-scored `ratio` of every prunable group (`kind_ratios[group.kind]` where given)."""
     kind_ratios = kind_ratios or {}
     _check(ratio, *kind_ratios.values())
-    groups = analysis.prunable()
+    groups = _strategy_groups(analysis)
     removals = {g.id: int(np.floor(g.size * kind_ratios.get(g.kind, ratio) + 1e-9)) for g in groups}
     meta = {"allocation": "uniform", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
     return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
@@ -73,7 +87,7 @@ def _ranking(analysis: Analysis, scores: Scores, strategy: str) -> list[tuple[fl
     """(normalised score, group id, parameter cost) of every unit, least important first."""
     transform = _normalised if strategy == "global" else _standardised
     ranked = []
-    for group in analysis.prunable():
+    for group in _strategy_groups(analysis):
         values = transform(np.asarray(scores[group.id], dtype=np.float64))
         ranked += [(float(v), group.id, float(c)) for v, c in zip(values, group.params_per_unit, strict=True)]
     ranked.sort(key=lambda item: item[0])
@@ -98,7 +112,8 @@ def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1, 
         budget = ratio * sum(cost for _, _, cost in ranking)
         count = int(np.searchsorted(np.cumsum([cost for _, _, cost in ranking]), budget, side="right"))
     meta = {"allocation": strategy, "ratio": ratio, "round_to": round_to, "max_group_ratio": max_group_ratio}
-    return _plan_from_counts(analysis.prunable(), scores, _removals(ranking, count), round_to, max_group_ratio, meta)
+    groups = _strategy_groups(analysis)
+    return _plan_from_counts(groups, scores, _removals(ranking, count), round_to, max_group_ratio, meta)
 
 
 def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: int = 1,
@@ -107,7 +122,7 @@ def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, ro
     is at most `target` times the original; an error when even the most the limits allow is not enough."""
     if not 0.0 < target <= 1.0:
         raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
-    groups = analysis.prunable()
+    groups = _strategy_groups(analysis)
     meta = {"allocation": strategy, "target": {metric: target}, "round_to": round_to}
 
     def measure(plan: PruningPlan) -> int:

@@ -19,6 +19,8 @@ from tqdm import tqdm
 from graphprune import runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
+from graphprune.groups import Group
+from graphprune.passes.routing import RoutingStats, routing_plans, update
 
 Feeds = dict[str, np.ndarray]
 
@@ -64,6 +66,14 @@ class Calibration:
     stats: dict[tuple[str, int], ChannelStats] = field(default_factory=dict)
     samples: int = 0
     source: str = ""
+    routing: dict[str, RoutingStats] = field(default_factory=dict)  # MoE router logits name → statistics
+
+    def routing_of(self, group: Group) -> RoutingStats:
+        """Routing statistics of an expert group."""
+        name = group.experts.logits()[0].value.name
+        if name not in self.routing:
+            raise GraphpruneError(f"no routing statistics for the MoE layer routed by {name}")
+        return self.routing[name]
 
     def of(self, value: ir.Value, axis: int) -> ChannelStats:
         key = (value.name, axis)
@@ -100,14 +110,17 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], total: int | None = 
     """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis,
     and the channel Gram matrix XᵀX (for second-order criteria) of axes with at most `gram_limit` channels."""
     wanted = observed_axes(analysis)
-    names = sorted(wanted)
+    routers = routing_plans(analysis)
+    names = sorted(set(wanted).union(*(plan.tensors() for plan in routers)))
     sess = _session_exposing(analysis.model, names)
     result = Calibration(source=source)
     input_names = [i.name for i in sess.get_inputs()]
     for feeds in tqdm(batches, total=total, desc="calibrating", unit="batch", disable=not progress):
-        outputs = sess.run(names, {k: v for k, v in feeds.items() if k in input_names})
-        for name, array in zip(names, outputs, strict=True):
-            for axis in wanted[name]:
+        outputs = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in input_names}), strict=True))
+        for plan in routers:
+            result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
+        for name, array in outputs.items():
+            for axis in wanted.get(name, ()):
                 gram = array.shape[axis] <= gram_limit
                 result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)
         result.samples += next(iter(feeds.values())).shape[0]

@@ -12,7 +12,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.io import load_model, save_model
 from graphprune.metrics import Cost, cost
-from graphprune.passes.allocation import ranked, to_target, uniform
+from graphprune.passes.allocation import experts, ranked, to_target, uniform
 from graphprune.passes.calibration import (
     Calibration,
     ImageSpec,
@@ -27,6 +27,9 @@ from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan
+
+
+EXPERT_CRITERION = "router-similarity"  # weights only, so expert pruning needs no data by default
 
 
 @dataclass
@@ -44,7 +47,8 @@ class PruneResult:
 
 @dataclass
 class Allocation:
-    """How much to remove: a ratio (per kind under uniform allocation) or a params/flops target."""
+    """How much to remove: a ratio (per kind under uniform allocation) or a params/flops target, and the
+    ratio of every MoE layer's experts (0: experts are kept)."""
 
     strategy: str = "uniform"
     ratio: float = 0.5
@@ -52,8 +56,16 @@ class Allocation:
     round_to: int = 1
     max_group_ratio: float = 0.99
     target: tuple[str, float] | None = None
+    expert_ratio: float = 0.0
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        plan = self._strategy_plan(analysis, scores)
+        if self.expert_ratio:
+            plan.removed.update(experts(analysis, scores, self.expert_ratio).removed)
+            plan.meta["expert_ratio"] = self.expert_ratio
+        return plan
+
+    def _strategy_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         if self.strategy not in ("uniform", "global", "adaptive"):
             raise GraphpruneError(f"unknown allocation {self.strategy!r}: uniform, global or adaptive")
         if self.target is not None:
@@ -66,14 +78,18 @@ class Allocation:
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
               seed: int = 0, kind_ratios: dict[str, float] | None = None,
               calibration: Calibration | None = None, allocation: Allocation | None = None,
-              options: dict | None = None) -> PruningPlan:
-    """Score every prunable group with `criterion` (its `options`) and allocate: `allocation`, or `ratio`
-    (per kind: `kind_ratios`) uniformly."""
-    scorer = get_criterion(criterion, calibration, seed, options)
-    scores = {g.id: scorer.score(analysis, g) for g in analysis.prunable()}
+              options: dict | None = None, expert_criterion: str = EXPERT_CRITERION) -> PruningPlan:
+    """Score every prunable group with `criterion` (its `options`), MoE experts with `expert_criterion` when the
+    allocation removes experts, and allocate: `allocation`, or `ratio` (per kind: `kind_ratios`) uniformly."""
     allocation = allocation or Allocation("uniform", ratio, kind_ratios, round_to)
+    scorer = get_criterion(criterion, calibration, seed, options)
+    expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if allocation.expert_ratio else None
+    scores = {g.id: (expert_scorer if g.kind == "expert" else scorer).score(analysis, g)
+              for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None}
     plan = allocation.plan(analysis, scores)
     plan.meta["criterion"] = criterion
+    if expert_scorer is not None:
+        plan.meta["expert_criterion"] = expert_criterion
     if calibration is not None:
         plan.meta["calibration"] = {"source": calibration.source, "samples": calibration.samples}
     return plan
@@ -119,22 +135,26 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
                ratio: float = 0.5, round_to: int = 1, seed: int = 0, kind_ratios: dict[str, float] | None = None,
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
                compensate: bool | None = None, allocation: Allocation | None = None,
-               options: dict | None = None, gqa_units: str = "kv-group") -> PruneResult:
+               options: dict | None = None, gqa_units: str = "kv-group",
+               expert_criterion: str = EXPERT_CRITERION) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
     original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
     Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first."""
     source, target = _distinct(source, target)
     compensate = criterion in ("flap", "obs") if compensate is None else compensate
     spec = calibration or CalibrationSpec()
-    if (needs_data(criterion) or compensate) and not spec.wanted():
-        raise GraphpruneError(f"{'bias compensation' if compensate else f'criterion {criterion!r}'} needs "
-                              "calibration data: pass --calib FILE or --data-free")
+    removes_experts = allocation is not None and allocation.expert_ratio > 0
+    for name in [criterion] + ([expert_criterion] if removes_experts else []):
+        if (needs_data(name) or compensate) and not spec.wanted():
+            raise GraphpruneError(f"{'bias compensation' if compensate else f'criterion {name!r}'} needs "
+                                  "calibration data: pass --calib FILE or --data-free")
     model = load_model(source)
     before = cost(model, source)
     analysis = analyze(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = run_calibration(analysis, spec, seed, gram_limit) if spec.wanted() else None
-    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options)
+    plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
+                     expert_criterion)
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
     return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
 

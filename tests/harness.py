@@ -42,10 +42,12 @@ def compensation_for(analysis: Analysis, plan: PruningPlan, calibration: Calibra
 
 
 def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0,
-                 calibration: Calibration | None = None, compensation: str = "bias", **analysis_options) -> dict:
+                 calibration: Calibration | None = None, compensation: str = "bias", dims: dict | None = None,
+                 **analysis_options) -> dict:
     """Prune `source` with the plan `make_plan` builds; return the errors of the pruned model against the
     masked original and of the dense original against the masked one (which must be non-zero to be a test).
-    With `calibration`, both get the same compensation (bias deltas or OBS weight updates)."""
+    With `calibration`, both get the same compensation (bias deltas or OBS weight updates); `dims` sizes the
+    inputs' symbolic axes (default: `batch` leading, 1 elsewhere)."""
     pruned_analysis = analyze(load(source), **analysis_options)
     plan = make_plan(pruned_analysis)
     masked_analysis = analyze(load(source), **analysis_options)
@@ -58,7 +60,7 @@ def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int
     deltas, weights = compensation_for(pruned_analysis, plan, calibration, compensation)
     pruned = apply_plan(pruned_analysis, plan, deltas, weights)
     verify.check(pruned)
-    feeds = runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed)
+    feeds = runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed, dims=dims)
     reference = outputs(masked, feeds)
     return {
         "plan": plan,
@@ -70,10 +72,10 @@ def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int
 
 
 def assert_group_equivalent(source: Source, group, seed: int = 0, tolerance: float = 1e-4,
-                            **analysis_options) -> dict:
+                            dims: dict | None = None, **analysis_options) -> dict:
     """Masked equivalence of removing a random subset of `group`. A group read by some consumer must also
     change the output when masked (else the check proves nothing); a group nobody reads must vanish exactly."""
-    result = masked_check(source, random_subset_plan(group.id, seed), **analysis_options)
+    result = masked_check(source, random_subset_plan(group.id, seed), dims=dims, **analysis_options)
     if any(m.consumer for m in group.members):
         assert result["error"] <= tolerance, (group.label, result)
         assert result["error"] < result["masking_effect"] / 100, (group.label, result)

@@ -53,15 +53,15 @@ class Gemm(OpRule):
 
 @register("MatMul")
 class MatMul(OpRule):
-    """A[..., M, K] @ B[..., K, N] with numpy batch broadcasting. A contraction with a 2-D constant weight is
-    a consumer (Linear); batch axes shared by two activations are attention heads; a contraction between two
-    activations (over head_dim) is never pruned."""
+    """A[..., M, K] @ B[..., K, N] with numpy batch broadcasting. A contraction with a constant weight is a
+    consumer (Linear, or stacked [E, K, N] expert weights); batch axes shared by two activations are attention
+    heads; a contraction between two activations (over head_dim) is never pruned."""
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
         w_shape = ctx.shape(node.inputs[1])
-        if ctx.const(node.inputs[1]) is None or w_shape is None or len(w_shape) != 2:
+        if ctx.const(node.inputs[1]) is None or w_shape is None or len(w_shape) < 2:
             return []
-        return [Dim(node.inputs[1], 1)]
+        return [Dim(node.inputs[1], len(w_shape) - 1)]  # [.., K, N]: stacked [E, K, N] expert weights too
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -96,9 +96,9 @@ class MatMul(OpRule):
     def _couple_contraction(ctx: CoupleContext, node: ir.Node, ranks: tuple[int, int], touched: Dim) -> None:
         a, b = node.inputs[0], node.inputs[1]
         ra, rb = ranks
-        if ctx.const(b) is not None and rb == 2:
-            ctx.link(Dim(a, ra - 1), Dim(b, 0))
-            ctx.consumer(Dim(b, 0), Dim(a, ra - 1), node)
+        if ctx.const(b) is not None:
+            ctx.link(Dim(a, ra - 1), Dim(b, rb - 2))
+            ctx.consumer(Dim(b, rb - 2), Dim(a, ra - 1), node)
         elif ctx.const(a) is not None and ra == 2:
             ctx.link(Dim(a, 1), Dim(b, rb - 2))
             ctx.consumer(Dim(a, 1), Dim(b, rb - 2), node)
