@@ -13,7 +13,14 @@ from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
 from graphprune.passes.calibration import ImageSpec
 from graphprune.passes.importance import criteria
-from graphprune.passes.pipeline import Allocation, CalibrationSpec, PruneResult, apply_file, prune_file
+from graphprune.passes.pipeline import (
+    EXPERT_CRITERION,
+    Allocation,
+    CalibrationSpec,
+    PruneResult,
+    apply_file,
+    prune_file,
+)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -28,6 +35,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     ]
     print(render(["id", "kind", "size", "params", "status", "anchor", "reason / detail"], rows))
     print(f"\n{len(analysis.groups)} groups, {len(analysis.prunable())} prunable")
+    layers = [g for g in analysis.groups if g.experts is not None]
+    if layers:
+        print(f"\n{len(layers)} MoE layer(s):")
+        for g in layers:
+            status = f"frozen: {g.frozen_reasons[0]}" if g.frozen else "experts prunable with --expert-ratio"
+            print(f"  group {g.id}: {g.size} experts, top-{g.experts.top_k}, router {g.label}; {status}")
     return 0
 
 
@@ -37,14 +50,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     target = None
     if args.target_params or args.target_flops:
         target = ("params", args.target_params) if args.target_params else ("flops", args.target_flops)
-    allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target)
+    allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
+                            args.expert_ratio)
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, spec, args.compensate, allocation,
-                        {"policy_file": args.policy} if args.policy else None, args.gqa_units)
+                        {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
-                       + [f"{kind} {value}" for kind, value in kind_ratios.items()])
+                       + [f"{kind} {value}" for kind, value in kind_ratios.items()]
+                       + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
     report(result, args, f"{args.criterion}, {ratios}")
     return 0
 
@@ -143,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-hidden", action="store_true",
                    help="also prune the hidden dimension (approximate: normalisation statistics change)")
     add_gqa_argument(p)
+    p.add_argument("--expert-ratio", type=float, default=0.0,
+                   help="fraction of each MoE layer's experts to remove (default 0: keep all experts)")
+    p.add_argument("--expert-criterion", choices=criteria(), default=EXPERT_CRITERION,
+                   help=f"how experts are ranked (default {EXPERT_CRITERION}, weights only; router-frequency and "
+                        "expert-output need --calib or --data-free)")
     p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
     p.add_argument("--allocation", choices=["uniform", "global", "adaptive"], default="uniform",
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "models", None) and len(args.models) > 2:
         print("graphprune: error: bench takes one or two models", file=sys.stderr)
         return 2
-    for name in ("ratio", *(f"{kind}_ratio" for kind in KINDS)):
+    for name in ("ratio", "expert_ratio", *(f"{kind}_ratio" for kind in KINDS)):
         value = getattr(args, name, None)
         if value is not None and not 0.0 <= value < 1.0:
             print(f"graphprune: error: --{name.replace('_', '-')} must be in [0, 1), got {value}", file=sys.stderr)

@@ -153,3 +153,24 @@ def test_apply_of_a_compensated_plan_needs_data(capsys, tmp_path):
     assert code == 1 and "compensates" in err
     assert run_cli(capsys, "apply", DEMO_MODEL, plan, "-o", tmp_path / "b.onnx", "--calib",
                    tmp_path / "calib.npz")[0] == 0
+
+
+def test_moe_layers_listed_and_experts_pruned(capsys, tmp_path, exported):
+    source = exported("moe_masked", False)
+    code, out, _ = run_cli(capsys, "analyze", source)
+    assert code == 0 and "2 MoE layer(s):" in out and out.count("8 experts, top-2") >= 2
+    code, out, _ = run_cli(capsys, "prune", source, "-o", tmp_path / "out.onnx", "--ratio", "0",
+                           "--expert-ratio", "0.25", "--expert-criterion", "router-frequency", "--data-free",
+                           "--samples", "16", "--save-plan", tmp_path / "plan.json")
+    assert code == 0 and "experts 0.25 by router-frequency" in out, out
+    pruned = onnx.load(tmp_path / "out.onnx")
+    routers = [n for n in pruned.graph.node if n.op_type == "TopK"]
+    widths = {o.name: o for o in onnx.shape_inference.infer_shapes(pruned).graph.value_info}
+    assert [widths[n.input[0]].type.tensor_type.shape.dim[-1].dim_value for n in routers] == [6, 6]
+    assert json.loads((tmp_path / "plan.json").read_text())["meta"]["expert_criterion"] == "router-frequency"
+    code, _, _ = run_cli(capsys, "apply", source, tmp_path / "plan.json", "-o", tmp_path / "again.onnx")
+    assert code == 0 and onnx.load(tmp_path / "again.onnx").graph.initializer == pruned.graph.initializer
+    code, _, err = run_cli(capsys, "prune", source, "-o", tmp_path / "bad.onnx", "--ratio", "0",
+                           "--expert-ratio", "0.9")
+    assert_one_line_error(code, err)
+    assert "fewer than the router's top-2" in err and not (tmp_path / "bad.onnx").exists()

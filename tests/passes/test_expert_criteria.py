@@ -1,0 +1,99 @@
+"""Expert criteria on MoE layers whose right answer is known by construction: an expert the router never picks,
+an expert whose output is tiny, and duplicated experts (same router row and weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from graphprune.analysis import analyze
+from graphprune.errors import GraphpruneError
+from graphprune.io import from_proto
+from graphprune.passes.calibration import calibrate
+from graphprune.passes.importance import get_criterion
+from graphprune.passes.pipeline import Allocation, make_plan
+from tests.graphs import GraphBuilder
+from tests.harness import masked_check
+
+D, EXPERTS = 8, 6
+
+
+def looped_moe(router: np.ndarray, bias: np.ndarray, experts: list[np.ndarray]) -> onnx.ModelProto:
+    """x → router (MatMul + bias) → Softmax → TopK(2) → renormalise → Σ_e gate_e · (x @ W_e) written as a loop
+    over experts with `indices == e` masks (the masked form) → output Linear."""
+    b = GraphBuilder()
+    logits = b.op("Add", [b.op("MatMul", ["x", b.const(router)]), b.const(bias)])
+    values, chosen = b.op("TopK", [b.op("Softmax", [logits], axis=-1), b.const(np.array([2]))], outputs=2, axis=-1)
+    last = b.const(np.array([-1]))
+    gates = b.op("Div", [values, b.op("ReduceSum", [values, last])])
+    acc = b.op("Mul", ["x", b.const(np.zeros(1, np.float32))])
+    for e, weight in enumerate(experts):
+        hit = b.op("Cast", [b.op("Equal", [chosen, b.const(np.array(e))])], to=1)
+        gate = b.op("ReduceSum", [b.op("Mul", [gates, hit]), last])
+        acc = b.op("Add", [acc, b.op("Mul", [gate, b.op("Relu", [b.op("MatMul", ["x", b.const(weight)])])])])
+    return b.build({"x": ["tokens", D]}, {b.op("MatMul", [acc, b.weight(D, 3)]): ["tokens", 3]})
+
+
+def random_layer(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    router = rng.standard_normal((D, EXPERTS)).astype(np.float32)
+    experts = [rng.standard_normal((D, D)).astype(np.float32) for _ in range(EXPERTS)]
+    return router, np.zeros(EXPERTS, np.float32), experts
+
+
+def scores_of(model: onnx.ModelProto, criterion: str) -> np.ndarray:
+    analysis = analyze(from_proto(model))
+    feeds = [{"x": np.random.default_rng(i).standard_normal((64, D)).astype(np.float32)} for i in range(4)]
+    calibration = calibrate(analysis, feeds, progress=False)
+    (group,) = [g for g in analysis.prunable() if g.kind == "expert"]
+    return get_criterion(criterion, calibration).score(analysis, group)
+
+
+def test_router_frequency_ranks_a_never_routed_expert_last():
+    router, bias, experts = random_layer()
+    bias[3] = -50.0  # the router never picks expert 3
+    scores = scores_of(looped_moe(router, bias, experts), "router-frequency")
+    assert np.argmin(scores) == 3 and scores[3] == 0
+
+
+def test_expert_output_ranks_a_tiny_expert_last():
+    router, bias, experts = random_layer()
+    router[:, 2] = router[:, 0]  # as often routed as expert 0 ...
+    experts[2] = experts[2] * 1e-3  # ... but its output is a thousand times smaller
+    assert np.argmin(scores_of(looped_moe(router, bias, experts), "expert-output")) == 2
+
+
+def test_router_similarity_drops_one_of_two_duplicate_experts():
+    router, bias, experts = random_layer()
+    router[:, 4], experts[4] = router[:, 1], experts[1]
+    analysis = analyze(from_proto(looped_moe(router, bias, experts)))
+    (group,) = [g for g in analysis.prunable() if g.kind == "expert"]
+    scores = get_criterion("router-similarity").score(analysis, group)
+    assert set(np.argsort(scores)[:1].tolist()) <= {1, 4}
+    assert sorted(np.argsort(scores)[-EXPERTS + 1:].tolist()) in ([0, 1, 2, 3, 5], [0, 2, 3, 4, 5])
+
+
+def test_plan_removes_the_lowest_experts_and_stays_exact():
+    router, bias, experts = random_layer()
+    bias[[0, 3]] = -50.0
+    model = looped_moe(router, bias, experts)
+
+    def plan(analysis):
+        feeds = [{"x": np.random.default_rng(9).standard_normal((64, D)).astype(np.float32)}]
+        calibration = calibrate(analysis, feeds, progress=False)
+        return make_plan(analysis, "l2", calibration=calibration, expert_criterion="router-frequency",
+                         allocation=Allocation(ratio=0.0, expert_ratio=1 / 3))
+
+    result = masked_check(model, plan, dims={"tokens": 32})
+    (removed,) = result["plan"].removed.values()
+    assert removed.tolist() == [0, 3]
+    assert result["error"] <= 1e-6  # never-routed experts: removing them changes nothing at all
+    assert result["params"][0] - result["params"][1] == 2 * (D * D + D + 1)
+
+
+def test_expert_criteria_refuse_other_groups():
+    analysis = analyze(from_proto(looped_moe(*random_layer())))
+    channel = next(g for g in analysis.groups if g.kind != "expert")
+    with pytest.raises(GraphpruneError, match="scores MoE experts only"):
+        get_criterion("router-similarity").score(analysis, channel)
