@@ -5,9 +5,10 @@
 - adaptive (FLAP): scores standardised per group, units weighted by their parameter cost, removed until
   `ratio` of the prunable parameters is gone.
 Every strategy keeps at least one unit per group, honours `max_group_ratio`, rounds kept widths down to a
-multiple of `round_to`. MoE experts are never ranked against channels: `experts` removes a ratio of every
-expert group (the plan refuses to leave fewer experts than the router's top-k). A target (`params` or `flops`, a fraction of the original) is met exactly by bisection
+multiple of `round_to`. A target (`params` or `flops`, a fraction of the original) is met exactly by bisection
 over how many units of the global or adaptive ranking go, on the projected cost of the plan.
+MoE experts are never ranked against channels: `experts` removes a ratio of every expert group (the plan
+refuses to leave fewer experts than the router's top-k).
 """
 
 from __future__ import annotations

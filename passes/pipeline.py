@@ -28,7 +28,6 @@ from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan
 
-
 EXPERT_CRITERION = "router-similarity"  # weights only, so expert pruning needs no data by default
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import onnx_ir as ir
-
 import numpy as np
+import onnx_ir as ir
 
 from graphprune.ops.moe import pass_ids
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, present, register

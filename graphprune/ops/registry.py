@@ -92,7 +92,8 @@ class OpRule:
 
     def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
         """Input `input_index` holds expert indices into `dim` (a router's expert axis): say where they go."""
-        ctx.freeze(dim, f"expert indices reach {node.domain or 'ai.onnx'}::{node.op_type}, which is not modelled for them")
+        op = f"{node.domain or 'ai.onnx'}::{node.op_type}"
+        ctx.freeze(dim, f"expert indices reach {op}, which is not modelled for them")
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         """Fix attributes or shape constants that carry channel counts; most ops have none."""

@@ -55,8 +55,9 @@ class ExpertOutput(_ExpertCriterion):
 @register_criterion("router-similarity")
 class RouterSimilarity(_ExpertCriterion):
     """Greedy average-linkage clustering of router rows; when two clusters merge, the representative closer to
-    the merged centroid of flattened expert weights stays (on a tie, as for a pair, the larger weights). Score = the merge step at which an expert stopped
-    representing a cluster (survivors of every cut score highest), so any ratio keeps one per cluster."""
+    the merged centroid of flattened expert weights stays (on a tie, as for a pair, the larger weights).
+    Score = the merge step at which an expert stopped representing a cluster (survivors of every cut score
+    highest), so any ratio keeps one per cluster."""
 
     def score_experts(self, group: Group) -> np.ndarray:
         rows, weights = router_rows(group), expert_weights(group)
