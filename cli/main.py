@@ -54,7 +54,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                             args.expert_ratio)
     result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, spec, args.compensate, allocation,
-                        {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion)
+                        {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
+                        args.expert_merge)
     if args.save_plan:
         result.plan.save(args.save_plan, result.groups)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-criterion", choices=criteria(), default=EXPERT_CRITERION,
                    help=f"how experts are ranked (default {EXPERT_CRITERION}, weights only; router-frequency and "
                         "expert-output need --calib or --data-free)")
+    p.add_argument("--expert-merge", action="store_true",
+                   help="fold removed experts into their nearest surviving expert (router rows and weights "
+                        "averaged by gate weight; approximate) instead of dropping them")
     p.add_argument("--criterion", choices=criteria(), default="l2")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
     p.add_argument("--allocation", choices=["uniform", "global", "adaptive"], default="uniform",

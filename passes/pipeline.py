@@ -22,7 +22,8 @@ from graphprune.passes.calibration import (
     synthetic_batches,
     token_batches,
 )
-from graphprune.passes.compensation import bias_deltas, obs_weight_updates
+from graphprune.passes.compensation import apply_weight_updates, bias_deltas, obs_weight_updates
+from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.rewrite import apply_plan
@@ -135,10 +136,12 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
                compensate: bool | None = None, allocation: Allocation | None = None,
                options: dict | None = None, gqa_units: str = "kv-group",
-               expert_criterion: str = EXPERT_CRITERION) -> PruneResult:
+               expert_criterion: str = EXPERT_CRITERION, expert_merge: bool = False) -> PruneResult:
     """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
     original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
-    Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first."""
+    Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first.
+    `expert_merge` folds removed experts into their nearest survivors (weighted by calibration gate weight
+    when there is calibration data, else equally) instead of dropping them."""
     source, target = _distinct(source, target)
     compensate = criterion in ("flap", "obs") if compensate is None else compensate
     spec = calibration or CalibrationSpec()
@@ -155,6 +158,8 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
                      expert_criterion)
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
+    if expert_merge:
+        plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
     return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
 
 
@@ -175,8 +180,11 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     if compensate and not spec.wanted():
         raise GraphpruneError("this plan compensates removed channels: pass --calib FILE or --data-free to "
                               "recompute the compensation, or --no-compensate")
+    merge_by_gate = plan.meta.get("expert_merge") == "by gate weight"
+    if merge_by_gate and not spec.wanted():
+        raise GraphpruneError("this plan merges experts by gate weight: pass --calib FILE or --data-free")
     gram_limit = GRAM_LIMIT if compensate and criterion == "obs" else 0
-    stats = run_calibration(analysis, spec, 0, gram_limit) if compensate else None
+    stats = run_calibration(analysis, spec, 0, gram_limit) if compensate or merge_by_gate else None
     return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
 
 
@@ -189,7 +197,10 @@ def _distinct(source: str | os.PathLike, target: str | os.PathLike) -> tuple[Pat
 
 def _rewrite_and_save(source: Path, target: Path, analysis: Analysis, plan: PruningPlan,
                       stats: Calibration | None, compensate: bool, before: Cost) -> PruneResult:
-    """Compensate, rewrite, verify against the original's checks, save atomically."""
+    """Merge experts if the plan says so, compensate, rewrite, verify against the original's checks, save
+    atomically."""
+    if plan.meta.get("expert_merge"):
+        apply_weight_updates(merge_updates(analysis, plan, stats if plan.meta["expert_merge"] != "equal" else None))
     deltas, weights = None, None
     if compensate and plan.meta.get("criterion") == "obs":
         weights = obs_weight_updates(analysis, plan, stats)

@@ -101,9 +101,8 @@ def expert_weights(group: Group) -> np.ndarray:
     stacked = [m for m in group.param_members() if id(m.value) not in router and m.value.const_value.size > group.size]
     if stacked:
         return np.concatenate([_per_unit(m.value, m.axis, m.unit_of, group.size) for m in stacked], axis=1)
-    order = {id(node): i for i, node in enumerate(group.members[0].value.graph)}
-    per_expert = [np.concatenate([w.ravel() for w in _branch_weights(group, unit, order)] or [np.zeros(1)])
-                  for unit in range(group.size)]
+    per_expert = [np.concatenate([w.const_value.numpy().ravel() for w in branch_weights(group, unit)]
+                                 or [np.zeros(1)]) for unit in range(group.size)]
     width = max(len(w) for w in per_expert)
     return np.stack([np.pad(w, (0, width - len(w))) for w in per_expert])
 
@@ -114,7 +113,7 @@ def _per_unit(value: ir.Value, axis: int, unit_of: np.ndarray, size: int) -> np.
     return np.stack([flat[unit_of == u].ravel() for u in range(size)])
 
 
-def _branch_weights(group: Group, unit: int, order: dict[int, int]) -> list[np.ndarray]:
+def branch_weights(group: Group, unit: int) -> list[ir.Value]:
     """Weight initializers (2-D or more) only the branch of `unit` uses (what cutting its joins frees), in graph
     order so that every expert's weights line up."""
     branch: dict[int, ir.Node] = {}
@@ -129,6 +128,7 @@ def _branch_weights(group: Group, unit: int, order: dict[int, int]) -> list[np.n
         if all(id(use.node) in branch or id(use.node) in ends for out in node.outputs for use in out.uses()):
             branch[id(node)] = node
             frontier.extend(node.inputs)
+    order = {id(node): i for i, node in enumerate(next(iter(branch.values())).graph)} if branch else {}
     nodes = sorted(branch.values(), key=lambda n: order[id(n)])
-    return [v.const_value.numpy() for node in nodes for v in node.inputs
-            if v is not None and v.const_value is not None and v.const_value.numpy().ndim >= 2]
+    return [v for node in nodes for v in node.inputs
+            if v is not None and v.const_value is not None and len(v.const_value.shape) >= 2]

@@ -11,8 +11,11 @@ from graphprune.analysis import analyze
 from graphprune.errors import GraphpruneError
 from graphprune.io import from_proto
 from graphprune.passes.calibration import calibrate
+from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion
-from graphprune.passes.pipeline import Allocation, make_plan
+from graphprune.passes.importance.experts import branch_weights
+from graphprune.passes.pipeline import Allocation, make_plan, prune_file
+from graphprune.plan import PruningPlan
 from tests.graphs import GraphBuilder
 from tests.harness import masked_check
 
@@ -97,3 +100,33 @@ def test_expert_criteria_refuse_other_groups():
     channel = next(g for g in analysis.groups if g.kind != "expert")
     with pytest.raises(GraphpruneError, match="scores MoE experts only"):
         get_criterion("router-similarity").score(analysis, channel)
+
+
+def test_merge_folds_removed_experts_into_their_nearest_survivor(tmp_path):
+    router, bias, experts = random_layer()
+    router[:, 4] = router[:, 1] + 0.01  # expert 4's nearest survivor is expert 1
+    model = looped_moe(router, bias, experts)
+    analysis = analyze(from_proto(model))
+    (group,) = [g for g in analysis.prunable() if g.kind == "expert"]
+    calibration = calibrate(analysis, [{"x": np.ones((16, D), np.float32)}], progress=False)
+    plan = PruningPlan()
+    plan.remove(group, [4])
+    updates = merge_updates(analysis, plan, calibration)
+    gate = calibration.routing_of(group).gate + 1e-12
+    share = gate[[1, 4]] / gate[[1, 4]].sum()
+    merged = {v.name: a for v, a in updates.items()}
+    survivor = next(w for w in branch_weights(group, 1))
+    np.testing.assert_allclose(merged[survivor.name], share[0] * experts[1] + share[1] * experts[4], rtol=1e-5)
+    np.testing.assert_allclose(updates[router_member(group).value][:, 1], share @ router[:, [1, 4]].T, rtol=1e-5)
+    source = tmp_path / "moe.onnx"
+    onnx.save(model, source)
+    one_expert = Allocation(ratio=0.0, expert_ratio=0.2)
+    dropped = prune_file(source, tmp_path / "dropped.onnx", ratio=0.0, allocation=one_expert)
+    folded = prune_file(source, tmp_path / "merged.onnx", ratio=0.0, allocation=one_expert, expert_merge=True)
+    assert folded.plan.meta["expert_merge"] == "equal" and folded.after.params == dropped.after.params
+    weights = [onnx.load(tmp_path / name).graph.initializer for name in ("merged.onnx", "dropped.onnx")]
+    assert weights[0] != weights[1]
+
+
+def router_member(group):
+    return next(m for m in group.param_members() if m.value.const_value.shape == (D, EXPERTS))
