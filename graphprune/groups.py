@@ -100,4 +100,4 @@ class Group:
             "reasons": self.frozen_reasons,
             "approximate": self.approximate,
             "members": [f"{m.tensor}[{m.axis}]" for m in self.members],
-        }
+        } | ({"top_k": self.experts.top_k, "expert_branches": len(self.experts.joins)} if self.experts else {})

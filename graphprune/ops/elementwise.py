@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.moe import pass_ids
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, present, register
 
 
@@ -27,8 +26,9 @@ class Unary(OpRule):
             ctx.link(source, Dim(out, axis))
 
     def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
-        if node.op_type in ("Cast", "Identity"):
-            pass_ids(ctx, node, input_index, dim)
+        if node.op_type in ("Cast", "Identity"):  # values unchanged
+            for _, out in present(node.outputs):
+                ctx.expert_ids(out, dim)
         else:
             super().couple_ids(ctx, node, input_index, dim)
 

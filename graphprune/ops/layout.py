@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.moe import pass_ids
 from graphprune.ops.registry import (
     CoupleContext,
     Dim,
@@ -157,16 +156,17 @@ def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, ri
 class Regroup(OpRule):
     """Shape follows from attributes or constant axes; nothing to rewrite."""
 
+    carries_ids = True
+
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         couple_regroup(ctx, node, port, axis)
-
-    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
-        pass_ids(ctx, node, input_index, dim)
 
 
 @register("Reshape")
 class Reshape(OpRule):
     """Like Regroup; the target entries of pruned axes are rewritten, so they must be constants (or -1)."""
+
+    carries_ids = True
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         settable = settable_entries(ctx, node.inputs[1])
@@ -177,9 +177,6 @@ class Reshape(OpRule):
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         rewrite_entries_for(ctx, node, 1, node.outputs[0], keep={-1})
-
-    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
-        pass_ids(ctx, node, input_index, dim)
 
 
 @register("Expand")
@@ -221,6 +218,8 @@ class Expand(OpRule):
 class Transpose(OpRule):
     """Output axis o is input axis perm[o]."""
 
+    carries_ids = True
+
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         shape = ctx.shape(node.inputs[0])
         perm = attr_ints(node, "perm")
@@ -232,6 +231,3 @@ class Transpose(OpRule):
         perm = [normalize_axis(p, len(perm)) for p in perm]
         in_axis = perm[axis] if port.output else axis
         ctx.link(Dim(node.inputs[0], in_axis), Dim(node.outputs[0], perm.index(in_axis)))
-
-    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
-        pass_ids(ctx, node, input_index, dim)

@@ -89,15 +89,6 @@ def _fill_value(node: ir.Node) -> np.ndarray:
     return np.zeros(1) if attr is None else attr.as_tensor().numpy()
 
 
-def pass_ids(ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
-    """The outputs hold the data input's expert indices, rearranged (shape ops, Cast, Identity)."""
-    if input_index != 0:
-        ctx.freeze(dim, f"expert indices used as {node.op_type} input {input_index}")
-        return
-    for _, out in present(node.outputs):
-        ctx.expert_ids(out, dim)
-
-
 @register("TopK")
 class TopK(OpRule):
     """Other axes pass through to values and indices. Along its axis only routing is allowed: the largest

@@ -83,6 +83,8 @@ class RewriteContext(Protocol):
 class OpRule:
     """Dimension semantics of one op family: `couple` during analysis, `rewrite` after slicing."""
 
+    carries_ids = False  # output 0.. hold data input 0's expert indices, rearranged (shape ops)
+
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
         """Axes this node creates channels on (weight-producing layers); propagation starts there."""
         return []
@@ -92,8 +94,12 @@ class OpRule:
 
     def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
         """Input `input_index` holds expert indices into `dim` (a router's expert axis): say where they go."""
+        if self.carries_ids and input_index == 0:
+            for _, out in present(node.outputs):
+                ctx.expert_ids(out, dim)
+            return
         op = f"{node.domain or 'ai.onnx'}::{node.op_type}"
-        ctx.freeze(dim, f"expert indices reach {op}, which is not modelled for them")
+        ctx.freeze(dim, f"expert indices reach {op} input {input_index}, which is not modelled for them")
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         """Fix attributes or shape constants that carry channel counts; most ops have none."""

@@ -85,14 +85,18 @@ class Shape(OpRule):
         if not start <= axis < end:
             return
         position, length = axis - start, end - start
-        if not all(_excludes(ctx, use.node, position, length) or (length == rank and _copies(use))
+        if not all(_excludes(ctx, use.node, position, length) or (length == rank and _fills(ctx, use))
                    for use in node.outputs[0].uses()):
             ctx.freeze(dim, "its size is read by a Shape op (shape-computing subgraph)")
 
 
-def _copies(use) -> bool:  # an onnx_ir Usage (node, idx)
-    """A reader that gives its output the whole shape (coupled to the source axis by its own rule)."""
-    return (use.node.op_type, use.idx) in (("ConstantOfShape", 0), ("Expand", 1))
+def _fills(ctx: CoupleContext, use) -> bool:  # use: an onnx_ir Usage (node, idx)
+    """A fill of the whole shape (ConstantOfShape, Expand of a single value): its own rule couples its axes to
+    the source's."""
+    if (use.node.op_type, use.idx) == ("Expand", 1):
+        fill = ctx.shape(use.node.inputs[0])
+        return fill is not None and all(n == 1 for n in fill)
+    return (use.node.op_type, use.idx) == ("ConstantOfShape", 0)
 
 
 @register("ConstantOfShape")

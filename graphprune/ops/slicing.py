@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.moe import masked_zero, pass_ids
+from graphprune.ops.moe import masked_zero
 from graphprune.ops.registry import (
     CoupleContext,
     Dim,
@@ -170,6 +170,8 @@ class Slice(OpRule):
 class Gather(OpRule):
     """data[..., indices, ...] along `axis`: other data axes and every indices axis pass through."""
 
+    carries_ids = True
+
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
         shape, idx_shape = ctx.shape(data), ctx.shape(indices)
@@ -190,9 +192,6 @@ class Gather(OpRule):
             _select_expert(ctx, node, dim)
         else:
             ctx.link(Dim(data, axis), Dim(y, axis if axis < g else axis + q - 1))
-
-    def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
-        pass_ids(ctx, node, input_index, dim)
 
 
 def _select_expert(ctx: CoupleContext, node: ir.Node, dim: Dim) -> None:
