@@ -85,7 +85,8 @@ def _initializer_bytes(model: ir.Model) -> int:
 
 def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
     """Copy ORT's inferred shapes onto values unless their own shape has more static dims (ORT's symbolic
-    names relate dims across tensors, where ONNX's inference invents fresh ones)."""
+    names relate dims across tensors, where ONNX's inference invents fresh ones). A shape contradicting a
+    static size ONNX inferred is not taken (ORT's inference mis-handles some ops, e.g. Einsum with '...')."""
     shapes = {}
     for info in (*inferred.graph.value_info, *inferred.graph.output):
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
@@ -96,8 +97,11 @@ def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
             new = shapes.get(value.name)
             if new is None:
                 continue
-            old = value.shape
-            if old is None or len(old) != len(new) or _static_count(new) >= _static_count(list(old)):
+            old = None if value.shape is None else list(value.shape)
+            if old is None or len(old) != len(new):
+                value.shape = ir.Shape(new)
+            elif _static_count(new) >= _static_count(old) and all(
+                    not isinstance(o, int) or o == n for o, n in zip(old, new, strict=True)):
                 value.shape = ir.Shape(new)
 
 

@@ -1,9 +1,10 @@
 """Reference Mixtral-style sparse MoE decoder blocks, written the ways real MoE ONNX graphs are (needs torch).
 
-Router Linear → Softmax → TopK(k) → renormalise → SwiGLU experts → gate-weighted sum, in three forms:
+Router Linear → Softmax → TopK(k) → renormalise → SwiGLU experts → gate-weighted sum, in four forms:
 `dense` (stacked [E, d, f] expert weights, every expert computes every token, weighted by a sparse gate
-matrix built with scatter), `masked` (a loop over separate expert Linears, gate weight from `indices == e`)
-and `scatter` (Hugging Face Mixtral's loop: one_hot, `torch.where`, gather the routed tokens, `index_add_`).
+matrix built with scatter), `einsum` (the same written with einsum), `masked` (a loop over separate expert
+Linears, gate weight from `indices == e`) and `scatter` (Hugging Face Mixtral's loop: one_hot, `torch.where`,
+gather the routed tokens, `index_add_`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-FORMS = ("dense", "masked", "scatter")
+FORMS = ("dense", "einsum", "masked", "scatter")
 
 
 class SwiGLU(nn.Module):
@@ -32,7 +33,7 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.experts, self.top_k, self.form = experts, top_k, form
         self.router = nn.Linear(d, experts, bias=False)
-        if form == "dense":
+        if form in ("dense", "einsum"):
             self.w_gate = nn.Parameter(torch.randn(experts, d, f) / d**0.5)
             self.w_up = nn.Parameter(torch.randn(experts, d, f) / d**0.5)
             self.w_down = nn.Parameter(torch.randn(experts, f, d) / f**0.5)
@@ -47,6 +48,10 @@ class SparseMoE(nn.Module):
             gates = torch.zeros_like(probs).scatter(-1, chosen, weights)  # [N, E], zero where not routed
             hidden = F.silu(x[None] @ self.w_gate) * (x[None] @ self.w_up)  # [E, N, f]
             return ((hidden @ self.w_down) * gates.t()[:, :, None]).sum(dim=0)
+        if self.form == "einsum":
+            gates = torch.zeros_like(probs).scatter(-1, chosen, weights)
+            hidden = F.silu(torch.einsum("nd,edf->enf", x, self.w_gate)) * torch.einsum("nd,edf->enf", x, self.w_up)
+            return torch.einsum("ne,end->nd", gates, torch.einsum("enf,efd->end", hidden, self.w_down))
         out = torch.zeros_like(x)
         if self.form == "masked":
             for e, ffn in enumerate(self.ffns):

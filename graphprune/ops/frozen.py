@@ -15,7 +15,6 @@ _REASONS = {
     "Scan": "control flow (Scan) subgraph",
     "NonZero": "NonZero output depends on values",
     "Tile": "Tile repeats channels",
-    "Einsum": "Einsum is not modelled",
     "CumSum": "CumSum accumulates along an axis",
 }
 
