@@ -47,8 +47,9 @@ class ExpertOutput(_ExpertCriterion):
     def score_experts(self, group: Group) -> np.ndarray:
         stats = self.calibration.routing_of(group)
         if stats.output is None:
-            raise GraphpruneError(f"{group.label}: the graph does not expose per-expert outputs (a fused MoE op); "
-                                  "use router-frequency or router-similarity")
+            raise GraphpruneError(f"{group.label}: no per-expert output tensor (experts are combined inside one op: "
+                                  "a fused MoE, or an Einsum gate-weighted sum); use router-frequency or "
+                                  "router-similarity")
         return stats.output / max(stats.tokens, 1)
 
 
