@@ -53,7 +53,7 @@ class ExpertInfo:
     """What the rewrite needs beyond slicing to remove experts of one MoE layer."""
 
     top_k: int
-    routed: list[Dim]  # TopK inputs along the expert axis (router logits or their softmax)
+    routed: list[Dim]  # TopK inputs along the expert axis (router logits or their softmax or sigmoid)
     selectors: dict[int, list[Selector]] = field(default_factory=dict)  # unit → its selectors
     joins: dict[int, list[Join]] = field(default_factory=dict)  # unit → its branches' accumulations
     id_tables: list[IdTable] = field(default_factory=list)  # arange(E) constants compared with expert indices
@@ -63,8 +63,8 @@ class ExpertInfo:
         dims = []
         for dim in self.routed:
             producer = dim.value.producer()
-            softmax = producer is not None and producer.op_type == "Softmax"
-            dims.append(Dim(producer.inputs[0], dim.axis) if softmax else dim)
+            scores = producer is not None and producer.op_type in ("Softmax", "Sigmoid")
+            dims.append(Dim(producer.inputs[0], dim.axis) if scores else dim)
         return dims
 
 

@@ -63,3 +63,22 @@ class GraphBuilder:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8
         return model
+
+
+def looped_moe(router: np.ndarray, bias: np.ndarray, experts: list[np.ndarray], top_k: int = 2,
+               scores: str = "Softmax") -> onnx.ModelProto:
+    """x[tokens, d] → router (MatMul + bias) → Softmax or Sigmoid scores → TopK → renormalise →
+    Σ_e gate_e · relu(x @ W_e), a loop over experts with `indices == e` masks → output Linear."""
+    b = GraphBuilder()
+    d = router.shape[0]
+    logits = b.op("Add", [b.op("MatMul", ["x", b.const(router)]), b.const(bias)])
+    attrs = {"axis": -1} if scores == "Softmax" else {}
+    values, chosen = b.op("TopK", [b.op(scores, [logits], **attrs), b.const(np.array([top_k]))], outputs=2, axis=-1)
+    last = b.const(np.array([-1]))
+    gates = b.op("Div", [values, b.op("ReduceSum", [values, last])])
+    acc = b.op("Mul", ["x", b.const(np.zeros(1, np.float32))])
+    for e, weight in enumerate(experts):
+        hit = b.op("Cast", [b.op("Equal", [chosen, b.const(np.array(e))])], to=1)
+        gate = b.op("ReduceSum", [b.op("Mul", [gates, hit]), last])
+        acc = b.op("Add", [acc, b.op("Mul", [gate, b.op("Relu", [b.op("MatMul", ["x", b.const(weight)])])])])
+    return b.build({"x": ["tokens", d]}, {b.op("MatMul", [acc, b.weight(d, 3)]): ["tokens", 3]})

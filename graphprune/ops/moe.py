@@ -1,6 +1,7 @@
 """Mixture-of-experts ops: TopK routing, the expert-index tensors it produces, and the fused MoE op.
 
-A TopK (largest) over the axis of router logits, or of their softmax, makes that axis an expert axis: its
+A TopK (largest) over the axis of router logits, their softmax or their sigmoid (DeepSeek-style scores)
+makes that axis an expert axis: its
 units are experts, and removing one must equal forcing its logit to -inf. Along an expert axis the usual
 barriers lift where that equivalence holds: the router softmax, gate scatters, one-hot tables, sums over
 experts whose entries of unrouted experts are zero, and constant-index selection of one expert's branch.
@@ -60,6 +61,8 @@ def masked_zero(ctx: CoupleContext, value: ir.Value, axis: int, depth: int = 0) 
     op, rank = node.op_type, len(ctx.shape(value) or [])
     if op in ("Softmax", "Equal", "OneHot"):
         return op != "Softmax" or is_router_softmax(ctx, node, axis)
+    if op == "Sigmoid":  # sigmoid(-inf) = 0: router scores
+        return _is_logits(node.inputs[0])
     if op in ("Expand", "ConstantOfShape"):
         fill = ctx.const(node.inputs[0]) if op == "Expand" else _fill_value(node)
         return fill is not None and not np.any(fill)
@@ -92,7 +95,7 @@ def _fill_value(node: ir.Node) -> np.ndarray:
 @register("TopK")
 class TopK(OpRule):
     """Other axes pass through to values and indices. Along its axis only routing is allowed: the largest
-    entries of router logits (or their softmax), whose indices then name experts."""
+    entries of router logits (or their softmax or sigmoid), whose indices then name experts."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         x = node.inputs[0]
@@ -107,7 +110,8 @@ class TopK(OpRule):
             return
         k = int_list(ctx, node, "k", 1)
         producer = x.producer()
-        routed = _is_logits(x) or (producer is not None and is_router_softmax(ctx, producer, axis))
+        routed = _is_logits(x) or (producer is not None and (is_router_softmax(ctx, producer, axis) or (
+            producer.op_type == "Sigmoid" and _is_logits(producer.inputs[0]))))
         if port.output or not _routes(ctx, node, 0, axis, len(shape)) or not routed or k is None:
             ctx.freeze(dim, "TopK selects along this axis (not a router over logits with a constant k)")
             return

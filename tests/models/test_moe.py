@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphprune import runtime
 from graphprune.analysis import analyze
@@ -14,7 +16,7 @@ from graphprune.io import from_proto, load_model
 from graphprune.models.reference import MOES
 from graphprune.passes import apply_plan
 from graphprune.plan import PruningPlan
-from tests.graphs import GraphBuilder
+from tests.graphs import GraphBuilder, looped_moe
 from tests.harness import assert_group_equivalent, masked_check
 
 CASES = [(name, dynamo) for name in MOES for dynamo in (False, True)]
@@ -146,3 +148,19 @@ def test_unprovable_branch_freezes_its_experts():
     assert len(groups) == 1 and groups[0].frozen
     assert any("not provably zero" in r for r in groups[0].frozen_reasons), groups[0].frozen_reasons
     runtime.run(runtime.session(from_proto(model)), {"x": np.ones((3, 8), np.float32)})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_any_expert_subset_of_any_layer_equals_never_routing(data):
+    """Random expert counts, top-k, router scores (softmax or sigmoid) and removed subsets."""
+    experts = data.draw(st.integers(2, 8), label="experts")
+    top_k = data.draw(st.integers(1, experts - 1), label="top_k")
+    removed = data.draw(st.lists(st.integers(0, experts - 1), min_size=1, max_size=experts - top_k, unique=True))
+    scores = data.draw(st.sampled_from(["Softmax", "Sigmoid"]))
+    rng = np.random.default_rng(experts * 31 + top_k)
+    model = looped_moe(rng.standard_normal((6, experts)).astype(np.float32), np.zeros(experts, np.float32),
+                       [rng.standard_normal((6, 6)).astype(np.float32) for _ in range(experts)], top_k, scores)
+    result = masked_check(model, remove_experts(removed), dims={"tokens": 64})
+    assert result["error"] <= 1e-5, result
+    assert result["params"][0] - result["params"][1] == len(removed) * (6 * 6 + 6 + 1)

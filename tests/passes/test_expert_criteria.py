@@ -16,26 +16,10 @@ from graphprune.passes.importance import get_criterion
 from graphprune.passes.importance.experts import branch_weights
 from graphprune.passes.pipeline import Allocation, make_plan, prune_file
 from graphprune.plan import PruningPlan
-from tests.graphs import GraphBuilder
+from tests.graphs import looped_moe
 from tests.harness import masked_check
 
 D, EXPERTS = 8, 6
-
-
-def looped_moe(router: np.ndarray, bias: np.ndarray, experts: list[np.ndarray]) -> onnx.ModelProto:
-    """x → router (MatMul + bias) → Softmax → TopK(2) → renormalise → Σ_e gate_e · (x @ W_e) written as a loop
-    over experts with `indices == e` masks (the masked form) → output Linear."""
-    b = GraphBuilder()
-    logits = b.op("Add", [b.op("MatMul", ["x", b.const(router)]), b.const(bias)])
-    values, chosen = b.op("TopK", [b.op("Softmax", [logits], axis=-1), b.const(np.array([2]))], outputs=2, axis=-1)
-    last = b.const(np.array([-1]))
-    gates = b.op("Div", [values, b.op("ReduceSum", [values, last])])
-    acc = b.op("Mul", ["x", b.const(np.zeros(1, np.float32))])
-    for e, weight in enumerate(experts):
-        hit = b.op("Cast", [b.op("Equal", [chosen, b.const(np.array(e))])], to=1)
-        gate = b.op("ReduceSum", [b.op("Mul", [gates, hit]), last])
-        acc = b.op("Add", [acc, b.op("Mul", [gate, b.op("Relu", [b.op("MatMul", ["x", b.const(weight)])])])])
-    return b.build({"x": ["tokens", D]}, {b.op("MatMul", [acc, b.weight(D, 3)]): ["tokens", 3]})
 
 
 def random_layer(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
