@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune import ops
-from graphprune.experts import ExpertInfo, IdTable, Selector, contribution_idle, find_join
+from graphprune.experts import ExpertInfo, IdTable, Selector, branch_weights, contribution_idle, find_join
 from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
 from graphprune.unionfind import UnionFind
@@ -270,6 +270,8 @@ class _Propagator:
         kind = self._kind(key_dims, members, approx)
         tags = set().union(*(self.tags.get(d, set()) for d in key_dims))
         experts = self._experts(key_dims, members, frozen) if kind == "expert" else None
+        if experts is not None:
+            self._branch_params(experts, params)
         return Group(gid, kind, len(order), members, params, frozen, approx, tags, experts)
 
     def _experts(self, key_dims: list[Dim], members: list[Member], frozen: list[str]) -> ExpertInfo:
@@ -295,6 +297,12 @@ class _Propagator:
             if all(j.node is not join.node for j in info.joins.get(unit, [])):
                 info.joins.setdefault(unit, []).append(join)
         return info
+
+    @staticmethod
+    def _branch_params(info: ExpertInfo, params: np.ndarray) -> None:
+        """Add to each expert's parameter count the weights only its branch uses (freed with it)."""
+        for unit in info.joins:
+            params[unit] += sum(int(np.prod(v.const_value.shape)) for v in branch_weights(info, unit))
 
     def _kind(self, key_dims: list[Dim], members: list[Member], approx: list[str]) -> str:
         if any(d in self.routers for d in key_dims):

@@ -160,3 +160,26 @@ def contribution_idle(join: Join, selector: ir.Node) -> bool:
     reduction = node.attributes.get("reduction")
     adds = reduction is not None and reduction.as_string() == "add"
     return EMPTY in states.values() or (adds and states.get(2) == ZERO)
+
+
+def branch_weights(info: ExpertInfo, unit: int) -> list[ir.Value]:
+    """Floating-point weights only the branch of `unit` uses (what cutting its joins frees), in graph order so
+    that every expert's weights line up."""
+    branch: dict[int, ir.Node] = {}
+    frontier = [join.node.inputs[i] for join in info.joins.get(unit, [])
+                for i in range(len(join.node.inputs)) if i != join.accumulator]
+    ends = {id(join.node) for join in info.joins.get(unit, [])}
+    while frontier:
+        value = frontier.pop()
+        node = value.producer() if value is not None else None
+        if node is None or id(node) in branch:
+            continue
+        if all(id(use.node) in branch or id(use.node) in ends for out in node.outputs for use in out.uses()):
+            branch[id(node)] = node
+            frontier.extend(node.inputs)
+    order = {id(node): i for i, node in enumerate(next(iter(branch.values())).graph)} if branch else {}
+    nodes = sorted(branch.values(), key=lambda n: order[id(n)])
+    weights = {id(v): v for node in nodes for v in node.inputs if v is not None and v.const_value is not None
+               and v.const_value.dtype.is_floating_point() and len(v.const_value.shape) >= 1
+               and all(id(use.node) in branch for use in v.uses())}
+    return list(weights.values())

@@ -5,13 +5,13 @@ average of its cluster (frequency: calibration gate weight, or equal without cal
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
 
 from graphprune.analysis import Analysis
+from graphprune.experts import branch_weights
 from graphprune.groups import Group
 from graphprune.passes.calibration import Calibration
 from graphprune.passes.compensation import WeightUpdates
-from graphprune.passes.importance.experts import branch_weights, router_rows
+from graphprune.passes.importance.experts import router_rows
 from graphprune.plan import PruningPlan
 
 
@@ -27,7 +27,7 @@ def merge_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibratio
             updates[member.value] = _merged(updates.get(member.value, member.value.const_value.numpy()),
                                             member.axis, member.unit_of, weights)
         for survivor, shares in weights.items():
-            per_expert = {unit: _unique(branch_weights(group, unit)) for unit in shares}
+            per_expert = {unit: branch_weights(group.experts, unit) for unit in shares}
             for slot, value in enumerate(per_expert[survivor]):
                 arrays = [(per_expert[unit][slot], share) for unit, share in shares.items()
                           if len(per_expert[unit]) == len(per_expert[survivor])]
@@ -57,6 +57,3 @@ def _merged(array: np.ndarray, axis: int, unit_of: np.ndarray, weights: dict[int
         result[unit_of == survivor] = sum(share * moved[unit_of == unit] for unit, share in shares.items())
     return np.moveaxis(result, 0, axis).astype(array.dtype)
 
-
-def _unique(values: list[ir.Value]) -> list[ir.Value]:
-    return list({id(v): v for v in values}.values())

@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
+from graphprune.experts import branch_weights
 from graphprune.groups import Group
 from graphprune.passes.importance.registry import Criterion, register_criterion
 
@@ -102,7 +103,7 @@ def expert_weights(group: Group) -> np.ndarray:
     stacked = [m for m in group.param_members() if id(m.value) not in router and m.value.const_value.size > group.size]
     if stacked:
         return np.concatenate([_per_unit(m.value, m.axis, m.unit_of, group.size) for m in stacked], axis=1)
-    per_expert = [np.concatenate([w.const_value.numpy().ravel() for w in branch_weights(group, unit)]
+    per_expert = [np.concatenate([w.const_value.numpy().ravel() for w in branch_weights(group.experts, unit)]
                                  or [np.zeros(1)]) for unit in range(group.size)]
     width = max(len(w) for w in per_expert)
     return np.stack([np.pad(w, (0, width - len(w))) for w in per_expert])
@@ -112,24 +113,3 @@ def _per_unit(value: ir.Value, axis: int, unit_of: np.ndarray, size: int) -> np.
     array = np.moveaxis(value.const_value.numpy(), axis, 0).astype(np.float64)
     flat = array.reshape(array.shape[0], -1)
     return np.stack([flat[unit_of == u].ravel() for u in range(size)])
-
-
-def branch_weights(group: Group, unit: int) -> list[ir.Value]:
-    """Weight initializers (2-D or more) only the branch of `unit` uses (what cutting its joins frees), in graph
-    order so that every expert's weights line up."""
-    branch: dict[int, ir.Node] = {}
-    frontier = [join.node.inputs[i] for join in group.experts.joins.get(unit, [])
-                for i in range(len(join.node.inputs)) if i != join.accumulator]
-    ends = {id(join.node) for join in group.experts.joins.get(unit, [])}
-    while frontier:
-        value = frontier.pop()
-        node = value.producer() if value is not None else None
-        if node is None or id(node) in branch:
-            continue
-        if all(id(use.node) in branch or id(use.node) in ends for out in node.outputs for use in out.uses()):
-            branch[id(node)] = node
-            frontier.extend(node.inputs)
-    order = {id(node): i for i, node in enumerate(next(iter(branch.values())).graph)} if branch else {}
-    nodes = sorted(branch.values(), key=lambda n: order[id(n)])
-    return [v for node in nodes for v in node.inputs
-            if v is not None and v.const_value is not None and len(v.const_value.shape) >= 2]
