@@ -205,3 +205,51 @@ def _select_expert(ctx: CoupleContext, node: ir.Node, dim: Dim) -> None:
         ctx.freeze(dim, "Gather selects along this axis")
         return
     ctx.selector(dim, int(index) % ctx.shape(dim.value)[dim.axis], node, 1)
+
+
+def _index_depth(ctx: CoupleContext, indices: ir.Value) -> tuple[int, int] | None:
+    """(rank of indices, entries per index tuple) of a GatherND/ScatterND indices tensor with a static last axis."""
+    shape = ctx.shape(indices)
+    return None if shape is None or not isinstance(shape[-1], int) else (len(shape), shape[-1])
+
+
+@register("GatherND")
+class GatherND(OpRule):
+    """data[indices]: data axes after the indexed ones pass through, shifted behind the indices' leading axes
+    (x[token_ids] in Mixtral's loop); batch and indexed axes freeze."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        depth = _index_depth(ctx, node.inputs[1])
+        dim = Dim(port.value(node), axis)
+        batch = attr_int(node, "batch_dims", 0)
+        if depth is None or (not port.output and port.index != 0):
+            ctx.freeze(dim, "GatherND indices, or an index depth unknown")
+            return
+        first_kept = batch + depth[1]  # first data axis not consumed by an index
+        offset = depth[0] - 1 - first_kept  # output axis = data axis + offset
+        data_axis = axis - offset if port.output else axis
+        if data_axis < first_kept or batch:
+            ctx.freeze(dim, "GatherND indexes this axis")
+            return
+        ctx.link(Dim(node.inputs[0], data_axis), Dim(node.outputs[0], data_axis + offset))
+
+
+@register("ScatterND")
+class ScatterND(OpRule):
+    """Output has data's shape; data axes after the indexed ones are the updates' trailing axes (index_add_ of
+    expert outputs into tokens). Indexed axes freeze: their positions are written in the indices."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        data, indices, updates = node.inputs[0], node.inputs[1], node.inputs[2]
+        depth = _index_depth(ctx, indices)
+        dim = Dim(port.value(node), axis)
+        if depth is None or port.index == 1 and not port.output:
+            ctx.freeze(dim, "ScatterND indices, or an index depth unknown")
+            return
+        offset = depth[0] - 1 - depth[1]  # updates axis = data axis + offset
+        data_axis = axis - offset if (not port.output and port.index == 2) else axis
+        if data_axis < depth[1]:
+            ctx.freeze(dim, "ScatterND indexes this axis")
+            return
+        ctx.link(Dim(data, data_axis), Dim(node.outputs[0], data_axis))
+        ctx.link(Dim(data, data_axis), Dim(updates, data_axis + offset))

@@ -173,3 +173,23 @@ def test_split_inner_factor_freezes():
     model = b.build(X, [b.head(b.conv(coupled, 4, 6), 6)], opset=17)
     reasons = frozen_reasons(model)
     assert any("inner factor" in r for r in reasons), reasons
+
+
+def test_gather_nd_and_scatter_nd_carry_trailing_channels():
+    """Mixtral's loop: h[token_ids] (GatherND) feeds an expert, index_add_ (ScatterND) writes it back into
+    the running sum; the channel axis after the indexed token axis passes through both."""
+    b = GraphBuilder()
+    tokens = b.const(np.array([[0], [2], [5]], dtype=np.int64))
+    h = b.op("Relu", [b.op("MatMul", ["x", b.weight(8, 12)])])
+    picked = b.op("MatMul", [b.op("GatherND", [h, tokens]), b.weight(12, 12)])
+    total = b.op("ScatterND", [b.op("MatMul", ["x", b.weight(8, 12)]), tokens, picked], reduction="add")
+    model = b.build({"x": [6, 8]}, [b.op("MatMul", [total, b.weight(12, 5)])], opset=18)
+    assert_all_groups_equivalent(model, least=2)
+
+
+def test_gather_nd_freezes_the_axes_it_indexes():
+    b = GraphBuilder()
+    h = b.op("MatMul", ["x", b.weight(8, 12)])
+    picked = b.op("GatherND", [h, b.const(np.array([[0, 3], [2, 7]], dtype=np.int64))])
+    model = b.build({"x": [6, 8]}, [picked])
+    assert any("GatherND indexes this axis" in r for r in frozen_reasons(model))
