@@ -9,6 +9,7 @@ groups in a channel shuffle; the inner factor (head_dim) is never pruned through
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -54,26 +55,62 @@ def align_blocks(src: list, dst: list) -> list[Block] | None:
     return blocks
 
 
-def _grow_block(src: list, dst: list, i: int, j: int) -> Block | None:
-    """Extend a block from src[i], dst[j] until both sides have the same static product."""
-    if not isinstance(src[i], int) or not isinstance(dst[j], int):
+Product = tuple[int, tuple[str, ...]]  # a size as a constant times a sorted multiset of symbolic dims
+
+
+def _product(dim: int | str | None) -> Product | None:
+    """A static size, a symbol, or a product of them as shape inference writes it ("seq*batch")."""
+    if isinstance(dim, int):
+        return dim, ()
+    if not isinstance(dim, str) or not re.fullmatch(r"[A-Za-z_0-9]+(\*[A-Za-z_0-9]+)*", dim):
         return None
+    factors = dim.split("*")
+    constant = int(np.prod([int(f) for f in factors if f.isdigit()]))
+    return constant, tuple(sorted(f for f in factors if not f.isdigit()))
+
+
+def _times(a: Product, b: Product) -> Product:
+    return a[0] * b[0], tuple(sorted(a[1] + b[1]))
+
+
+def _smaller(a: Product, b: Product) -> bool | None:
+    """Whether a block of size `a` must grow to reach `b` (True), `b` must grow (False), or neither provably."""
+    rest = list(b[1])
+    for symbol in a[1]:
+        if symbol not in rest:
+            break
+        rest.remove(symbol)
+    else:
+        if rest or a[0] < b[0]:
+            return True
+    rest = list(a[1])
+    for symbol in b[1]:
+        if symbol not in rest:
+            return None
+        rest.remove(symbol)
+    return True if not rest and a[0] < b[0] else (False if rest or b[0] < a[0] else None)
+
+
+def _grow_block(src: list, dst: list, i: int, j: int) -> Block | None:
+    """Extend a block from src[i], dst[j] until both sides have the same product (static sizes compared by
+    value, symbolic ones as multisets of symbols)."""
     left, right = [i], [j]
-    p, q = src[i], dst[j]
-    while p != q:
-        if p < q:
+    p, q = _product(src[i]), _product(dst[j])
+    while p is not None and q is not None and p != q:
+        grow_left = _smaller(p, q)
+        if grow_left is None:
+            return None
+        if grow_left:
             i += 1
-            if i >= len(src) or not isinstance(src[i], int):
-                return None
+            factor = _product(src[i]) if i < len(src) else None
             left.append(i)
-            p *= src[i]
+            p = None if factor is None else _times(p, factor)
         else:
             j += 1
-            if j >= len(dst) or not isinstance(dst[j], int):
-                return None
+            factor = _product(dst[j]) if j < len(dst) else None
             right.append(j)
-            q *= dst[j]
-    return left, right
+            q = None if factor is None else _times(q, factor)
+    return (left, right) if p is not None and q is not None else None
 
 
 def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,

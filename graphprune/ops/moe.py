@@ -122,20 +122,32 @@ class TopK(OpRule):
 
 @register("ScatterElements")
 class ScatterElements(OpRule):
-    """Output has data's shape. Along the scatter axis only expert indices may scatter (gates into [N, E])."""
+    """Output has data's shape. On any other axis, updates[.., j, ..] lands at position j of data, so data,
+    indices, updates and output are coupled there (index_add_ of expert outputs); updates narrower than data
+    freeze. Along the scatter axis only expert indices may scatter (gates into [N, E])."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        data, y = node.inputs[0], node.outputs[0]
+        data, indices, updates, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
         shape = ctx.shape(data)
         dim = Dim(port.value(node), axis)
-        if shape is None or (not port.output and port.index != 0):
-            ctx.freeze(dim, "ScatterElements indices/updates axis or unknown rank")
+        if shape is None:
+            ctx.freeze(dim, "ScatterElements with an unknown rank")
             return
-        if axis == normalize_axis(attr_int(node, "axis", 0), len(shape)) and not ctx.expert(dim):
-            if not ctx.defer(node, port, axis):
-                ctx.freeze(dim, "ScatterElements scatters along this axis")
+        if axis == normalize_axis(attr_int(node, "axis", 0), len(shape)):
+            if port.output or port.index == 0:
+                if not ctx.expert(dim) and ctx.defer(node, port, axis):
+                    return
+                if ctx.expert(dim):
+                    ctx.link(Dim(data, axis), Dim(y, axis))
+                    return
+            ctx.freeze(dim, "ScatterElements scatters along this axis")
             return
         ctx.link(Dim(data, axis), Dim(y, axis))
+        for operand in (indices, updates):
+            if (ctx.shape(operand) or [None] * len(shape))[axis] != shape[axis]:
+                ctx.freeze(dim, "ScatterElements updates cover part of this axis")
+                return
+            ctx.link(Dim(data, axis), Dim(operand, axis))
 
     def couple_ids(self, ctx: CoupleContext, node: ir.Node, input_index: int, dim: Dim) -> None:
         shape = ctx.shape(node.inputs[0])

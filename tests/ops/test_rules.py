@@ -193,3 +193,22 @@ def test_gather_nd_freezes_the_axes_it_indexes():
     picked = b.op("GatherND", [h, b.const(np.array([[0, 3], [2, 7]], dtype=np.int64))])
     model = b.build({"x": [6, 8]}, [picked])
     assert any("GatherND indexes this axis" in r for r in frozen_reasons(model))
+
+
+def test_scatter_elements_couples_data_updates_and_indices_on_other_axes():
+    """index_add_ as ScatterElements(axis 0): updates[i, j] lands in column j, so the channel axis of data,
+    updates, indices and output is one; a scatter whose updates cover only some channels freezes them."""
+    b = GraphBuilder()
+    rows = b.const(np.tile(np.array([[0], [3], [3]], dtype=np.int64), (1, 12)))
+    data = b.op("MatMul", ["x", b.weight(8, 12)])
+    updates = b.op("Relu", [b.op("MatMul", [b.op("Slice", ["x", b.const(np.array([0])), b.const(np.array([3]))]),
+                                            b.weight(8, 12)])])
+    total = b.op("ScatterElements", [data, rows, updates], axis=0, reduction="add")
+    model = b.build({"x": [6, 8]}, [b.op("MatMul", [total, b.weight(12, 5)])], opset=18)
+    assert_all_groups_equivalent(model, least=1)
+    narrow = GraphBuilder()
+    partial = narrow.op("ScatterElements", [narrow.op("MatMul", ["x", narrow.weight(8, 12)]),
+                                            narrow.const(np.zeros((2, 4), dtype=np.int64)), narrow.weight(2, 4)],
+                        axis=0)
+    model = narrow.build({"x": [6, 8]}, [narrow.op("MatMul", [partial, narrow.weight(12, 5)])], opset=18)
+    assert any("updates cover part of this axis" in r for r in frozen_reasons(model))
