@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune import ops
-from graphprune.experts import ExpertInfo, IdTable, Selector, branch_weights, contribution_idle, find_join
+from graphprune.experts import ExpertInfo, IdTable, Selector, branch_weights, find_join
 from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
 from graphprune.unionfind import UnionFind
@@ -288,9 +288,8 @@ class _Propagator:
                 frozen.append(f"{sel.node.name}: expert index {sel.index} out of range")
                 continue
             join = find_join(sel.node)
-            if isinstance(join, str) or not contribution_idle(join, sel.node):
-                frozen.append(join if isinstance(join, str) else
-                              f"{join.node.name}: expert {sel.index}'s contribution is not provably zero when unrouted")
+            if isinstance(join, str):
+                frozen.append(join)
                 continue
             unit = int(unit_of[sel.dim][sel.index])
             info.selectors.setdefault(unit, []).append(sel)
@@ -301,8 +300,8 @@ class _Propagator:
     @staticmethod
     def _branch_params(info: ExpertInfo, params: np.ndarray) -> None:
         """Add to each expert's parameter count the weights only its branch uses (freed with it)."""
-        for unit in info.joins:
-            params[unit] += sum(int(np.prod(v.const_value.shape)) for v in branch_weights(info, unit))
+        for unit, weights in branch_weights(info).items():
+            params[unit] += sum(int(np.prod(v.const_value.shape)) for v in weights)
 
     def _kind(self, key_dims: list[Dim], members: list[Member], approx: list[str]) -> str:
         if any(d in self.routers for d in key_dims):

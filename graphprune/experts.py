@@ -69,7 +69,8 @@ class ExpertInfo:
 
 
 def find_join(selector: ir.Node) -> Join | str:
-    """The single accumulation where the branch starting at `selector` merges, or why there is none."""
+    """The single accumulation where the branch starting at `selector` merges and which adds nothing while the
+    expert is never routed to (so cutting it there is exact), or why there is none."""
     descendants = _descendants(selector)
     joins: dict[int, Join] = {}
     queue, seen = deque([selector]), {id(selector)}
@@ -88,7 +89,10 @@ def find_join(selector: ir.Node) -> Join | str:
                     queue.append(user)
     if len(joins) != 1:
         return f"the branch of expert selector {selector.name} merges in {len(joins)} places, not one accumulation"
-    return next(iter(joins.values()))
+    join = next(iter(joins.values()))
+    if not _contribution_idle(join, selector, descendants):
+        return f"{join.node.name}: the contribution of selector {selector.name} is not provably zero when unrouted"
+    return join
 
 
 def _descendants(start: ir.Node) -> set[int]:
@@ -126,15 +130,23 @@ _KEEP_ZERO = {"Cast", "Identity", "Neg", "Relu", "Abs", "Transpose", "Reshape", 
 _ZERO_IF_ANY = {"Mul", "And", "MatMul"}
 
 
-def idle_state(value: ir.Value, selector: ir.Node, depth: int = 0) -> str | None:
+def _idle_state(value: ir.Value, selector: ir.Node, branch: set[int], memo: dict[int, str | None]) -> str | None:
     """What `value` is when the expert of `selector` is never routed to (its selector output is all zero/false):
-    ZERO (all zeros), EMPTY (no elements, e.g. after NonZero), or None (not known to vanish)."""
+    ZERO (all zeros), EMPTY (no elements, e.g. after NonZero), or None (not known to vanish). Only values
+    computed in the branch (descendants of the selector) can vanish; `memo` keeps the walk linear."""
     node = value.producer()
-    if node is None or depth > 64:
+    if node is None or id(node) not in branch:
         return None
     if node is selector:
         return ZERO
-    states = [None if v is None else idle_state(v, selector, depth + 1) for v in node.inputs]
+    if id(value) not in memo:
+        states = [None if v is None else _idle_state(v, selector, branch, memo) for v in node.inputs]
+        memo[id(value)] = _node_idle_state(node, states)
+    return memo[id(value)]
+
+
+def _node_idle_state(node: ir.Node, states: list[str | None]) -> str | None:
+    """A node's output state from its inputs' states."""
     op = node.op_type
     if op == "NonZero":
         return EMPTY if states[0] in (ZERO, EMPTY) else None
@@ -151,10 +163,11 @@ def idle_state(value: ir.Value, selector: ir.Node, depth: int = 0) -> str | None
     return None
 
 
-def contribution_idle(join: Join, selector: ir.Node) -> bool:
+def _contribution_idle(join: Join, selector: ir.Node, branch: set[int]) -> bool:
     """Whether the join adds nothing when the selector's expert is idle, so bypassing it is exact."""
-    node = join.node
-    states = {i: idle_state(v, selector) for i, v in enumerate(node.inputs) if v is not None and i != join.accumulator}
+    node, memo = join.node, {}
+    states = {i: _idle_state(v, selector, branch, memo) for i, v in enumerate(node.inputs)
+              if v is not None and i != join.accumulator}
     if node.op_type in ("Add", "Sum"):
         return all(s in (ZERO, EMPTY) for s in states.values())
     reduction = node.attributes.get("reduction")
@@ -162,9 +175,24 @@ def contribution_idle(join: Join, selector: ir.Node) -> bool:
     return EMPTY in states.values() or (adds and states.get(2) == ZERO)
 
 
-def branch_weights(info: ExpertInfo, unit: int) -> list[ir.Value]:
-    """Floating-point weights only the branch of `unit` uses (what cutting its joins frees), in graph order so
-    that every expert's weights line up."""
+def branch_weights(info: ExpertInfo) -> dict[int, list[ir.Value]]:
+    """Per expert with a branch: the floating-point weights only its branch uses (what cutting its joins frees),
+    in graph order, so that every expert's weights line up."""
+    branches = {unit: _branch_nodes(info, unit) for unit in info.joins}
+    first = next((node for nodes in branches.values() for node in nodes.values()), None)
+    order = {id(node): i for i, node in enumerate(first.graph)} if first is not None else {}
+    weights = {}
+    for unit, branch in branches.items():
+        nodes = sorted(branch.values(), key=lambda n: order[id(n)])
+        exclusive = {id(v): v for node in nodes for v in node.inputs if v is not None and v.const_value is not None
+                     and v.const_value.dtype.is_floating_point() and len(v.const_value.shape) >= 1
+                     and all(id(use.node) in branch for use in v.uses())}
+        weights[unit] = list(exclusive.values())
+    return weights
+
+
+def _branch_nodes(info: ExpertInfo, unit: int) -> dict[int, ir.Node]:
+    """Nodes whose outputs only feed the branch of `unit` up to its joins: dead once the joins are cut."""
     branch: dict[int, ir.Node] = {}
     frontier = [join.node.inputs[i] for join in info.joins.get(unit, [])
                 for i in range(len(join.node.inputs)) if i != join.accumulator]
@@ -177,9 +205,4 @@ def branch_weights(info: ExpertInfo, unit: int) -> list[ir.Value]:
         if all(id(use.node) in branch or id(use.node) in ends for out in node.outputs for use in out.uses()):
             branch[id(node)] = node
             frontier.extend(node.inputs)
-    order = {id(node): i for i, node in enumerate(next(iter(branch.values())).graph)} if branch else {}
-    nodes = sorted(branch.values(), key=lambda n: order[id(n)])
-    weights = {id(v): v for node in nodes for v in node.inputs if v is not None and v.const_value is not None
-               and v.const_value.dtype.is_floating_point() and len(v.const_value.shape) >= 1
-               and all(id(use.node) in branch for use in v.uses())}
-    return list(weights.values())
+    return branch

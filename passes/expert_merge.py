@@ -23,11 +23,12 @@ def merge_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibratio
         if group.experts is None:
             continue
         weights = _cluster_weights(group, removed, calibration)
+        branches = branch_weights(group.experts)
         for member in group.param_members():
             updates[member.value] = _merged(updates.get(member.value, member.value.const_value.numpy()),
                                             member.axis, member.unit_of, weights)
         for survivor, shares in weights.items():
-            per_expert = {unit: branch_weights(group.experts, unit) for unit in shares}
+            per_expert = {unit: branches.get(unit, []) for unit in shares}
             for slot, value in enumerate(per_expert[survivor]):
                 arrays = [(per_expert[unit][slot], share) for unit, share in shares.items()
                           if len(per_expert[unit]) == len(per_expert[survivor])]

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from graphprune.ops.elementwise import couple_broadcast
 from graphprune.ops.registry import (
+    MS,
     CoupleContext,
     Dim,
     OpRule,
@@ -21,8 +22,6 @@ from graphprune.ops.registry import (
     present,
     register,
 )
-
-MS = "com.microsoft"
 
 
 def _freeze_unless(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, ok: bool, reason: str) -> bool:

@@ -1,10 +1,10 @@
 """Mixture-of-experts ops: TopK routing, the expert-index tensors it produces, and the fused MoE op.
 
 A TopK (largest) over the axis of router logits, their softmax or their sigmoid (DeepSeek-style scores)
-makes that axis an expert axis: its
-units are experts, and removing one must equal forcing its logit to -inf. Along an expert axis the usual
-barriers lift where that equivalence holds: the router softmax, gate scatters, one-hot tables, sums over
-experts whose entries of unrouted experts are zero, and constant-index selection of one expert's branch.
+makes that axis an expert axis: its units are experts, and removing one must equal forcing its logit to
+-inf. Along an expert axis the usual barriers lift where that equivalence holds: the router softmax, gate
+scatters, one-hot tables, sums over experts whose entries of unrouted experts are zero, and constant-index
+selection of one expert's branch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import (
+    MS,
     CoupleContext,
     Dim,
     OpRule,
@@ -26,7 +27,6 @@ from graphprune.ops.registry import (
     register,
 )
 
-MS = "com.microsoft"
 _LINEAR = ("MatMul", "Gemm")
 
 
@@ -37,10 +37,11 @@ def is_router_softmax(ctx: CoupleContext, node: ir.Node, axis: int) -> bool:
         return False
     if normalize_axis(attr_int(node, "axis", -1), len(shape)) != axis:
         return False
-    return any(_routes(ctx, use.node, use.idx, axis, len(shape)) for use in node.outputs[0].uses())
+    return any(_routes(use.node, use.idx, axis, len(shape)) for use in node.outputs[0].uses())
 
 
-def _routes(ctx: CoupleContext, node: ir.Node, input_index: int, axis: int, rank: int) -> bool:
+def _routes(node: ir.Node, input_index: int, axis: int, rank: int) -> bool:
+    """`node` is a TopK taking the largest entries along `axis` of its input `input_index`."""
     return (node.op_type == "TopK" and input_index == 0 and attr_int(node, "largest", 1) == 1
             and normalize_axis(attr_int(node, "axis", -1), rank) == axis)
 
@@ -53,16 +54,24 @@ def _is_logits(value: ir.Value) -> bool:
     return node is not None and node.op_type in _LINEAR
 
 
+def _is_router_scores(ctx: CoupleContext, value: ir.Value, axis: int) -> bool:
+    """Router logits, their softmax along `axis`, or their sigmoid: what a routing TopK may select from."""
+    node = value.producer()
+    if node is not None and node.op_type == "Sigmoid":
+        return _is_logits(node.inputs[0])
+    return _is_logits(value) or (node is not None and is_router_softmax(ctx, node, axis))
+
+
 def masked_zero(ctx: CoupleContext, value: ir.Value, axis: int, depth: int = 0) -> bool:
     """Whether entries of `value` along expert axis `axis` are zero for experts whose logits are -inf."""
     node = value.producer()
     if node is None or depth > 32 or not ctx.expert(Dim(value, axis)):
         return False
     op, rank = node.op_type, len(ctx.shape(value) or [])
-    if op in ("Softmax", "Equal", "OneHot"):
-        return op != "Softmax" or is_router_softmax(ctx, node, axis)
-    if op == "Sigmoid":  # sigmoid(-inf) = 0: router scores
-        return _is_logits(node.inputs[0])
+    if op in ("Softmax", "Sigmoid"):  # softmax or sigmoid of -inf logits: 0
+        return _is_router_scores(ctx, value, axis)
+    if op in ("Equal", "OneHot"):  # one-hot over expert indices: never hot for an unrouted expert
+        return True
     if op in ("Expand", "ConstantOfShape"):
         fill = ctx.const(node.inputs[0]) if op == "Expand" else _fill_value(node)
         return fill is not None and not np.any(fill)
@@ -109,10 +118,8 @@ class TopK(OpRule):
                 ctx.link(Dim(x, axis), Dim(out, axis))
             return
         k = int_list(ctx, node, "k", 1)
-        producer = x.producer()
-        routed = _is_logits(x) or (producer is not None and (is_router_softmax(ctx, producer, axis) or (
-            producer.op_type == "Sigmoid" and _is_logits(producer.inputs[0]))))
-        if port.output or not _routes(ctx, node, 0, axis, len(shape)) or not routed or k is None:
+        routed = _routes(node, 0, axis, len(shape)) and _is_router_scores(ctx, x, axis)
+        if port.output or not routed or k is None:
             ctx.freeze(dim, "TopK selects along this axis (not a router over logits with a constant k)")
             return
         ctx.router(dim, int(k[0]))
@@ -134,13 +141,11 @@ class ScatterElements(OpRule):
             ctx.freeze(dim, "ScatterElements with an unknown rank")
             return
         if axis == normalize_axis(attr_int(node, "axis", 0), len(shape)):
-            if port.output or port.index == 0:
-                if not ctx.expert(dim) and ctx.defer(node, port, axis):
-                    return
-                if ctx.expert(dim):
-                    ctx.link(Dim(data, axis), Dim(y, axis))
-                    return
-            ctx.freeze(dim, "ScatterElements scatters along this axis")
+            on_data = port.output or port.index == 0
+            if on_data and ctx.expert(dim):
+                ctx.link(Dim(data, axis), Dim(y, axis))
+            elif not (on_data and ctx.defer(node, port, axis)):
+                ctx.freeze(dim, "ScatterElements scatters along this axis")
             return
         ctx.link(Dim(data, axis), Dim(y, axis))
         for operand in (indices, updates):
@@ -193,7 +198,8 @@ class FusedMoE(OpRule):
     fc1/fc3 [E, f, d], fc2 [E, d, f] with biases [E, ·]. Experts and (unfused SwiGLU or plain) FFN neurons
     are coupled across the stacked tensors; the hidden axis passes from input to output."""
 
-    # input index → (expert axis, neuron axis, hidden axis), None where the tensor lacks one
+    EXPERT, NEURON, HIDDEN = range(3)
+    # input index → its (expert, neuron, hidden) axes, None where the tensor lacks one
     AXES = {1: (1, None, None), 2: (0, 1, 2), 3: (0, 1, None), 4: (0, 2, 1), 5: (0, None, 1), 6: (0, 1, 2),
             7: (0, 1, None)}
 
@@ -203,19 +209,16 @@ class FusedMoE(OpRule):
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         dim = Dim(port.value(node), axis)
         rank = len(ctx.shape(node.inputs[0]) or [])
-        role = "hidden" if (port.index == 0 and axis == rank - 1) else None
-        if not port.output and port.index in self.AXES:
-            role = ("expert", "neuron", "hidden")[self.AXES[port.index].index(axis)] \
-                if axis in self.AXES[port.index] else None
-        if role is None or (role == "neuron" and attr_int(node, "swiglu_fusion", 0) != 0):
+        axes = self.AXES.get(port.index, ()) if not port.output else ()
+        slot = axes.index(axis) if axis in axes else self.HIDDEN if port.index == 0 and axis == rank - 1 else None
+        if slot is None or (slot == self.NEURON and attr_int(node, "swiglu_fusion", 0) != 0):
             ctx.freeze(dim, "MoE: an axis it does not keep, or fused SwiGLU weights")
             return
-        slot = ("expert", "neuron", "hidden").index(role)
         peers = [Dim(node.inputs[i], axes[slot]) for i, axes in self.AXES.items()
                  if axes[slot] is not None and i < len(node.inputs) and node.inputs[i] is not None]
-        if role == "hidden":
+        if slot == self.HIDDEN:
             peers += [Dim(node.inputs[0], rank - 1), Dim(node.outputs[0], rank - 1)]
         for peer in peers:
             ctx.link(dim, peer)
-        if role == "expert":
+        if slot == self.EXPERT:
             ctx.router(Dim(node.inputs[1], 1), attr_int(node, "k", 1))

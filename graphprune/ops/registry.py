@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 import onnx_ir as ir
 
+MS = "com.microsoft"  # ONNX Runtime's contrib op domain
+
 
 class Port(NamedTuple):
     """One input or output slot of a node."""

@@ -103,8 +103,9 @@ def expert_weights(group: Group) -> np.ndarray:
     stacked = [m for m in group.param_members() if id(m.value) not in router and m.value.const_value.size > group.size]
     if stacked:
         return np.concatenate([_per_unit(m.value, m.axis, m.unit_of, group.size) for m in stacked], axis=1)
-    per_expert = [np.concatenate([w.const_value.numpy().ravel() for w in branch_weights(group.experts, unit)]
-                                 or [np.zeros(1)]) for unit in range(group.size)]
+    branches = branch_weights(group.experts)
+    per_expert = [np.concatenate([w.const_value.numpy().ravel() for w in branches.get(unit, [])] or [np.zeros(1)])
+                  for unit in range(group.size)]
     width = max(len(w) for w in per_expert)
     return np.stack([np.pad(w, (0, width - len(w))) for w in per_expert])
 
