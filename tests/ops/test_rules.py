@@ -212,3 +212,15 @@ def test_scatter_elements_couples_data_updates_and_indices_on_other_axes():
                         axis=0)
     model = narrow.build({"x": [6, 8]}, [narrow.op("MatMul", [partial, narrow.weight(12, 5)])], opset=18)
     assert any("updates cover part of this axis" in r for r in frozen_reasons(model))
+
+
+def test_flattening_tokens_keeps_channels_prunable():
+    """[batch, seq, 12] → Reshape [-1, 12]: ORT's inference names the merged axis batch*seq; the channel axis
+    maps 1:1 and its Reshape target entry is rewritten."""
+    b = GraphBuilder()
+    h = b.op("Relu", [b.op("MatMul", ["x", b.weight(8, 12)])])
+    flat = b.op("Reshape", [h, b.const(np.array([-1, 12]))])
+    model = b.build({"x": ["batch", "seq", 8]}, [b.op("MatMul", [flat, b.weight(12, 5)])])
+    groups = analyze(load(model)).prunable()
+    assert [g.size for g in groups] == [12], [g.summary() for g in analyze(load(model)).groups]
+    assert_group_equivalent(model, groups[0], dims={"batch": 2, "seq": 3})
