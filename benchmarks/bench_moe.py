@@ -55,7 +55,7 @@ def bench_form(form: str, folder: Path, args: argparse.Namespace) -> list[list]:
     for ratio in args.ratios:
         for criterion, merge in CRITERIA:
             analysis = analyze(load_model(dense_path))
-            stats = calibrate(analysis, calib, progress=False)
+            stats = calibrate(analysis, calib)
             try:
                 plan = make_plan(analysis, "l2", calibration=stats, expert_criterion=criterion,
                                  allocation=Allocation(ratio=0.0, expert_ratio=ratio))
@@ -119,7 +119,7 @@ def bench_trained(folder: Path, args: argparse.Namespace) -> list[list]:
     for ratio in args.ratios:
         for criterion, merge in CRITERIA:
             analysis = analyze(load_model(path))
-            stats = calibrate(analysis, [{"x": calib}], progress=False)
+            stats = calibrate(analysis, [{"x": calib}])
             plan = make_plan(analysis, "l2", calibration=stats, expert_criterion=criterion,
                              allocation=Allocation(ratio=0.0, expert_ratio=ratio))
             if merge:

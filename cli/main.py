@@ -1,39 +1,45 @@
-"""The `graphprune` command: analyze, prune, bench, demo. A thin front end over the library."""
+"""The `graphprune` command: analyze, prune, apply, bench, demo. A thin front end over the library: options
+are checked before any work, errors are one line (a traceback with --debug), progress goes to stderr."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 
-from graphprune import runtime
-from graphprune.analysis import GQA_UNITS, analyze
-from graphprune.cli.table import human, ratio, render
+import graphprune
+from graphprune import progress, runtime
+from graphprune.analysis import GQA_UNITS, Analysis, analyze
+from graphprune.cli import options
+from graphprune.cli.report import report
+from graphprune.cli.table import human, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
 from graphprune.passes.calibration import ImageSpec
-from graphprune.passes.importance import criteria
-from graphprune.passes.pipeline import (
-    EXPERT_CRITERION,
-    Allocation,
-    CalibrationSpec,
-    PruneResult,
-    apply_file,
-    prune_file,
-)
+from graphprune.passes.importance import criteria_for, needs_data
+from graphprune.passes.pipeline import EXPERT_CRITERION, Allocation, CalibrationSpec, Output, apply_file, prune_file
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    analysis = analyze(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units)
+    model = load_model(args.model)
+    with progress.step("analyzing"):
+        analysis = analyze(model, allow_approximate=args.prune_hidden, gqa_units=args.gqa_units)
     if args.json:
         print(json.dumps([g.summary() for g in analysis.groups], indent=1))
         return 0
+    print_groups(analysis)
+    return 0
+
+
+def print_groups(analysis: Analysis) -> None:
     rows = [
-        [g.id, g.kind, g.size, human(g.params), "frozen" if g.frozen else "prunable", g.label,
+        [g.id, g.kind, g.size, human(g.params), "frozen" if g.frozen else "prunable", g.layer, g.label,
          g.frozen_reasons[0] if g.frozen else g.detail()]
         for g in analysis.groups
     ]
-    print(render(["id", "kind", "size", "params", "status", "anchor", "reason / detail"], rows))
+    print(render(["id", "kind", "size", "params", "status", "layer", "anchor", "reason / detail"], rows))
     print(f"\n{len(analysis.groups)} groups, {len(analysis.prunable())} prunable")
     layers = [g for g in analysis.groups if g.experts is not None]
     if layers:
@@ -41,23 +47,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for g in layers:
             status = f"frozen: {g.frozen_reasons[0]}" if g.frozen else "experts prunable with --expert-ratio"
             print(f"  group {g.id}: {g.size} experts, top-{g.experts.top_k}, router {g.label}; {status}")
-    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
-    spec = calibration_spec(args)
     target = None
-    if args.target_params or args.target_flops:
-        target = ("params", args.target_params) if args.target_params else ("flops", args.target_flops)
+    if args.target_params is not None or args.target_flops is not None:
+        target = ("params", args.target_params) if args.target_params is not None else ("flops", args.target_flops)
     allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio)
-    result = prune_file(args.model, args.output, args.criterion, args.ratio, args.round_to, args.seed,
-                        kind_ratios, args.prune_hidden, spec, args.compensate, allocation,
+    result = prune_file(args.model, output_of(args), args.criterion, args.ratio, args.round_to, args.seed,
+                        kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
                         {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
                         args.expert_merge)
-    if args.save_plan:
-        result.plan.save(args.save_plan, result.groups)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
@@ -65,30 +67,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
-    """The before/after table and what was verified."""
-    b, a = result.before, result.after
-    print(render(["", "before", "after", "ratio"], [
-        ["params", human(b.params), human(a.params), ratio(a.params, b.params)],
-        ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
-        ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
-    ]))
-    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); wrote {args.output}")
-    print(f"verified: {', '.join(result.verification.passed) or 'nothing'}")
-    for note in result.verification.skipped:
-        print(f"not verified: {note}")
+def output_of(args: argparse.Namespace) -> Output:
+    """Where the run writes and which inputs verification runs the models on."""
+    feeds = runtime.load_feeds(args.feeds) if args.feeds else None
+    return Output(args.output, args.save_plan, args.dry_run, feeds, dict(args.dim) or None)
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
     image = ImageSpec(tuple(args.image_size), tuple(args.image_mean), tuple(args.image_std), args.image_layout,
                       args.grayscale)
-    return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, progress=True, image=image,
-                           match_bn=args.match_bn)
+    return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, image=image,
+                           match_bn=args.match_bn, tokenizer=args.tokenizer)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    spec = calibration_spec(args)
-    result = apply_file(args.model, args.plan, args.output, spec, args.compensate)
+    result = apply_file(args.model, args.plan, output_of(args), calibration_spec(args), args.compensate)
     report(result, args, f"plan {args.plan}")
     return 0
 
@@ -96,8 +89,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     rows, times = [], []
     for path in args.models:
+        if not os.path.isfile(path):
+            raise GraphpruneError(f"{path}: no such file")
         sess = runtime.session(path, threads=args.threads)
-        ms = runtime.latency_ms(sess, runtime.random_feeds(sess, batch=args.batch), args.warmup, args.runs)
+        feeds = runtime.random_feeds(sess, batch=args.batch, dims=dict(args.dim) or None)
+        ms = runtime.latency_ms(sess, feeds, args.warmup, args.runs)
         times.append(ms)
         rows.append([path, f"{ms:.3f}"])
     print(render(["model", f"median ms (batch {args.batch})"], rows))
@@ -116,112 +112,183 @@ def cmd_demo(args: argparse.Namespace) -> int:
 KINDS = ("channel", "head", "neuron", "hidden")
 
 
+def add_common_arguments(p: argparse.ArgumentParser, default=None) -> None:
+    """-q/-v/--debug, accepted before or after the subcommand (`default` SUPPRESS on subcommands, so a flag
+    given before the subcommand is not reset after it)."""
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress on stderr (progress is shown only on a terminal anyway)")
+    p.add_argument("-v", "--verbose", action="count", default=default,
+                   help="log what each step does (stdlib logging on stderr; -vv for debug detail)")
+    p.add_argument("--debug", action="store_true", default=default, help="on an error, show the full traceback")
+
+
 def add_gqa_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gqa-units", choices=GQA_UNITS, default="kv-group",
-                   help="grouped-query attention: remove whole KV groups, or the same query slot of every group")
+                   help="grouped-query attention: remove whole KV groups (a KV head with its query heads), or "
+                        "the same query slot of every group (default kv-group)")
+
+
+def add_verification_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--feeds", metavar="FILE.npz",
+                   help="inputs (arrays keyed by input name) on which the result is checked against the original "
+                        "(default: seeded random inputs)")
+    p.add_argument("--dim", type=options.dim, action="append", default=[], metavar="NAME=VALUE",
+                   help="size of a symbolic input axis for random inputs, e.g. --dim seq=128 (repeatable; "
+                        "default: batch 1, other symbolic axes 1)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.add_argument("--save-plan", metavar="FILE.json", help="also write the pruning plan as JSON (written last)")
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", help="calibration inputs: .npz keyed by input name, .npy (one input), .txt of "
-                                   "token ids (one sequence per line), or a folder of images")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224))
-    p.add_argument("--image-mean", type=float, nargs="+", default=[0.0, 0.0, 0.0])
-    p.add_argument("--image-std", type=float, nargs="+", default=[1.0, 1.0, 1.0])
-    p.add_argument("--image-layout", choices=["NCHW", "NHWC"], default="NCHW")
+    p.add_argument("--calib", metavar="PATH",
+                   help="calibration inputs: .npz keyed by input name, .npy (one input), .txt (one sequence per "
+                        "line: token ids, or raw text with --tokenizer), or a folder of images")
+    p.add_argument("--tokenizer", metavar="tokenizer.json",
+                   help="encode a .txt of raw text with this Hugging Face tokenizer (needs the tokenizers library)")
+    p.add_argument("--image-size", type=options.positive_int, nargs=2, metavar=("H", "W"), default=(224, 224),
+                   help="resize calibration images to H x W (default 224 224)")
+    p.add_argument("--image-mean", type=float, nargs="+", default=[0.0, 0.0, 0.0],
+                   help="per-channel mean subtracted after scaling pixels to [0, 1] (1 or 3 values; default 0)")
+    p.add_argument("--image-std", type=options.nonzero, nargs="+", default=[1.0, 1.0, 1.0],
+                   help="per-channel std dividing after the mean (1 or 3 values; default 1)")
+    p.add_argument("--image-layout", choices=["NCHW", "NHWC"], default="NCHW",
+                   help="layout of the image input (default NCHW)")
     p.add_argument("--grayscale", action="store_true", help="images as one channel")
-    p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs")
+    p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs (no data)")
     p.add_argument("--match-bn", action="store_true",
                    help="data-free inputs with the per-channel moments the first Conv→BatchNormalization expects")
-    p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default 16)")
+    p.add_argument("--samples", type=options.positive_int, default=128,
+                   help="calibration samples to use at most (default 128)")
+    p.add_argument("--batch-size", type=options.positive_int, default=16, help="calibration batch size (default 16)")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
                    help="compensate removed channels: consumer biases (flap) or OBS weight updates (obs); "
-                        "default on for flap and obs (apply: as the plan was made)")
+                        "default on for flap and obs (apply: as the plan was made); needs calibration data")
+
+
+def _criteria_help(experts: bool) -> str:
+    names = criteria_for(experts)
+    data = [n for n in names if needs_data(n)]
+    return f"{', '.join(names)}; {', '.join(data)} need --calib or --data-free" if data else ", ".join(names)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (the full usage stays in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphprune", description="Structured pruning of ONNX models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="graphprune", description="Structured pruning of ONNX models: analyze "
+                                     "coupled channels, heads, neurons and experts, remove the least important, "
+                                     "verify in ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"graphprune {graphprune.__version__}")
+    add_common_arguments(parser, default=False)
+    parser.set_defaults(verbose=0)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="list channel groups and why any are frozen")
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    def command(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_common_arguments(p, default=argparse.SUPPRESS)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("analyze", "list channel groups, what they are, and why any are frozen", cmd_analyze)
+    p.add_argument("model", help="ONNX model file (external data beside it is found automatically)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (one entry per group)")
     p.add_argument("--prune-hidden", action="store_true", help="treat approximate (hidden) groups as prunable")
     add_gqa_argument(p)
-    p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("prune", help="remove channels and write a smaller model")
-    p.add_argument("model")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of each group to remove (default 0.5)")
+    p = command("prune", "remove the least important units and write a smaller, verified model", cmd_prune)
+    p.add_argument("model", help="ONNX model file; it and its external data are never modified")
+    p.add_argument("-o", "--output", help="where to write the pruned model (its external data goes beside it as "
+                                          "OUTPUT.data when needed); missing folders are created")
+    p.add_argument("--dry-run", action="store_true",
+                   help="analyze, score and allocate, print what would be removed and the projected costs; "
+                        "write no model (only --save-plan, if given)")
+    p.add_argument("--ratio", type=options.fraction, default=0.5,
+                   help="fraction of each group's units to remove, in [0, 1) (default 0.5)")
     for kind in KINDS:
-        p.add_argument(f"--{kind}-ratio", type=float, default=None, help=f"ratio for {kind} groups (default --ratio)")
+        p.add_argument(f"--{kind}-ratio", type=options.fraction, default=None,
+                       help=f"fraction of each {kind} group to remove (default: --ratio)")
     p.add_argument("--prune-hidden", action="store_true",
                    help="also prune the hidden dimension (approximate: normalisation statistics change)")
     add_gqa_argument(p)
-    p.add_argument("--expert-ratio", type=float, default=0.0,
+    p.add_argument("--expert-ratio", type=options.fraction, default=0.0,
                    help="fraction of each MoE layer's experts to remove (default 0: keep all experts)")
-    p.add_argument("--expert-criterion", choices=criteria(), default=EXPERT_CRITERION,
-                   help=f"how experts are ranked (default {EXPERT_CRITERION}, weights only; router-frequency and "
-                        "expert-output need --calib or --data-free)")
+    p.add_argument("--expert-criterion", choices=criteria_for(True), default=EXPERT_CRITERION,
+                   help=f"how experts are ranked (default {EXPERT_CRITERION}): {_criteria_help(True)}")
     p.add_argument("--expert-merge", action="store_true",
                    help="fold removed experts into their nearest surviving expert (router rows and weights "
                         "averaged by gate weight; approximate) instead of dropping them")
-    p.add_argument("--criterion", choices=criteria(), default="l2")
-    p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of N")
+    p.add_argument("--criterion", choices=criteria_for(False), default="l2",
+                   help=f"how channels, heads and neurons are ranked (default l2): {_criteria_help(False)}")
+    p.add_argument("--round-to", type=options.positive_int, default=1,
+                   help="keep widths that are multiples of N: the kept width is rounded down to a multiple of "
+                        "N, never below N; groups narrower than N are not rounded (default 1)")
     p.add_argument("--allocation", choices=["uniform", "global", "adaptive"], default="uniform",
-                   help="same ratio per group; one threshold over normalised scores; FLAP-style by parameter cost")
-    p.add_argument("--max-layer-ratio", type=float, default=0.99, help="never remove more of one group")
+                   help="uniform: the same ratio per group; global: one threshold over normalised scores; "
+                        "adaptive: FLAP-style by parameter cost (default uniform)")
+    p.add_argument("--max-layer-ratio", type=options.kept_fraction, default=0.99,
+                   help="never remove more than this fraction of one group, in (0, 1] (default 0.99)")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-params", type=float, help="keep this fraction of the parameters (exact)")
-    target.add_argument("--target-flops", type=float, help="keep this fraction of the FLOPs/MACs (exact)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", help="criterion policy: saved PruneNet policy to use, or where to save one trained now")
+    target.add_argument("--target-params", type=options.kept_fraction, metavar="FRACTION",
+                        help="keep this fraction of the parameters, in (0, 1] (exact, overrides --ratio)")
+    target.add_argument("--target-flops", type=options.kept_fraction, metavar="FRACTION",
+                        help="keep this fraction of the FLOPs/MACs, in (0, 1] (exact, overrides --ratio)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random criteria and synthetic data (default 0)")
+    p.add_argument("--policy", metavar="FILE", help="criterion policy: a saved PruneNet policy to use, or where to "
+                                                    "save the one trained now (needs torch)")
     add_calibration_arguments(p)
-    p.add_argument("--save-plan", help="also write the pruning plan as JSON")
-    p.set_defaults(func=cmd_prune)
+    add_verification_arguments(p)
 
-    p = sub.add_parser("apply", help="apply a saved pruning plan")
-    p.add_argument("model")
-    p.add_argument("plan")
-    p.add_argument("-o", "--output", required=True)
+    p = command("apply", "apply a saved pruning plan (made for this very model) and write the result", cmd_apply)
+    p.add_argument("model", help="ONNX model file the plan was made for")
+    p.add_argument("plan", help="plan JSON written by prune --save-plan")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     add_calibration_arguments(p)
-    p.set_defaults(func=cmd_apply)
+    add_verification_arguments(p)
+    p.set_defaults(dry_run=False)
 
-    p = sub.add_parser("bench", help="ONNX Runtime latency of one model, or the ratio of two")
-    p.add_argument("models", nargs="+")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=cmd_bench)
+    p = command("bench", "ONNX Runtime median latency of one model, or the ratio of two", cmd_bench)
+    p.add_argument("models", nargs="+", metavar="model", help="one or two ONNX model files")
+    p.add_argument("--batch", type=options.positive_int, default=1, help="leading (batch) axis size (default 1)")
+    p.add_argument("--dim", type=options.dim, action="append", default=[], metavar="NAME=VALUE",
+                   help="size of a symbolic input axis, e.g. --dim seq=128 (repeatable; default 1)")
+    p.add_argument("--runs", type=options.positive_int, default=50, help="timed runs (default 50)")
+    p.add_argument("--warmup", type=options.non_negative_int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=options.positive_int, default=None,
+                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
 
-    p = sub.add_parser("demo", help="prune the embedded digits CNN; show accuracy and latency before/after")
-    p.add_argument("--ratio", type=float, default=0.25)
-    p.add_argument("--criterion", choices=criteria(), default="obs")
-    p.add_argument("--round-to", type=int, default=8)
+    p = command("demo", "prune the embedded digits CNN; show accuracy and latency before/after", cmd_demo)
+    p.add_argument("--ratio", type=options.fraction, default=0.25, help="fraction to remove (default 0.25)")
+    p.add_argument("--criterion", choices=criteria_for(False), default="obs", help="criterion (default obs)")
+    p.add_argument("--round-to", type=options.positive_int, default=8, help="width multiple (default 8)")
     p.add_argument("-o", "--output", default=None, help="where to keep the pruned model")
-    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "models", None) and len(args.models) > 2:
-        print("graphprune: error: bench takes one or two models", file=sys.stderr)
-        return 2
-    for name in ("ratio", "expert_ratio", *(f"{kind}_ratio" for kind in KINDS)):
-        value = getattr(args, name, None)
-        if value is not None and not 0.0 <= value < 1.0:
-            print(f"graphprune: error: --{name.replace('_', '-')} must be in [0, 1), got {value}", file=sys.stderr)
-            return 2
     try:
-        return args.func(args)
-    except GraphpruneError as exc:
-        print(f"graphprune: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        print(f"graphprune: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # usage errors, --help, --version: argparse has printed what to say
+        return done.code if isinstance(done.code, int) else 0
+    logging.basicConfig(format="graphprune: %(levelname)s: %(message)s",
+                        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)])
+    try:
+        options.check(args)
+        with progress.reporting(sys.stderr.isatty() and not args.quiet):
+            return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`graphprune analyze --json | head`): stop quietly, like a Unix tool.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except (GraphpruneError, Exception) as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
+        if args.debug:
+            raise
+        message = str(exc) if isinstance(exc, GraphpruneError) else f"{type(exc).__name__}: {exc}"
+        print(f"graphprune: error: {message}", file=sys.stderr)
         return 1
 
 

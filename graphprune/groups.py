@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +61,18 @@ class Group:
         return f"{anchor.tensor}[{anchor.axis}]"
 
     @property
+    def layer(self) -> str:
+        """Where the group lives, for people: the scope of the node computing with its first weight (the
+        producer's where there is one) — torch's module path or the exporter's node name — else its label."""
+        params = self.param_members()
+        for member in sorted(params, key=lambda m: m.consumer) or self.members:
+            uses = member.value.uses()
+            node = member.node or (uses[0].node if uses else member.value.producer())
+            if node is not None:
+                return layer_name(node)
+        return self.label
+
+    @property
     def params(self) -> int:
         return int(self.params_per_unit.sum())
 
@@ -95,9 +108,27 @@ class Group:
             "size": self.size,
             "params": self.params,
             "label": self.label,
+            "layer": self.layer,
             "detail": self.detail(),
             "frozen": self.frozen,
             "reasons": self.frozen_reasons,
             "approximate": self.approximate,
             "members": [f"{m.tensor}[{m.axis}]" for m in self.members],
         } | ({"top_k": self.experts.top_k, "expert_branches": len(self.experts.joins)} if self.experts else {})
+
+
+def layer_name(node: ir.Node) -> str:
+    """A node's module scope: the torch dynamo exporter's recorded name scopes, else the node name without
+    its last segment ("/layer1/0/conv2/Conv" → "/layer1/0/conv2"), else the node name or its op type."""
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = [name for name in ast.literal_eval(scopes) if name]
+        except (ValueError, SyntaxError):
+            names = []
+        if len(names) > 1:
+            return names[-2]
+    name = node.name or ""
+    if "/" in name.strip("/"):
+        return name.rsplit("/", 1)[0]
+    return name or node.op_type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -11,32 +12,69 @@ from typing import Iterator
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import LiftConstantsToInitializersPass, ShapeInferencePass
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-from graphprune import ops
+from graphprune import ops, progress
 from graphprune.canonicalize import canonicalize
-from graphprune.errors import ModelLoadError
+from graphprune.errors import GraphpruneError, ModelLoadError
 
 PROTOBUF_LIMIT = 2**31 - 1
+SOURCE_FILES = "graphprune.source_files"  # model.meta: every file the loaded model reads
+DECLARED = "graphprune.declared"  # model.meta: names of intermediate values whose type the file declared
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Read an ONNX file (external data kept lazy), lift Constant nodes to initializers, infer shapes."""
+    """Read an ONNX file (external data kept lazy), lift Constant nodes to initializers, infer shapes.
+    Models whose value names are not unique are refused: runtimes disagree on which copy they use."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
-    try:
-        model = ir.load(path)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage input
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    if len(model.graph) == 0 and not model.graph.outputs:
-        raise ModelLoadError(f"{path}: the file parsed but holds no ONNX graph")
-    return prepare(model)
+    with progress.step(f"loading {path.name}"):
+        try:
+            proto = onnx.load(path, load_external_data=False)
+            model = ir.serde.deserialize_model(proto)
+        except Exception as exc:  # protobuf raises several unrelated types on garbage input
+            raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        if len(model.graph) == 0 and not model.graph.outputs:
+            raise ModelLoadError(f"{path}: the file parsed but holds no ONNX graph")
+        _refuse_duplicate_names(proto.graph, path)
+        ir.external_data.set_base_dir(model.graph, path.parent)
+        model.meta[SOURCE_FILES] = [path, *_external_files(proto.graph, path.parent)]
+    with progress.step("inferring shapes"):
+        return prepare(model)
+
+
+def _refuse_duplicate_names(graph: onnx.GraphProto, path: Path) -> None:
+    """Raise when a value name is defined twice (two initializers, or an initializer and a node output):
+    ONNX forbids it, and which copy a runtime then uses differs between runtimes and versions."""
+    definitions = [t.name for t in graph.initializer] + [o for n in graph.node for o in n.output if o]
+    seen: set[str] = set()
+    duplicates = sorted({name for name in definitions if name in seen or seen.add(name)})
+    if duplicates:
+        shown = ", ".join(repr(d) for d in duplicates[:5]) + (" …" if len(duplicates) > 5 else "")
+        raise ModelLoadError(f"{path}: value names defined more than once ({shown}); ONNX requires unique names "
+                             "and runtimes disagree on which copy they use: de-duplicate the model first")
+
+
+def _external_files(graph: onnx.GraphProto, base: Path) -> list[Path]:
+    """The external data files the graph's initializers and Constant nodes point to."""
+    tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                                         if a.type == onnx.AttributeProto.TENSOR]
+    files = {entry.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
+             for entry in t.external_data if entry.key == "location"}
+    return [base / name for name in sorted(files)]
+
+
+def source_files(model: ir.Model) -> list[Path]:
+    """Every file a loaded model reads (the model and its external data); empty for in-memory models."""
+    return list(model.meta.get(SOURCE_FILES, []))
 
 
 def prepare(model: ir.Model) -> ir.Model:
     """Normalise a model for analysis: weights as initializers, shapes inferred where possible."""
+    model.meta[DECLARED] = {v.name for node in model.graph for v in node.outputs if v.type is not None}
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     infer_shapes(model)
     if fill_unknown_shapes(model):
@@ -64,10 +102,7 @@ def infer_shapes(model: ir.Model) -> None:
     """Infer shapes in place: ONNX shape inference, then ONNX Runtime's symbolic inference, which follows
     Shape→Gather→Concat arithmetic (dynamic reshape targets) that ONNX's leaves unknown. Both are best
     effort: whatever stays unknown freezes the groups that need it."""
-    try:
-        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    except Exception:  # noqa: BLE001 - inference is best effort
-        pass
+    _onnx_shape_inference(model)
     if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
         return
     # When it gives up, ORT's inference dumps the model into the working directory: give it a scratch one.
@@ -77,6 +112,29 @@ def infer_shapes(model: ir.Model) -> None:
         except Exception:  # noqa: BLE001 - e.g. ops it does not know
             return
     _adopt_shapes(model, inferred)
+
+
+def _onnx_shape_inference(model: ir.Model) -> None:
+    """ONNX's shape inference, merged type-exactly: a sequence or optional value keeps its type (onnx-ir's
+    ShapeInferencePass would turn it into a tensor of the element type, which the checker then rejects)."""
+    infer = functools.partial(onnx.shape_inference.infer_shapes, check_type=False, strict_mode=False,
+                              data_prop=True)
+    try:
+        inferred = ir.serde.deserialize_model(call_onnx_api(infer, model))
+    except Exception:  # noqa: BLE001 - inference is best effort
+        return
+    for graph, inferred_graph in zip(model.graphs(), inferred.graphs(), strict=False):
+        found = ir.convenience.create_value_mapping(inferred_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            new = found.get(name)
+            if new is None or new.type is None:
+                continue
+            if not isinstance(new.type, ir.TensorType) or not isinstance(value.type, (ir.TensorType, type(None))):
+                value.type = value.type or new.type
+                continue
+            value.dtype = new.dtype
+            if new.shape is not None:
+                value.shape = new.shape
 
 
 def _initializer_bytes(model: ir.Model) -> int:
@@ -121,21 +179,54 @@ def uses_external_data(model: ir.Model) -> bool:
     return total > PROTOBUF_LIMIT // 2
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
-    """Write `model` to `path` atomically: files go to a temporary folder beside it, then are renamed."""
+def output_files(path: str | os.PathLike, external_data: bool) -> list[Path]:
+    """The files `save_model` writes for `path`: the model, and its external data file when it has one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return [path, path.with_name(path.name + ".data")] if external_data else [path]
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+    """Write `model` to `path` atomically: files go to a temporary folder beside it, then are renamed.
+    Only the type annotations the source file declared are written (see `written_form`)."""
+    path = Path(path)
     if external_data is None:
         external_data = uses_external_data(model)
-    data_name = path.name + ".data" if external_data else None
-    staging = Path(tempfile.mkdtemp(prefix=".graphprune-", dir=path.parent))
+    files = output_files(path, external_data)
     try:
-        ir.save(model, staging / path.name, external_data=data_name)
-        if data_name:
-            os.replace(staging / data_name, path.parent / data_name)
-        os.replace(staging / path.name, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".graphprune-", dir=path.parent))
+    except OSError as exc:
+        raise GraphpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with written_form(model):
+            ir.save(model, staging / path.name, external_data=files[1].name if external_data else None)
+        for file in files[1:] + files[:1]:  # the model last: it names the data file
+            os.replace(staging / file.name, file)
+    except OSError as exc:
+        raise GraphpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def written_form(model: ir.Model) -> Iterator[ir.Model]:
+    """While inside, intermediate values carry only the type annotations their source file declared. Shapes
+    graphprune inferred stay out of what is written: runtimes trust declared static shapes (ONNX Runtime
+    plans buffer reuse on them), and an inference guess must not become a declaration."""
+    declared = model.meta.get(DECLARED)
+    if declared is None:
+        yield model
+        return
+    outputs = {id(v) for v in model.graph.outputs}
+    hidden = [(v, v.type, v.shape) for node in model.graph for v in node.outputs
+              if v.type is not None and v.name not in declared and id(v) not in outputs]
+    for value, _, _ in hidden:
+        value.type, value.shape = None, None
+    try:
+        yield model
+    finally:
+        for value, type_, shape in hidden:
+            value.type, value.shape = type_, shape
 
 
 @contextlib.contextmanager
@@ -151,9 +242,15 @@ def as_file(model: ir.Model | str | os.PathLike) -> Iterator[Path]:
         yield path
 
 
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """The ModelProto `save_model` would write (declared annotations only), for in-memory checks."""
+    with written_form(model):
+        return ir.to_proto(model)
+
+
 def to_bytes(model: ir.Model) -> bytes:
     """Serialise a model that fits in one protobuf (tests, in-memory sessions)."""
-    return ir.to_proto(model).SerializeToString()
+    return to_proto(model).SerializeToString()
 
 
 def from_proto(proto: onnx.ModelProto) -> ir.Model:

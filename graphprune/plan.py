@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
 from graphprune.errors import PlanError
 from graphprune.groups import Group
+
+SAMPLE_BYTES = 1 << 16  # bytes of each weight that enter a fingerprint
+
+
+def fingerprint(model: ir.Model) -> str:
+    """A digest of what a plan depends on: every node (op, attributes, value names) and every initializer
+    (name, type, shape, and a strided sample of its bytes — bounded work on multi-GB models)."""
+    digest = hashlib.sha256()
+    for node in model.graph:
+        attrs = sorted((name, repr(attr.value)) for name, attr in node.attributes.items()
+                       if attr.type not in (ir.AttributeType.TENSOR, ir.AttributeType.GRAPH))
+        digest.update(repr((node.domain, node.op_type, [v.name if v else "" for v in node.inputs],
+                            [v.name for v in node.outputs], attrs)).encode())
+    for name, value in sorted(model.graph.initializers.items()):
+        tensor = value.const_value
+        digest.update(repr((name, str(tensor.dtype) if tensor else None, tensor.shape if tensor else None)).encode())
+        if tensor is not None:
+            flat = tensor.numpy().reshape(-1).view(np.uint8) if tensor.nbytes else np.zeros(0, np.uint8)
+            step = max(1, flat.size // SAMPLE_BYTES)
+            digest.update(np.ascontiguousarray(flat[::step][:SAMPLE_BYTES]).tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -45,7 +70,24 @@ class PruningPlan:
         return json.dumps({"meta": self.meta, "groups": entries}, indent=1)
 
     def save(self, path: str | Path, groups: list[Group]) -> None:
-        Path(path).write_text(self.to_json(groups))
+        """Write the plan atomically (a temporary file beside it, then renamed); missing folders are created."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(prefix=".graphprune-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(self.to_json(groups))
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+
+    def check_model(self, path: str | Path, model_fingerprint: str, model_path: str | Path) -> None:
+        """Refuse a plan made for another model (its recorded fingerprint differs)."""
+        made_for = self.meta.get("model") or {}
+        if made_for.get("fingerprint") not in (None, model_fingerprint):
+            raise PlanError(f"{path} was made for model {made_for.get('file', '?')} (fingerprint "
+                            f"{made_for['fingerprint'][:12]}), not for {model_path} ({model_fingerprint[:12]})")
 
     @staticmethod
     def read_meta(path: str | Path) -> dict:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from graphprune.errors import GraphpruneError
 from graphprune.io import as_file, to_bytes, uses_external_data
 
 _NUMPY_TYPES = {
@@ -52,6 +53,53 @@ def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
+
+
+InputSpec = tuple[list, np.dtype]  # dims (int, or a name/None where symbolic), dtype
+
+
+def input_specs(model: ir.Model) -> dict[str, InputSpec]:
+    """Name → (dims, numpy dtype) of the model's graph inputs (initializers excluded)."""
+    specs = {}
+    for value in model.graph.inputs:
+        if value.is_initializer():
+            continue
+        dims = list(value.shape.dims) if value.shape is not None else None
+        specs[value.name] = (dims, value.dtype.numpy() if value.dtype is not None else None)
+    return specs
+
+
+def conform_feeds(feeds: dict[str, np.ndarray], specs: dict[str, InputSpec], origin: str) -> dict[str, np.ndarray]:
+    """Check user-supplied arrays against the model's inputs — every input present, ranks and static sizes
+    equal, numbers of a compatible kind — and cast them to the input dtypes. Raises GraphpruneError naming
+    `origin` (a file) and the offending input."""
+    missing = [name for name in specs if name not in feeds]
+    if missing:
+        raise GraphpruneError(f"{origin}: no arrays for model inputs {missing} (has {sorted(feeds)})")
+    conformed = {}
+    for name, (dims, dtype) in specs.items():
+        array = np.asarray(feeds[name])
+        shown = "[" + ", ".join(str(d) for d in dims) + "]" if dims is not None else "?"
+        if array.dtype.kind not in "biuf":
+            raise GraphpruneError(f"{origin}: input {name!r} got {array.dtype} values, not numbers")
+        if dims is not None and (array.ndim != len(dims) or any(
+                isinstance(d, int) and d != n for d, n in zip(dims, array.shape, strict=True))):
+            raise GraphpruneError(f"{origin}: input {name!r} takes arrays shaped {shown}, got {list(array.shape)}")
+        if dtype is not None and array.dtype != dtype:
+            if np.dtype(dtype).kind in "iub" and array.dtype.kind == "f":
+                raise GraphpruneError(f"{origin}: input {name!r} takes {np.dtype(dtype)}, got {array.dtype}")
+            array = array.astype(dtype)
+        conformed[name] = array
+    return conformed
+
+
+def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays keyed by input name from a .npz file."""
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, ValueError, zipfile and pickle errors
+        raise GraphpruneError(f"{path}: not a readable .npz file of arrays keyed by input name") from exc
 
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from graphprune import runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
-from graphprune.io import as_file, uses_external_data
+from graphprune.io import as_file, to_proto, uses_external_data
 from graphprune.plan import PruningPlan
 
 
@@ -23,24 +23,30 @@ class VerificationError(GraphpruneError):
 
 @dataclass
 class Verification:
-    """Which checks a pruned model passed, and which could not apply because the original fails them too."""
+    """Which checks a pruned model passed, which could not apply because the original fails them too, and how
+    far its outputs drift from the original's on the same inputs (None where ORT cannot run both)."""
 
     passed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    drift: float | None = None
+    inputs: str = "random inputs"
 
 
 def check(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:
     """Run onnx.checker (with shape inference when full_check); raises onnx.checker.ValidationError."""
     if isinstance(model, ir.Model) and not uses_external_data(model):
-        onnx.checker.check_model(ir.to_proto(model), full_check=full_check)
+        onnx.checker.check_model(to_proto(model), full_check=full_check)
         return
     with as_file(model) as path:
         onnx.checker.check_model(str(path), full_check=full_check)
 
 
-def _first_failure(model: ir.Model | str | os.PathLike) -> dict[str, str | None]:
-    """Each check's failure message for `model` (None where it passes)."""
+def _first_failure(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray] | None = None,
+                   dims: dict[str, int] | None = None) -> tuple[dict[str, str | None], list[np.ndarray] | None]:
+    """Each check's failure message for `model` (None where it passes), and its outputs on `feeds` (default:
+    seeded random inputs, symbolic axes sized by `dims`) when ONNX Runtime runs it."""
     failures: dict[str, str | None] = {}
+    outputs = None
     for name, full in (("onnx.checker full_check", True), ("onnx.checker", False)):
         try:
             check(model, full_check=full)
@@ -49,18 +55,22 @@ def _first_failure(model: ir.Model | str | os.PathLike) -> dict[str, str | None]
             failures[name] = str(exc).strip().splitlines()[0]
     try:
         sess = runtime.session(model)
-        runtime.run(sess, runtime.random_feeds(sess))
+        outputs = runtime.run(sess, feeds if feeds is not None else runtime.random_feeds(sess, dims=dims))
         failures["onnxruntime run"] = None
     except Exception as exc:  # noqa: BLE001 - ORT raises several types
         failures["onnxruntime run"] = str(exc).strip().splitlines()[0]
-    return failures
+    return failures, outputs
 
 
-def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model) -> Verification:
-    """Hold `pruned` to every check `original` passes (checker, full_check, an ORT run on random inputs);
-    raise VerificationError on the first it fails."""
-    result = Verification()
-    reference, actual = _first_failure(original), _first_failure(pruned)
+def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model, feeds: dict[str, np.ndarray] | None = None,
+                dims: dict[str, int] | None = None) -> Verification:
+    """Hold `pruned` to every check `original` passes (checker, full_check, an ORT run on `feeds` or random
+    inputs); raise VerificationError on the first it fails. Records the output drift between the two."""
+    result = Verification(inputs="the given inputs" if feeds is not None else "random inputs")
+    reference, dense = _first_failure(original, feeds, dims)
+    actual, pruned_outputs = _first_failure(pruned, feeds, dims)
+    if dense is not None and pruned_outputs is not None:
+        result.drift = relative_error(dense, pruned_outputs)
     for name, reason in reference.items():
         if reason is not None:
             result.skipped.append(f"{name} (the original fails it too: {reason[:120]})")

@@ -14,15 +14,42 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
-from tqdm import tqdm
 
-from graphprune import runtime
+from graphprune import progress, runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.passes.routing import RoutingStats, routing_plans, update
 
 Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class Batches:
+    """Calibration batches, how many samples they hold (the progress bar's total) and where they come from."""
+
+    samples: int
+    source: str
+    iterator: Iterator[Feeds]
+
+    def __iter__(self) -> Iterator[Feeds]:
+        return self.iterator
+
+    def conformed(self, model: ir.Model) -> "Batches":
+        """The same batches checked against `model`'s inputs (names, ranks, static sizes, dtypes cast where
+        lossless in kind); the first batch is checked now, so bad data fails before any work is done."""
+        specs = runtime.input_specs(model)
+        first = next(self.iterator, None)
+        if first is None:
+            raise GraphpruneError(f"{self.source}: calibration data holds no samples")
+        first = runtime.conform_feeds(first, specs, self.source)
+
+        def rest() -> Iterator[Feeds]:
+            yield first
+            for feeds in self.iterator:
+                yield runtime.conform_feeds(feeds, specs, self.source)
+
+        return Batches(self.samples, self.source, rest())
 
 
 @dataclass
@@ -105,32 +132,46 @@ def _session_exposing(model: ir.Model, names: list[str]):
         model.graph.outputs.extend(original)
 
 
-def calibrate(analysis: Analysis, batches: Iterable[Feeds], total: int | None = None,
-              progress: bool = True, source: str = "", gram_limit: int = 0) -> Calibration:
+def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0) -> Calibration:
     """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis,
     and the channel Gram matrix XᵀX (for second-order criteria) of axes with at most `gram_limit` channels."""
     wanted = observed_axes(analysis)
     routers = routing_plans(analysis)
     names = sorted(set(wanted).union(*(plan.tensors() for plan in routers)))
     sess = _session_exposing(analysis.model, names)
+    source = getattr(batches, "source", "")
     result = Calibration(source=source)
     input_names = [i.name for i in sess.get_inputs()]
-    for feeds in tqdm(batches, total=total, desc="calibrating", unit="batch", disable=not progress):
-        outputs = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in input_names}), strict=True))
-        for plan in routers:
-            result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
-        for name, array in outputs.items():
-            for axis in wanted.get(name, ()):
-                gram = array.shape[axis] <= gram_limit
-                result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)
-        result.samples += next(iter(feeds.values())).shape[0]
+    with progress.bar(getattr(batches, "samples", None), "calibrating", "sample") as bar:
+        for feeds in batches:
+            try:
+                arrays = sess.run(names, {k: v for k, v in feeds.items() if k in input_names})
+            except Exception as exc:  # noqa: BLE001 - ORT raises several types
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise GraphpruneError(f"calibration: ONNX Runtime cannot run the model on {source or 'these inputs'}"
+                                      f" ({message[:200]})") from exc
+            outputs = dict(zip(names, arrays, strict=True))
+            for plan in routers:
+                result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
+            for name, array in outputs.items():
+                for axis in wanted.get(name, ()):
+                    gram = array.shape[axis] <= gram_limit
+                    result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)
+            count = next(iter(feeds.values())).shape[0]
+            result.samples += count
+            bar.update(count)
     if result.samples == 0:
         raise GraphpruneError("calibration data held no samples")
     return result
 
 
+def _split(arrays: dict[str, np.ndarray], count: int, batch_size: int) -> Iterator[Feeds]:
+    for start in range(0, count, batch_size):
+        yield {name: array[start:start + batch_size] for name, array in arrays.items()}
+
+
 def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: int,
-                 samples: int | None = None) -> Iterator[Feeds]:
+                 samples: int | None = None) -> Batches:
     """Batches from a .npz (arrays keyed by input name; a single-input model accepts any one key) or a .npy
     (single-input models), split along the first axis."""
     path = Path(path)
@@ -142,8 +183,8 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
         else:
             with np.load(path) as data:
                 arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise GraphpruneError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, ValueError, zipfile errors, pickle errors
+        raise GraphpruneError(f"{path}: not a readable .npy/.npz file") from exc
     if arrays is None:
         raise GraphpruneError(f"{path}: a .npy file only serves a single-input model; use .npz keyed by input name")
     if len(input_names) == 1 and input_names[0] not in arrays and len(arrays) == 1:
@@ -151,26 +192,56 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
     missing = [n for n in input_names if n not in arrays]
     if missing:
         raise GraphpruneError(f"{path}: no arrays for model inputs {missing} (has {sorted(arrays)})")
+    if any(arrays[n].ndim == 0 for n in input_names):
+        raise GraphpruneError(f"{path}: arrays must have a leading sample axis")
     count = min(len(arrays[n]) for n in input_names)
     count = min(count, samples) if samples else count
-    for start in range(0, count, batch_size):
-        yield {n: arrays[n][start:start + batch_size] for n in input_names}
+    return Batches(count, str(path), _split({n: arrays[n] for n in input_names}, count, batch_size))
 
 
 def token_batches(path: str | os.PathLike, input_names: list[str], batch_size: int,
-                  samples: int | None = None) -> Iterator[Feeds]:
-    """Batches from a text file of token ids, one sequence per line (whitespace-separated integers): the
-    ids input (`input_ids`, or the model's first input) right-padded with 0, plus `attention_mask` and
-    `token_type_ids` when the model has such inputs."""
+                  samples: int | None = None, tokenizer: str | os.PathLike | None = None) -> Batches:
+    """Batches from a text file, one sequence per line: token ids (whitespace-separated integers), or raw
+    text encoded by `tokenizer` (a Hugging Face tokenizer.json, with the `tokenizers` library). The ids input
+    (`input_ids`, or the model's first input) is right-padded with 0; `attention_mask` and `token_type_ids`
+    are added when the model has such inputs."""
     path = Path(path)
     try:
-        lines = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
-        sequences = [np.array([int(t) for t in line], dtype=np.int64) for line in lines]
-    except (OSError, ValueError) as exc:
-        raise GraphpruneError(f"{path}: not a token-id file (one line of integers per sequence): {exc}") from exc
-    if not sequences:
-        raise GraphpruneError(f"{path}: no token sequences")
-    sequences = sequences[:samples] if samples else sequences
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GraphpruneError(f"{path}: not a readable text file") from exc
+    lines = lines[:samples] if samples else lines
+    if not lines:
+        raise GraphpruneError(f"{path}: no sequences (one per line)")
+    if tokenizer is not None:
+        sequences = _encode(lines, tokenizer)
+    else:
+        try:
+            sequences = [np.array([int(t) for t in line.split()], dtype=np.int64) for line in lines]
+        except ValueError as exc:
+            raise GraphpruneError(f"{path}: not a token-id file (one line of integers per sequence); for raw "
+                                  "text pass --tokenizer tokenizer.json") from exc
+    return Batches(len(sequences), str(path), _token_feeds(sequences, input_names, batch_size))
+
+
+def _encode(lines: list[str], tokenizer: str | os.PathLike) -> list[np.ndarray]:
+    """Token ids of each line, special tokens included, truncated as the tokenizer says (else to 512)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        message = "raw-text calibration needs the tokenizers library: pip install 'graphprune[text]'"
+        raise GraphpruneError(message) from exc
+    try:
+        encoder = Tokenizer.from_file(str(tokenizer))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types
+        raise GraphpruneError(f"{tokenizer}: not a readable tokenizer.json") from exc
+    if encoder.truncation is None:
+        encoder.enable_truncation(512)
+    encoder.no_padding()
+    return [np.array(encoding.ids, dtype=np.int64) for encoding in encoder.encode_batch(lines)]
+
+
+def _token_feeds(sequences: list[np.ndarray], input_names: list[str], batch_size: int) -> Iterator[Feeds]:
     ids_name = "input_ids" if "input_ids" in input_names else input_names[0]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
@@ -202,7 +273,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def image_batches(folder: str | os.PathLike, input_name: str, spec: ImageSpec, batch_size: int,
-                  samples: int | None = None) -> Iterator[Feeds]:
+                  samples: int | None = None) -> Batches:
     """Batches from the image files of a folder (sorted by name), preprocessed by `spec`. Needs Pillow."""
     try:
         from PIL import Image
@@ -212,13 +283,20 @@ def image_batches(folder: str | os.PathLike, input_name: str, spec: ImageSpec, b
     if not files:
         raise GraphpruneError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     files = files[:samples] if samples else files
+    return Batches(len(files), str(folder), _image_feeds(files, input_name, spec, batch_size, Image))
+
+
+def _image_feeds(files: list[Path], input_name: str, spec: ImageSpec, batch_size: int, Image) -> Iterator[Feeds]:
     mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
     for start in range(0, len(files), batch_size):
         images = []
         for file in files[start:start + batch_size]:
-            with Image.open(file) as image:
-                image = image.convert("L" if spec.grayscale else "RGB").resize(spec.size[::-1], Image.BILINEAR)
-                array = np.asarray(image, dtype=np.float32) / 255.0
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("L" if spec.grayscale else "RGB").resize(spec.size[::-1], Image.BILINEAR)
+                    array = np.asarray(image, dtype=np.float32) / 255.0
+            except Exception as exc:  # noqa: BLE001 - Pillow raises several types on bad files
+                raise GraphpruneError(f"{file}: not a readable image") from exc
             array = array[..., None] if array.ndim == 2 else array
             images.append((array - mean[: array.shape[-1]]) / std[: array.shape[-1]])
         batch = np.stack(images)
@@ -249,13 +327,18 @@ def bn_matched_moments(model: ir.Model) -> tuple[str, np.ndarray, np.ndarray] | 
 
 
 def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int, seed: int = 0,
-                      match_bn: bool = False) -> Iterator[Feeds]:
+                      match_bn: bool = False) -> Batches:
     """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec;
     with `match_bn`, image inputs get the per-channel moments that fit the first BatchNormalization."""
     sess = runtime.session(model)
     moments = bn_matched_moments(model) if match_bn and isinstance(model, ir.Model) else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
+    source = "data-free (BN-matched)" if match_bn else "data-free"
+    return Batches(samples, source, _synthetic_feeds(sess, batch_size, samples, seed, moments))
+
+
+def _synthetic_feeds(sess, batch_size: int, samples: int, seed: int, moments) -> Iterator[Feeds]:
     for index, start in enumerate(range(0, samples, batch_size)):
         feeds = runtime.random_feeds(sess, batch=min(batch_size, samples - start), seed=seed + index, dims={"seq": 16})
         if moments is not None:

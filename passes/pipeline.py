@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphprune import verify
+import numpy as np
+import onnx_ir as ir
+
+from graphprune import progress, verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
-from graphprune.io import load_model, save_model
-from graphprune.metrics import Cost, cost
+from graphprune.io import load_model, save_model, source_files
+from graphprune.metrics import Cost, cost, projected_cost
+from graphprune.outputs import check_distinct, check_outputs
 from graphprune.passes.allocation import experts, ranked, to_target, uniform
 from graphprune.passes.calibration import (
+    Batches,
     Calibration,
     ImageSpec,
     calibrate,
@@ -27,18 +33,27 @@ from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.rewrite import apply_plan
-from graphprune.plan import PruningPlan
+from graphprune.plan import PruningPlan, fingerprint
+
+log = logging.getLogger("graphprune")
 
 EXPERT_CRITERION = "router-similarity"  # weights only, so expert pruning needs no data by default
 
 
 @dataclass
 class PruneResult:
+    """What a run did: the plan, costs before/after (projected when nothing was written: a dry run) and what
+    verification established."""
+
     plan: PruningPlan
     before: Cost
     after: Cost
     groups: list[Group]
-    verification: verify.Verification
+    verification: verify.Verification | None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.verification is None
 
     @property
     def groups_pruned(self) -> int:
@@ -84,8 +99,9 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
     allocation = allocation or Allocation("uniform", ratio, kind_ratios, round_to)
     scorer = get_criterion(criterion, calibration, seed, options)
     expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if allocation.expert_ratio else None
-    scores = {g.id: (expert_scorer if g.kind == "expert" else scorer).score(analysis, g)
-              for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None}
+    groups = [g for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None]
+    scores = {group.id: (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
+              for group in progress.iterate(groups, f"scoring ({criterion})", "group")}
     plan = allocation.plan(analysis, scores)
     plan.meta["criterion"] = criterion
     if expert_scorer is not None:
@@ -97,52 +113,100 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
 
 @dataclass
 class CalibrationSpec:
-    """Where calibration data comes from: a .npz/.npy file, a .txt of token ids, a folder of images
-    (preprocessed by `image`), or synthetic inputs (data-free)."""
+    """Where calibration data comes from: a .npz/.npy file, a .txt of token ids (or of raw text, with a
+    `tokenizer`), a folder of images (preprocessed by `image`), or synthetic inputs (data-free)."""
 
     path: str | None = None
     data_free: bool = False
     samples: int = 128
     batch_size: int = 16
-    progress: bool = False
     image: ImageSpec | None = None
     match_bn: bool = False
+    tokenizer: str | None = None
 
     def wanted(self) -> bool:
         return self.path is not None or self.data_free
 
+    def check(self) -> None:
+        """Refuse settings that cannot work, before any data is read."""
+        if self.samples < 1 or self.batch_size < 1:
+            raise GraphpruneError(f"calibration needs samples ≥ 1 and batch size ≥ 1 (got {self.samples}, "
+                                  f"{self.batch_size})")
+        if self.path is not None and not Path(self.path).exists():
+            raise GraphpruneError(f"{self.path}: no such calibration file or folder")
+        if self.tokenizer is not None and not Path(self.tokenizer).is_file():
+            raise GraphpruneError(f"{self.tokenizer}: no such tokenizer file")
+
+    def open(self, model: ir.Model, seed: int = 0) -> Batches:
+        """The batches this spec names, checked against `model`'s inputs (the first batch right away)."""
+        self.check()
+        inputs = [v.name for v in model.graph.inputs if not v.is_initializer()]
+        if self.path and Path(self.path).is_dir():
+            batches = image_batches(self.path, inputs[0], self.image or ImageSpec(), self.batch_size, self.samples)
+        elif self.path and Path(self.path).suffix == ".txt":
+            batches = token_batches(self.path, inputs, self.batch_size, self.samples, self.tokenizer)
+        elif self.path:
+            batches = file_batches(self.path, inputs, self.batch_size, self.samples)
+        elif self.data_free:
+            batches = synthetic_batches(model, self.batch_size, self.samples, seed, self.match_bn)
+        else:
+            raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
+        return batches.conformed(model)
+
 
 def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gram_limit: int = 0) -> Calibration:
     """Collect statistics for `analysis` from the source `spec` names (Gram matrices up to `gram_limit`)."""
-    inputs = [v.name for v in analysis.model.graph.inputs if not v.is_initializer()]
-    if spec.path and Path(spec.path).is_dir():
-        batches = image_batches(spec.path, inputs[0], spec.image or ImageSpec(), spec.batch_size, spec.samples)
-        source = str(spec.path)
-    elif spec.path and Path(spec.path).suffix == ".txt":
-        batches, source = token_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
-    elif spec.path:
-        batches, source = file_batches(spec.path, inputs, spec.batch_size, spec.samples), str(spec.path)
-    elif spec.data_free:
-        batches = synthetic_batches(analysis.model, spec.batch_size, spec.samples, seed, spec.match_bn)
-        source = "data-free (BN-matched)" if spec.match_bn else "data-free"
-    else:
-        raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
-    total = -(-spec.samples // spec.batch_size)
-    return calibrate(analysis, batches, total=total, progress=spec.progress, source=source, gram_limit=gram_limit)
+    return calibrate(analysis, spec.open(analysis.model, seed), gram_limit=gram_limit)
 
 
-def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: str = "l2",
+@dataclass
+class Output:
+    """Where a run writes (`model`; `plan`, the plan as JSON, optional) and how its result is checked:
+    `feeds` (arrays keyed by input name) or random inputs sized by `dims` for symbolic axes. A `dry_run`
+    writes no model (only the plan, if asked) and reports projected costs."""
+
+    model: str | os.PathLike | None = None
+    plan: str | os.PathLike | None = None
+    dry_run: bool = False
+    feeds: dict[str, np.ndarray] | None = None
+    dims: dict[str, int] | None = None
+
+    def check(self, source: Path) -> None:
+        """Refuse unusable or unsafe locations before any work (the input's external data is checked once
+        the model is loaded, by `check_loaded`)."""
+        if self.model is None and not self.dry_run:
+            raise GraphpruneError("no output path given (or ask for a dry run)")
+        check_outputs(self.model if not self.dry_run else None, [source], self.plan)
+
+    def check_loaded(self, model: ir.Model) -> None:
+        check_outputs(self.model if not self.dry_run else None, source_files(model), self.plan)
+
+
+def _load(source: Path, output: Output) -> ir.Model:
+    output.check(source)
+    model = load_model(source)
+    output.check_loaded(model)
+    return model
+
+
+def _analyze(model: ir.Model, **options) -> Analysis:
+    with progress.step("analyzing"):
+        return analyze(model, **options)
+
+
+def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | None, criterion: str = "l2",
                ratio: float = 0.5, round_to: int = 1, seed: int = 0, kind_ratios: dict[str, float] | None = None,
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
                compensate: bool | None = None, allocation: Allocation | None = None,
                options: dict | None = None, gqa_units: str = "kv-group",
                expert_criterion: str = EXPERT_CRITERION, expert_merge: bool = False) -> PruneResult:
-    """Prune `source` into `target`; `target` is written only once the pruned model passed the checks the
-    original passes. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
+    """Prune `source` into `target` (a path, or an `Output`: plan file, dry run, verification inputs); the
+    model is written only once it passed the checks the original passes, and nothing the input reads is
+    ever written. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
     Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first.
     `expert_merge` folds removed experts into their nearest survivors (weighted by calibration gate weight
     when there is calibration data, else equally) instead of dropping them."""
-    source, target = _distinct(source, target)
+    source, output = Path(source), target if isinstance(target, Output) else Output(target)
     compensate = criterion in ("flap", "obs") if compensate is None else compensate
     spec = calibration or CalibrationSpec()
     removes_experts = allocation is not None and allocation.expert_ratio > 0
@@ -150,64 +214,80 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike, criterion: 
         if (needs_data(name) or compensate) and not spec.wanted():
             raise GraphpruneError(f"{'bias compensation' if compensate else f'criterion {name!r}'} needs "
                                   "calibration data: pass --calib FILE or --data-free")
-    model = load_model(source)
+    if spec.wanted():
+        spec.check()
+    model = _load(source, output)
+    batches = spec.open(model, seed) if spec.wanted() else None
     before = cost(model, source)
-    analysis = analyze(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
+    model_fingerprint = fingerprint(model)
+    analysis = _analyze(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
-    stats = run_calibration(analysis, spec, seed, gram_limit) if spec.wanted() else None
+    stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
                      expert_criterion)
+    plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
     if expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
-    return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
+    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
 
 
-def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: str | os.PathLike,
+def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: str | os.PathLike | Output | None,
                calibration: CalibrationSpec | None = None, compensate: bool | None = None) -> PruneResult:
-    """Apply a saved plan to `source`. Compensation (default: as when the plan was made) is recomputed from
-    calibration data, so it needs the same `calibration` source."""
-    source, target = _distinct(source, target)
-    model = load_model(source)
-    before = cost(model, source)
+    """Apply a saved plan to `source`; a plan made for another model is refused. Compensation (default: as
+    when the plan was made) is recomputed from calibration data, so it needs the same `calibration` source."""
+    source, output = Path(source), target if isinstance(target, Output) else Output(target)
     probe = PruningPlan.read_meta(plan_path)
-    analysis = analyze(model, allow_approximate=bool(probe.get("prune_hidden")),
-                       gqa_units=probe.get("gqa_units") or "kv-group")
-    plan = PruningPlan.load(plan_path, analysis.groups)
-    criterion = plan.meta.get("criterion", "")
-    compensate = bool(plan.meta.get("compensation")) if compensate is None else compensate
+    compensate = bool(probe.get("compensation")) if compensate is None else compensate
     spec = calibration or CalibrationSpec()
     if compensate and not spec.wanted():
         raise GraphpruneError("this plan compensates removed channels: pass --calib FILE or --data-free to "
                               "recompute the compensation, or --no-compensate")
-    merge_by_gate = plan.meta.get("expert_merge") == "by gate weight"
+    merge_by_gate = probe.get("expert_merge") == "by gate weight"
     if merge_by_gate and not spec.wanted():
         raise GraphpruneError("this plan merges experts by gate weight: pass --calib FILE or --data-free")
-    gram_limit = GRAM_LIMIT if compensate and criterion == "obs" else 0
-    stats = run_calibration(analysis, spec, 0, gram_limit) if compensate or merge_by_gate else None
-    return _rewrite_and_save(source, target, analysis, plan, stats, compensate, before)
+    needs_stats = compensate or merge_by_gate
+    if needs_stats:
+        spec.check()
+    model = _load(source, output)
+    check_distinct([Path(plan_path)], source_files(model), "plan")
+    PruningPlan(meta=probe).check_model(plan_path, fingerprint(model), source)
+    if not (probe.get("model") or {}).get("fingerprint"):
+        log.warning("%s records no model fingerprint: only its group ids, labels and sizes were checked", plan_path)
+    batches = spec.open(model) if needs_stats else None
+    before = cost(model, source)
+    analysis = _analyze(model, allow_approximate=bool(probe.get("prune_hidden")),
+                        gqa_units=probe.get("gqa_units") or "kv-group")
+    plan = PruningPlan.load(plan_path, analysis.groups)
+    gram_limit = GRAM_LIMIT if compensate and plan.meta.get("criterion") == "obs" else 0
+    stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
+    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
 
 
-def _distinct(source: str | os.PathLike, target: str | os.PathLike) -> tuple[Path, Path]:
-    source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        raise GraphpruneError("the output path must differ from the input (the input is never modified)")
-    return source, target
-
-
-def _rewrite_and_save(source: Path, target: Path, analysis: Analysis, plan: PruningPlan,
+def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: PruningPlan,
                       stats: Calibration | None, compensate: bool, before: Cost) -> PruneResult:
     """Merge experts if the plan says so, compensate, rewrite, verify against the original's checks, save
-    atomically."""
-    if plan.meta.get("expert_merge"):
-        apply_weight_updates(merge_updates(analysis, plan, stats if plan.meta["expert_merge"] != "equal" else None))
-    deltas, weights = None, None
-    if compensate and plan.meta.get("criterion") == "obs":
-        weights = obs_weight_updates(analysis, plan, stats)
-    elif compensate:
-        deltas = bias_deltas(analysis, plan, stats)
-    plan.meta["compensation"] = ("obs-weights" if weights is not None else "bias") if compensate else None
-    pruned = apply_plan(analysis, plan, deltas, weights)
-    checks = verify.verify_like(source, pruned)
-    save_model(pruned, target)
-    return PruneResult(plan, before, cost(pruned, target), analysis.groups, checks)
+    atomically — or, for a dry run, only project the costs. The plan file, if asked for, is written last."""
+    by_weights = plan.meta.get("criterion") == "obs"
+    plan.meta["compensation"] = ("obs-weights" if by_weights else "bias") if compensate else None
+    if output.dry_run:
+        result = PruneResult(plan, before, projected_cost(analysis, plan), analysis.groups, None)
+    else:
+        with progress.step("rewriting"):
+            if plan.meta.get("expert_merge"):
+                gate_stats = stats if plan.meta["expert_merge"] != "equal" else None
+                apply_weight_updates(merge_updates(analysis, plan, gate_stats))
+            deltas, weights = None, None
+            if plan.meta["compensation"] == "obs-weights":
+                weights = obs_weight_updates(analysis, plan, stats)
+            elif compensate:
+                deltas = bias_deltas(analysis, plan, stats)
+            pruned = apply_plan(analysis, plan, deltas, weights)
+        with progress.step("verifying"):
+            checks = verify.verify_like(source, pruned, output.feeds, output.dims)
+        with progress.step(f"writing {output.model}"):
+            save_model(pruned, output.model)
+        result = PruneResult(plan, before, cost(pruned, output.model), analysis.groups, checks)
+    if output.plan is not None:
+        plan.save(output.plan, analysis.groups)
+    return result

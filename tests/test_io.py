@@ -8,7 +8,7 @@ import pytest
 
 from graphprune import runtime, verify
 from graphprune.analysis import analyze
-from graphprune.errors import ModelLoadError
+from graphprune.errors import GraphpruneError, ModelLoadError
 from graphprune.io import from_proto, load_model, save_model
 from graphprune.models.demo import DEMO_MODEL
 from graphprune.passes import apply_plan, make_plan, prune_file
@@ -46,7 +46,7 @@ def test_failed_save_leaves_no_partial_output(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("onnx_ir.save", explode)
-    with pytest.raises(OSError):
+    with pytest.raises(GraphpruneError, match=f"cannot write {target}: disk full"):
         save_model(pruned, target)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]

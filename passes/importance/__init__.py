@@ -1,6 +1,13 @@
 """Importance criteria; importing registers them all."""
 
 from graphprune.passes.importance import activation, experts, magnitude, obs, policy  # noqa: F401
-from graphprune.passes.importance.registry import Criterion, criteria, get_criterion, needs_data, register_criterion
+from graphprune.passes.importance.registry import (
+    Criterion,
+    criteria,
+    criteria_for,
+    get_criterion,
+    needs_data,
+    register_criterion,
+)
 
-__all__ = ["Criterion", "criteria", "get_criterion", "needs_data", "register_criterion"]
+__all__ = ["Criterion", "criteria", "criteria_for", "get_criterion", "needs_data", "register_criterion"]

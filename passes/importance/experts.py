@@ -19,6 +19,8 @@ from graphprune.passes.importance.registry import Criterion, register_criterion
 
 
 class _ExpertCriterion(Criterion):
+    for_experts = True
+
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
         if group.experts is None:
             raise GraphpruneError(f"criterion {self.name!r} scores MoE experts only; use it as the expert criterion")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphprune import progress
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
@@ -91,7 +92,7 @@ class PolicyNetwork:
         generator = np.random.default_rng(seed)
         optimiser = torch.optim.AdamW(self.net.parameters(), lr=LEARNING_RATE)
         history = []
-        for _ in range(episodes):
+        for _ in progress.iterate(range(episodes), "training the policy", "episode"):
             ratio = generator.uniform(0.1, 0.5)
             log_probs, rewards = [], np.zeros((samples, len(layers)))
             for index, rows in enumerate(layers):

@@ -17,6 +17,7 @@ class Criterion:
 
     name: str
     needs_data = False
+    for_experts = False  # scores MoE experts (--expert-criterion) rather than channels, heads and neurons
 
     def __init__(self, calibration: Calibration | None = None, seed: int = 0, options: dict | None = None) -> None:
         if self.needs_data and calibration is None:
@@ -59,3 +60,8 @@ def needs_data(name: str) -> bool:
 
 def criteria() -> list[str]:
     return sorted(_CRITERIA)
+
+
+def criteria_for(experts: bool) -> list[str]:
+    """Criteria that rank MoE experts (`experts`), or channels, heads and neurons."""
+    return sorted(name for name, cls in _CRITERIA.items() if cls.for_experts == experts)

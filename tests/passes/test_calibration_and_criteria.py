@@ -71,7 +71,7 @@ def test_calibration_observes_consumer_inputs_exactly():
     w1, b1, w2 = constructed_arrays()
     analysis = analyze(load(mlp(w1, b1, w2)))
     feeds = data()
-    stats = calibrate(analysis, [feeds], progress=False)
+    stats = calibrate(analysis, [feeds])
     hidden = np.maximum(feeds["x"] @ w1 + b1, 0)
     (observed,) = stats.stats.values()
     np.testing.assert_allclose(observed.mean, hidden.mean(0), atol=1e-6)
@@ -81,7 +81,7 @@ def test_calibration_observes_consumer_inputs_exactly():
 @pytest.mark.parametrize("criterion", ["wanda-sp", "flap"])
 def test_activation_criteria_remove_the_dead_unit_first(criterion):
     analysis = analyze(load(constructed_mlp()))
-    stats = calibrate(analysis, [data()], progress=False)
+    stats = calibrate(analysis, [data()])
     removed = make_plan(analysis, criterion, 1 / 6, calibration=stats).removed
     assert [u.tolist() for u in removed.values()] == [[2]]
     magnitude = make_plan(analysis, "l1", 1 / 6).removed
@@ -91,7 +91,7 @@ def test_activation_criteria_remove_the_dead_unit_first(criterion):
 def test_flap_compensation_makes_removing_a_constant_unit_exact():
     model = constructed_mlp()
     analysis = analyze(load(model))
-    stats = calibrate(analysis, [data()], progress=False)
+    stats = calibrate(analysis, [data()])
     plan = make_plan(analysis, "flap", 2 / 6, calibration=stats)
     assert sorted(next(iter(plan.removed.values())).tolist()) == [2, 4]
     feeds = data(16)
@@ -136,7 +136,7 @@ def test_obs_compensation_removes_a_dependent_unit_exactly(monkeypatch):
     errors = {}
     for criterion in ("obs", "l1"):
         analysis = analyze(load(model))
-        stats = calibrate(analysis, [data(256)], progress=False, gram_limit=64)
+        stats = calibrate(analysis, [data(256)], gram_limit=64)
         plan = make_plan(analysis, criterion, 1 / 6, calibration=stats)
         weights = obs_weight_updates(analysis, plan, stats) if criterion == "obs" else None
         pruned = apply_plan(analysis, plan, weights=weights)
@@ -190,9 +190,9 @@ def test_image_folders_match_the_same_pixels_as_arrays(tmp_path):
         image_module.fromarray(image, mode="L").save(folder / f"{index:03d}.png")
     analysis = analyze(load(DEMO_MODEL))
     spec = ImageSpec(size=(8, 8), mean=(0.0,), std=(1.0,), grayscale=True)
-    from_images = calibrate(analysis, image_batches(folder, "x", spec, 5), progress=False)
+    from_images = calibrate(analysis, image_batches(folder, "x", spec, 5))
     arrays = (pixels.astype(np.float32) / 255.0)[:, None]
-    from_arrays = calibrate(analysis, [{"x": arrays[:5]}, {"x": arrays[5:10]}, {"x": arrays[10:]}], progress=False)
+    from_arrays = calibrate(analysis, [{"x": arrays[:5]}, {"x": arrays[5:10]}, {"x": arrays[10:]}])
     assert from_images.samples == from_arrays.samples == 12
     for key, stats in from_arrays.stats.items():
         np.testing.assert_allclose(from_images.stats[key].mean, stats.mean, rtol=1e-6, atol=1e-7)
@@ -203,7 +203,7 @@ def test_greedy_obs_never_removes_both_halves_of_a_dependent_pair(monkeypatch):
     """Units 1 and 5 (= 2 x unit 1) each look free alone; once one is gone the other carries their signal."""
     monkeypatch.setattr("graphprune.passes.importance.obs.DAMPING", 1e-9)
     analysis = analyze(load(dependent_mlp()))
-    stats = calibrate(analysis, [data(256)], progress=False, gram_limit=64)
+    stats = calibrate(analysis, [data(256)], gram_limit=64)
     removed = set(next(iter(make_plan(analysis, "obs", 2 / 6, calibration=stats).removed.values())).tolist())
     assert len(removed & {1, 5}) == 1, removed
 

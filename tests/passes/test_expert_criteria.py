@@ -32,7 +32,7 @@ def random_layer(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray
 def scores_of(model: onnx.ModelProto, criterion: str) -> np.ndarray:
     analysis = analyze(from_proto(model))
     feeds = [{"x": np.random.default_rng(i).standard_normal((64, D)).astype(np.float32)} for i in range(4)]
-    calibration = calibrate(analysis, feeds, progress=False)
+    calibration = calibrate(analysis, feeds)
     (group,) = [g for g in analysis.prunable() if g.kind == "expert"]
     return get_criterion(criterion, calibration).score(analysis, group)
 
@@ -68,7 +68,7 @@ def test_plan_removes_the_lowest_experts_and_stays_exact():
 
     def plan(analysis):
         feeds = [{"x": np.random.default_rng(9).standard_normal((64, D)).astype(np.float32)}]
-        calibration = calibrate(analysis, feeds, progress=False)
+        calibration = calibrate(analysis, feeds)
         return make_plan(analysis, "l2", calibration=calibration, expert_criterion="router-frequency",
                          allocation=Allocation(ratio=0.0, expert_ratio=1 / 3))
 
@@ -92,7 +92,7 @@ def test_merge_folds_removed_experts_into_their_nearest_survivor(tmp_path):
     model = looped_moe(router, bias, experts)
     analysis = analyze(from_proto(model))
     (group,) = [g for g in analysis.prunable() if g.kind == "expert"]
-    calibration = calibrate(analysis, [{"x": np.ones((16, D), np.float32)}], progress=False)
+    calibration = calibrate(analysis, [{"x": np.ones((16, D), np.float32)}])
     plan = PruningPlan()
     plan.remove(group, [4])
     updates = merge_updates(analysis, plan, calibration)

@@ -1,0 +1,80 @@
+"""What `prune` and `apply` tell the user: costs before/after, widths per pruned group, frozen groups by reason,
+what was verified and how far the outputs moved — as text, or as one JSON document with --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from graphprune.cli.table import human, ratio, render
+from graphprune.passes.pipeline import PruneResult
+
+
+def widths(result: PruneResult) -> list[dict]:
+    """Every pruned group: its layer, kind and width before/after."""
+    rows = []
+    for gid, units in sorted(result.plan.removed.items()):
+        group = result.groups[gid]
+        rows.append({"group": gid, "kind": group.kind, "layer": group.layer, "label": group.label,
+                     "before": group.size, "after": group.size - len(units)})
+    return rows
+
+
+def frozen_summary(result: PruneResult) -> dict[str, int]:
+    """Frozen groups counted by their first reason, most common first."""
+    return dict(Counter(g.frozen_reasons[0] for g in result.groups if g.frozen).most_common())
+
+
+def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
+    check = result.verification
+    return {
+        "output": None if result.dry_run else str(args.output),
+        "plan": args.save_plan if getattr(args, "save_plan", None) else None,
+        "dry_run": result.dry_run,
+        "how": how,
+        "before": result.before.row(),
+        "after": result.after.row(),
+        "groups": widths(result),
+        "groups_total": len(result.groups),
+        "frozen": frozen_summary(result),
+        "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
+                                                    "drift": check.drift, "inputs": check.inputs},
+    }
+
+
+def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
+    """Print the run's outcome (JSON with --json); warnings go to stderr."""
+    check = result.verification
+    if check is not None and not check.passed:
+        print("graphprune: warning: the output passed no check (the original fails them all); see 'not verified'",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(as_json(result, args, how), indent=1))
+        return
+    b, a = result.before, result.after
+    projected = " (projected)" if result.dry_run else ""
+    print(render(["", "before", f"after{projected}", "ratio"], [
+        ["params", human(b.params), human(a.params), ratio(a.params, b.params)],
+        ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
+        ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
+    ]))
+    rows = [[r["group"], r["kind"], r["layer"], f"{r['before']} -> {r['after']}"] for r in widths(result)]
+    if rows:
+        print("\n" + render(["group", "kind", "layer", "width"], rows))
+    frozen = frozen_summary(result)
+    if frozen:
+        print(f"\nfrozen: {sum(frozen.values())} group(s): "
+              + "; ".join(f"{count} × {reason}" for reason, count in frozen.items()))
+    done = "dry run, nothing written" if result.dry_run else f"wrote {args.output}"
+    print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); {done}")
+    if getattr(args, "save_plan", None):
+        print(f"plan: {args.save_plan}")
+    if check is None:
+        return
+    print(f"verified: {', '.join(check.passed) or 'nothing'}")
+    for note in check.skipped:
+        print(f"not verified: {note}")
+    if check.drift is not None:
+        print(f"output drift vs the original: {check.drift:.3g} (max relative error, {check.inputs})")

@@ -1,0 +1,62 @@
+"""Progress on stderr for steps that can take a while: one line per finished step with its time, and bars for
+loops of known length. Off unless a front end turns it on (the CLI does for terminals, unless --quiet)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import IO, Iterator, Sized, TypeVar
+
+from tqdm import tqdm
+
+_stream: IO[str] | None = None
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def reporting(enabled: bool, stream: IO[str] | None = None) -> Iterator[None]:
+    """Report progress to `stream` (default stderr) while inside, if `enabled`."""
+    global _stream
+    previous, _stream = _stream, (stream or sys.stderr) if enabled else None
+    try:
+        yield
+    finally:
+        _stream = previous
+
+
+def enabled() -> bool:
+    return _stream is not None
+
+
+@contextlib.contextmanager
+def step(label: str) -> Iterator[None]:
+    """Announce `label`, then overwrite it with the time it took (kept only when the step succeeds)."""
+    if _stream is None:
+        yield
+        return
+    start = time.perf_counter()
+    _stream.write(f"{label} …\r")
+    _stream.flush()
+    try:
+        yield
+    except BaseException:
+        _stream.write("\r\033[K")
+        raise
+    _stream.write(f"\r\033[K{label} ({time.perf_counter() - start:.1f} s)\n")
+    _stream.flush()
+
+
+def bar(total: int, label: str, unit: str) -> tqdm:
+    """A progress bar over `total` units (a disabled one when progress is off); it clears its line when
+    closed, so an error message never follows bar residue. Use it as a context manager."""
+    return tqdm(total=total, desc=label, unit=unit, leave=False, disable=_stream is None, file=_stream,
+                dynamic_ncols=True)
+
+
+def iterate(items: Sized, label: str, unit: str) -> Iterator[T]:
+    """Yield `items` while a bar counts them."""
+    with bar(len(items), label, unit) as counter:
+        for item in items:
+            yield item
+            counter.update()
