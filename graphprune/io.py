@@ -34,12 +34,15 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     with progress.step(f"loading {path.name}"):
         try:
             proto = onnx.load(path, load_external_data=False)
-            model = ir.serde.deserialize_model(proto)
         except Exception as exc:  # protobuf raises several unrelated types on garbage input
             raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-        if len(model.graph) == 0 and not model.graph.outputs:
+        if not proto.graph.node and not proto.graph.output:
             raise ModelLoadError(f"{path}: the file parsed but holds no ONNX graph")
         _refuse_duplicate_names(proto.graph, path)
+        try:
+            model = ir.serde.deserialize_model(proto)
+        except Exception as exc:  # noqa: BLE001 - onnx-ir raises SerdeError wrapping many causes
+            raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         ir.external_data.set_base_dir(model.graph, path.parent)
         model.meta[SOURCE_FILES] = [path, *_external_files(proto.graph, path.parent)]
     with progress.step("inferring shapes"):

@@ -22,7 +22,7 @@ def random_cnn(draw) -> tuple:
     for _ in range(draw(st.integers(2, 9))):
         name, c, hw = tensors[draw(st.integers(0, len(tensors) - 1))]
         kind = draw(st.sampled_from(["conv", "dw", "grouped", "bn", "act", "add", "mul", "concat", "split",
-                                     "pool", "slice"]))
+                                     "pool", "slice", "strided", "pad", "resize", "nhwc"]))
         if kind == "conv" or c < 2:
             c_out = draw(st.integers(2, 8))
             new = [(b.conv(name, c, c_out, draw(st.sampled_from([1, 3]))), c_out, hw)]
@@ -52,6 +52,21 @@ def random_cnn(draw) -> tuple:
         elif kind == "pool" and hw > 2:
             pool = draw(st.sampled_from(["MaxPool", "AveragePool"]))
             new = [(b.op(pool, [name], kernel_shape=[2, 2], strides=[2, 2]), c, hw // 2)]
+        elif kind == "strided" and hw > 2:  # spatial stride; a channel-axis step freezes (not modelled)
+            start = draw(st.integers(0, 1))
+            steps = [b.const(np.array(v)) for v in ([start, start], [hw, hw], [2, 3], [2, 2])]
+            new = [(b.op("Slice", [name, *steps]), c, len(range(start, hw, 2)))]
+        elif kind == "pad" and hw <= 8:
+            pads = b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))
+            new = [(b.op("Pad", [name, pads], mode=draw(st.sampled_from(["constant", "reflect", "edge"]))), c, hw + 2)]
+        elif kind == "resize" and hw <= 8:
+            scales = b.const(np.array([1.0, 1.0, 2.0, 2.0], np.float32))
+            new = [(b.op("Resize", [name, "", scales], mode=draw(st.sampled_from(["nearest", "linear"]))), c, hw * 2)]
+        elif kind == "nhwc":
+            c_out = draw(st.integers(2, 8))
+            channels_last = b.op("Transpose", [name], perm=[0, 2, 3, 1])
+            linear = b.op("MatMul", [channels_last, b.weight(c, c_out)])
+            new = [(b.op("Transpose", [linear], perm=[0, 3, 1, 2]), c_out, hw)]
         else:
             start = draw(st.integers(0, c - 1))
             end = draw(st.integers(start + 1, c))

