@@ -70,7 +70,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def output_of(args: argparse.Namespace) -> Output:
     """Where the run writes and which inputs verification runs the models on."""
     feeds = runtime.load_feeds(args.feeds) if args.feeds else None
-    return Output(args.output, args.save_plan, args.dry_run, feeds, dict(args.dim) or None)
+    return Output(args.output, args.save_plan, args.dry_run, feeds, dict(args.dim) or None, (args.feeds,))
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except (GraphpruneError, Exception) as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
         if args.debug:
             raise
         message = str(exc) if isinstance(exc, GraphpruneError) else f"{type(exc).__name__}: {exc}"

@@ -34,11 +34,11 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_distinct(written: list[Path], read: list[Path], label: str = "output") -> None:
-    """Refuse when a file to be written is a file the input reads."""
+    """Refuse when a file to be written is one the run reads (`read[0]`: the input model)."""
     for out in written:
         for source in read:
             if same_file(out, source):
-                what = "the input model" if source == read[0] else f"the input's external data file {source}"
+                what = "the input model" if source == read[0] else f"{source}, which this run reads"
                 raise GraphpruneError(f"writing {label} {out} would overwrite {what}; the input is never "
                                       "modified: choose another output path")
 

@@ -31,10 +31,25 @@ def fingerprint(model: ir.Model) -> str:
         tensor = value.const_value
         digest.update(repr((name, str(tensor.dtype) if tensor else None, tensor.shape if tensor else None)).encode())
         if tensor is not None:
-            flat = tensor.numpy().reshape(-1).view(np.uint8) if tensor.nbytes else np.zeros(0, np.uint8)
-            step = max(1, flat.size // SAMPLE_BYTES)
-            digest.update(np.ascontiguousarray(flat[::step][:SAMPLE_BYTES]).tobytes())
+            digest.update(_sample(tensor.numpy()))
     return digest.hexdigest()
+
+
+def _sample(array: np.ndarray) -> bytes:
+    """About SAMPLE_BYTES bytes spread evenly over `array` (memory-mapped data is only touched there)."""
+    if array.dtype == object:  # string tensors
+        return repr(array.reshape(-1)[:256].tolist()).encode()
+    flat = array.reshape(-1).view(np.uint8)
+    step = max(1, flat.size // SAMPLE_BYTES)
+    return np.ascontiguousarray(flat[::step][:SAMPLE_BYTES]).tobytes()
+
+
+def check_made_for(meta: dict, plan_path: str | Path, model_fingerprint: str, model_path: str | Path) -> None:
+    """Refuse a plan (its `meta`) recorded as made for a model with another fingerprint."""
+    made_for = meta.get("model") or {}
+    if made_for.get("fingerprint") not in (None, model_fingerprint):
+        raise PlanError(f"{plan_path} was made for model {made_for.get('file', '?')} (fingerprint "
+                        f"{made_for['fingerprint'][:12]}), not for {model_path} ({model_fingerprint[:12]})")
 
 
 @dataclass
@@ -81,13 +96,6 @@ class PruningPlan:
         except BaseException:
             Path(staging).unlink(missing_ok=True)
             raise
-
-    def check_model(self, path: str | Path, model_fingerprint: str, model_path: str | Path) -> None:
-        """Refuse a plan made for another model (its recorded fingerprint differs)."""
-        made_for = self.meta.get("model") or {}
-        if made_for.get("fingerprint") not in (None, model_fingerprint):
-            raise PlanError(f"{path} was made for model {made_for.get('file', '?')} (fingerprint "
-                            f"{made_for['fingerprint'][:12]}), not for {model_path} ({model_fingerprint[:12]})")
 
     @staticmethod
     def read_meta(path: str | Path) -> dict:

@@ -16,7 +16,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.io import load_model, save_model, source_files
 from graphprune.metrics import Cost, cost, projected_cost
-from graphprune.outputs import check_distinct, check_outputs
+from graphprune.outputs import check_outputs
 from graphprune.passes.allocation import experts, ranked, to_target, uniform
 from graphprune.passes.calibration import (
     Batches,
@@ -33,7 +33,7 @@ from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.rewrite import apply_plan
-from graphprune.plan import PruningPlan, fingerprint
+from graphprune.plan import PruningPlan, check_made_for, fingerprint
 
 log = logging.getLogger("graphprune")
 
@@ -138,8 +138,8 @@ class CalibrationSpec:
             raise GraphpruneError(f"{self.tokenizer}: no such tokenizer file")
 
     def open(self, model: ir.Model, seed: int = 0) -> Batches:
-        """The batches this spec names, checked against `model`'s inputs (the first batch right away)."""
-        self.check()
+        """The batches this spec names, checked against `model`'s inputs (the first batch right away); call
+        `check` first, before any other work."""
         inputs = [v.name for v in model.graph.inputs if not v.is_initializer()]
         if self.path and Path(self.path).is_dir():
             batches = image_batches(self.path, inputs[0], self.image or ImageSpec(), self.batch_size, self.samples)
@@ -156,6 +156,7 @@ class CalibrationSpec:
 
 def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gram_limit: int = 0) -> Calibration:
     """Collect statistics for `analysis` from the source `spec` names (Gram matrices up to `gram_limit`)."""
+    spec.check()
     return calibrate(analysis, spec.open(analysis.model, seed), gram_limit=gram_limit)
 
 
@@ -163,29 +164,31 @@ def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gr
 class Output:
     """Where a run writes (`model`; `plan`, the plan as JSON, optional) and how its result is checked:
     `feeds` (arrays keyed by input name) or random inputs sized by `dims` for symbolic axes. A `dry_run`
-    writes no model (only the plan, if asked) and reports projected costs."""
+    writes no model (only the plan, if asked) and reports projected costs. `reads`: other files the run reads
+    (feeds, calibration data, a plan), which it must not overwrite either."""
 
     model: str | os.PathLike | None = None
     plan: str | os.PathLike | None = None
     dry_run: bool = False
     feeds: dict[str, np.ndarray] | None = None
     dims: dict[str, int] | None = None
+    reads: tuple[str | os.PathLike, ...] = ()
 
-    def check(self, source: Path) -> None:
-        """Refuse unusable or unsafe locations before any work (the input's external data is checked once
-        the model is loaded, by `check_loaded`)."""
+    def check(self, inputs: list[Path]) -> None:
+        """Refuse unusable or unsafe locations: nothing written may be one of `inputs` or `reads`."""
         if self.model is None and not self.dry_run:
             raise GraphpruneError("no output path given (or ask for a dry run)")
-        check_outputs(self.model if not self.dry_run else None, [source], self.plan)
-
-    def check_loaded(self, model: ir.Model) -> None:
-        check_outputs(self.model if not self.dry_run else None, source_files(model), self.plan)
+        read = inputs + [Path(p) for p in self.reads if p is not None and Path(p).is_file()]
+        check_outputs(self.model if not self.dry_run else None, read, self.plan)
 
 
-def _load(source: Path, output: Output) -> ir.Model:
-    output.check(source)
+def _load(source: Path, output: Output, *reads: str | os.PathLike | None) -> ir.Model:
+    """Load `source` once the output locations are known safe: before loading against the model file and
+    `reads`, after it also against the external data files the model names."""
+    output = Output(output.model, output.plan, output.dry_run, reads=output.reads + reads)
+    output.check([source])
     model = load_model(source)
-    output.check_loaded(model)
+    output.check(source_files(model))
     return model
 
 
@@ -216,7 +219,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
                                   "calibration data: pass --calib FILE or --data-free")
     if spec.wanted():
         spec.check()
-    model = _load(source, output)
+    model = _load(source, output, spec.path)
     batches = spec.open(model, seed) if spec.wanted() else None
     before = cost(model, source)
     model_fingerprint = fingerprint(model)
@@ -249,9 +252,8 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     needs_stats = compensate or merge_by_gate
     if needs_stats:
         spec.check()
-    model = _load(source, output)
-    check_distinct([Path(plan_path)], source_files(model), "plan")
-    PruningPlan(meta=probe).check_model(plan_path, fingerprint(model), source)
+    model = _load(source, output, plan_path, spec.path)
+    check_made_for(probe, plan_path, fingerprint(model), source)
     if not (probe.get("model") or {}).get("fingerprint"):
         log.warning("%s records no model fingerprint: only its group ids, labels and sizes were checked", plan_path)
     batches = spec.open(model) if needs_stats else None

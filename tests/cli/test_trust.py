@@ -221,10 +221,15 @@ def test_bad_options_are_usage_errors_before_any_work(capsys, tmp_path, args, me
     ("missing-tokenizer", "no such file"),
     ("missing-feeds", "no such file"),
     ("no-output", "needs -o/--output"),
+    ("output-is-calibration", "which this run reads"),
+    ("plan-is-feeds", "which this run reads"),
 ])
 def test_bad_locations_are_refused_before_any_work(capsys, tmp_path, where, message):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("x")
+    with np.load(DEMO_TEST_SET) as data:
+        np.savez(tmp_path / "folder" / "x.npz", x=data["x"][:16])
+    data = tmp_path / "folder" / "x.npz"
     out = tmp_path / "o.onnx"
     extra = {
         "folder": ["-o", tmp_path / "folder"],
@@ -235,12 +240,15 @@ def test_bad_locations_are_refused_before_any_work(capsys, tmp_path, where, mess
         "missing-tokenizer": ["-o", out, "--calib", tmp_path / "file", "--tokenizer", tmp_path / "nope.json"],
         "missing-feeds": ["-o", out, "--feeds", tmp_path / "nope.npz"],
         "no-output": [],
+        "output-is-calibration": ["-o", data, "--criterion", "flap", "--calib", data],
+        "plan-is-feeds": ["-o", out, "--feeds", data, "--save-plan", data],
     }[where]
-    before = snapshot(tmp_path)
+    before = snapshot(tmp_path), snapshot(tmp_path / "folder")
     code, _, err = run_cli(capsys, "prune", DEMO_MODEL, *extra)
     assert_one_line_error(code, err)
     assert message in err and ".graphprune-" not in err
-    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert (snapshot(tmp_path), snapshot(tmp_path / "folder")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
 
 
 def test_missing_folders_are_created_for_model_and_plan(capsys, tmp_path):
