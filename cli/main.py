@@ -11,7 +11,7 @@ import sys
 
 import graphprune
 from graphprune import progress, runtime
-from graphprune.analysis import GQA_UNITS, Analysis, analyze
+from graphprune.analysis import GQA_UNITS, Analysis
 from graphprune.cli import options
 from graphprune.cli.report import report
 from graphprune.cli.table import human, render
@@ -19,13 +19,19 @@ from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
 from graphprune.passes.calibration import ImageSpec
 from graphprune.passes.importance import criteria_for, needs_data
-from graphprune.passes.pipeline import EXPERT_CRITERION, Allocation, CalibrationSpec, Output, apply_file, prune_file
+from graphprune.passes.pipeline import (
+    EXPERT_CRITERION,
+    Allocation,
+    CalibrationSpec,
+    Output,
+    apply_file,
+    prune_file,
+    run_analysis,
+)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    with progress.step("analyzing"):
-        analysis = analyze(model, allow_approximate=args.prune_hidden, gqa_units=args.gqa_units)
+    analysis = run_analysis(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units)
     if args.json:
         print(json.dumps([g.summary() for g in analysis.groups], indent=1))
         return 0
@@ -171,6 +177,22 @@ def _criteria_help(experts: bool) -> str:
     return f"{', '.join(names)}; {', '.join(data)} need --calib or --data-free" if data else ", ".join(names)
 
 
+_log_handler: logging.Handler | None = None
+
+
+def configure_logging(verbosity: int) -> None:
+    """Log the `graphprune` logger to the current stderr: warnings, or INFO with -v, DEBUG with -vv."""
+    global _log_handler
+    logger = logging.getLogger("graphprune")
+    if _log_handler is not None:
+        logger.removeHandler(_log_handler)
+    _log_handler = logging.StreamHandler(sys.stderr)
+    _log_handler.setFormatter(logging.Formatter("graphprune: %(levelname)s: %(message)s"))
+    logger.addHandler(_log_handler)
+    logger.propagate = False  # the command line owns stderr: one copy of each message
+    logger.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line (the full usage stays in --help)."""
 
@@ -273,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # usage errors, --help, --version: argparse has printed what to say
         return done.code if isinstance(done.code, int) else 0
-    logging.basicConfig(format="graphprune: %(levelname)s: %(message)s",
-                        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)])
+    configure_logging(args.verbose)
     try:
         options.check(args)
         with progress.reporting(sys.stderr.isatty() and not args.quiet):

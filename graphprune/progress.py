@@ -4,6 +4,7 @@ loops of known length. Off unless a front end turns it on (the CLI does for term
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from typing import IO, Iterator, Sized, TypeVar
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 _stream: IO[str] | None = None
 T = TypeVar("T")
+log = logging.getLogger("graphprune")
 
 
 @contextlib.contextmanager
@@ -31,20 +33,23 @@ def enabled() -> bool:
 
 @contextlib.contextmanager
 def step(label: str) -> Iterator[None]:
-    """Announce `label`, then overwrite it with the time it took (kept only when the step succeeds)."""
-    if _stream is None:
-        yield
-        return
+    """Announce `label`, then overwrite it with the time it took (kept only when the step succeeds); the
+    time is also logged (INFO), whether progress is shown or not."""
     start = time.perf_counter()
-    _stream.write(f"{label} …\r")
-    _stream.flush()
+    if _stream is not None:
+        _stream.write(f"{label} …\r")
+        _stream.flush()
     try:
         yield
     except BaseException:
-        _stream.write("\r\033[K")
+        if _stream is not None:
+            _stream.write("\r\033[K")
         raise
-    _stream.write(f"\r\033[K{label} ({time.perf_counter() - start:.1f} s)\n")
-    _stream.flush()
+    elapsed = time.perf_counter() - start
+    log.info("%s: %.2f s", label, elapsed)
+    if _stream is not None:
+        _stream.write(f"\r\033[K{label} ({elapsed:.1f} s)\n")
+        _stream.flush()
 
 
 def bar(total: int, label: str, unit: str) -> tqdm:

@@ -24,7 +24,7 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
             threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession for a model file or an in-memory model (spilled to disk if it has external data)."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     providers = providers or ["CPUExecutionProvider"]
@@ -35,9 +35,9 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
 
 
 def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,
-                 dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+                 dims: dict[str, int] | None = None, side: int = 1) -> dict[str, np.ndarray]:
     """Random inputs matching the session's input specs; symbolic dims take `dims[name]`, else `batch` for
-    the leading axis and 1 elsewhere. Integer inputs get small non-negative values."""
+    the leading axis and `side` elsewhere. Integer inputs get small non-negative values."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in sess.get_inputs():
@@ -46,7 +46,7 @@ def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,
             if isinstance(d, int):
                 shape.append(d)
             else:
-                shape.append((dims or {}).get(d, batch if axis == 0 else 1))
+                shape.append((dims or {}).get(d, batch if axis == 0 else side))
         dtype = _NUMPY_TYPES.get(spec.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)

@@ -41,34 +41,45 @@ def check(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:
         onnx.checker.check_model(str(path), full_check=full_check)
 
 
-def _first_failure(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray] | None = None,
-                   dims: dict[str, int] | None = None) -> tuple[dict[str, str | None], list[np.ndarray] | None]:
-    """Each check's failure message for `model` (None where it passes), and its outputs on `feeds` (default:
-    seeded random inputs, symbolic axes sized by `dims`) when ONNX Runtime runs it."""
+SIDES = (1, 32, 224)  # sizes tried, smallest first, for symbolic non-batch axes until the original runs
+
+
+def _checker_failures(model: ir.Model | str | os.PathLike) -> dict[str, str | None]:
+    """Each checker's failure message for `model` (None where it passes)."""
     failures: dict[str, str | None] = {}
-    outputs = None
     for name, full in (("onnx.checker full_check", True), ("onnx.checker", False)):
         try:
             check(model, full_check=full)
             failures[name] = None
         except Exception as exc:  # noqa: BLE001 - the checker raises several types
             failures[name] = str(exc).strip().splitlines()[0]
+    return failures
+
+
+def _run(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray] | None, dims: dict[str, int] | None,
+         side: int) -> tuple[str | None, list[np.ndarray] | None]:
+    """(failure message, None), or (None, outputs) of one ORT run on `feeds` or seeded random inputs."""
     try:
         sess = runtime.session(model)
-        outputs = runtime.run(sess, feeds if feeds is not None else runtime.random_feeds(sess, dims=dims))
-        failures["onnxruntime run"] = None
+        return None, runtime.run(sess, feeds if feeds is not None else runtime.random_feeds(sess, dims=dims, side=side))
     except Exception as exc:  # noqa: BLE001 - ORT raises several types
-        failures["onnxruntime run"] = str(exc).strip().splitlines()[0]
-    return failures, outputs
+        return str(exc).strip().splitlines()[0], None
 
 
 def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model, feeds: dict[str, np.ndarray] | None = None,
                 dims: dict[str, int] | None = None) -> Verification:
     """Hold `pruned` to every check `original` passes (checker, full_check, an ORT run on `feeds` or random
-    inputs); raise VerificationError on the first it fails. Records the output drift between the two."""
-    result = Verification(inputs="the given inputs" if feeds is not None else "random inputs")
-    reference, dense = _first_failure(original, feeds, dims)
-    actual, pruned_outputs = _first_failure(pruned, feeds, dims)
+    inputs); raise VerificationError on the first it fails. Random inputs size symbolic non-batch axes by
+    `dims`, else by the first of SIDES at which the original runs (exports often constrain them). Records the
+    output drift between the two."""
+    reference, actual = _checker_failures(original), _checker_failures(pruned)
+    for side in SIDES if feeds is None else SIDES[:1]:
+        reference["onnxruntime run"], dense = _run(original, feeds, dims, side)
+        if dense is not None:
+            break
+    actual["onnxruntime run"], pruned_outputs = _run(pruned, feeds, dims, side)
+    inputs = "the given inputs" if feeds is not None else f"random inputs, batch 1, other symbolic axes {side}"
+    result = Verification(inputs=inputs)
     if dense is not None and pruned_outputs is not None:
         result.drift = relative_error(dense, pruned_outputs)
     for name, reason in reference.items():

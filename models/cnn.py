@@ -201,6 +201,49 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
 
 
+class RSELayer(nn.Module):
+    """PP-OCR's residual squeeze-excite conv: x + SE(x) after a bias-free conv."""
+
+    def __init__(self, c_in: int, c_out: int, k: int):
+        super().__init__()
+        self.conv, self.se = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), SqueezeExcite(c_out)
+        nn.init.uniform_(self.se.reduce.bias, 0.5, 1.0)  # no SE unit dead on every input
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x + self.se(x)
+
+
+class TextDetector(nn.Module):
+    """A PP-OCR-style text detector: a stride-2 backbone, the RSEFPN neck (each level plus the 2x-upsampled
+    coarser one, then upsample each to the finest level and concat) and a DB-style head; exported with dynamic
+    height and width, so shapes along the FPN are symbolic arithmetic."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 24, 48), neck: int = 32):
+        super().__init__()
+        chans = (3, *widths)
+        self.down = nn.ModuleList(conv_bn(chans[i], chans[i + 1], 3, 2) for i in range(len(widths)))
+        self.lateral = nn.ModuleList(RSELayer(c, neck, 1) for c in widths[1:])
+        self.smooth = nn.ModuleList(RSELayer(neck, neck // 4, 3) for _ in widths[1:])
+        fused = neck // 4 * len(self.smooth)
+        self.head = nn.Sequential(conv_bn(fused, neck // 4, act=nn.Hardswish), nn.Conv2d(neck // 4, 1, 1))
+
+    def forward(self, x):
+        levels = []
+        for index, conv in enumerate(self.down):
+            x = conv(x)
+            if index:
+                levels.append(x)
+        up = lambda t, f=2: F.interpolate(t, scale_factor=f, mode="nearest")  # noqa: E731
+        laterals = [conv(level) for conv, level in zip(self.lateral, levels, strict=True)]
+        merged = [laterals[-1]]
+        for lateral in reversed(laterals[:-1]):
+            merged.insert(0, lateral + up(merged[0]))
+        smoothed = [up(conv(level), 2**i) if i else conv(level)
+                    for i, (conv, level) in enumerate(zip(self.smooth, merged, strict=True))]
+        return up(self.head(torch.cat(smoothed[::-1], 1)), 2 ** len(levels))  # logits: a sigmoid would saturate
+
+
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "resnet": ResNet,
     "mobilenet_v2": lambda: MobileNet(v3=False),
@@ -211,6 +254,7 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "shufflenet": ShuffleNet,
     "convnext": ConvNeXt,
     "resnet50": ResNet50,
+    "text_detector": TextDetector,
 }
 
 
@@ -224,4 +268,5 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
             module.running_var.uniform_(0.5, 2.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
-    return model.eval(), torch.randn(2, 3, 224, 224) if name == "resnet50" else torch.randn(2, 3, 32, 32)
+    size = {"resnet50": 224}.get(name, 32)
+    return model.eval(), torch.randn(2, 3, size, size)

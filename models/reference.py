@@ -13,8 +13,12 @@ MOES = [f"moe_{form}" for form in moe.FORMS]
 
 
 def export_reference(name: str, dynamo: bool, folder: str | Path) -> Path:
-    """Export reference model `name` into `folder`; token models get dynamic batch and sequence axes."""
+    """Export reference model `name` into `folder`; token models get dynamic batch and sequence axes, the
+    text detector dynamic batch, height and width."""
     path = Path(folder) / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx"
+    if name == "text_detector":
+        image = {0: "batch", 2: "height", 3: "width"}
+        return export(*cnn.build(name), path, dynamo, dynamic=[image], output_dynamic=image)
     if name in cnn.BUILDERS:
         return export(*cnn.build(name), path, dynamo)
     if name in MOES:

@@ -7,6 +7,7 @@ mean and variance (Chan/Welford merge of batch moments) and the mean squared val
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from graphprune.groups import Group
 from graphprune.passes.routing import RoutingStats, routing_plans, update
 
 Feeds = dict[str, np.ndarray]
+log = logging.getLogger("graphprune")
 
 
 @dataclass
@@ -142,7 +144,8 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
     source = getattr(batches, "source", "")
     result = Calibration(source=source)
     input_names = [i.name for i in sess.get_inputs()]
-    with progress.bar(getattr(batches, "samples", None), "calibrating", "sample") as bar:
+    with progress.step(f"calibrating on {source or 'the given batches'}"), \
+            progress.bar(getattr(batches, "samples", None), "calibrating", "sample") as bar:
         for feeds in batches:
             try:
                 arrays = sess.run(names, {k: v for k, v in feeds.items() if k in input_names})
@@ -162,6 +165,7 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
             bar.update(count)
     if result.samples == 0:
         raise GraphpruneError("calibration data held no samples")
+    log.info("calibrated on %d samples from %s", result.samples, source or "the given batches")
     return result
 
 

@@ -100,9 +100,11 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
     scorer = get_criterion(criterion, calibration, seed, options)
     expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if allocation.expert_ratio else None
     groups = [g for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None]
-    scores = {group.id: (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
-              for group in progress.iterate(groups, f"scoring ({criterion})", "group")}
+    with progress.step(f"scoring ({criterion})"):
+        scores = {group.id: (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
+                  for group in progress.iterate(groups, "scoring", "group")}
     plan = allocation.plan(analysis, scores)
+    log.info("plan: %d units from %d groups", sum(len(u) for u in plan.removed.values()), len(plan.removed))
     plan.meta["criterion"] = criterion
     if expert_scorer is not None:
         plan.meta["expert_criterion"] = expert_criterion
@@ -192,9 +194,15 @@ def _load(source: Path, output: Output, *reads: str | os.PathLike | None) -> ir.
     return model
 
 
-def _analyze(model: ir.Model, **options) -> Analysis:
+def run_analysis(model: ir.Model, **options) -> Analysis:
+    """`analyze` as a pipeline step: shown as progress, its groups logged (INFO counts, DEBUG each group)."""
     with progress.step("analyzing"):
-        return analyze(model, **options)
+        analysis = analyze(model, **options)
+    log.info("%d groups, %d prunable", len(analysis.groups), len(analysis.prunable()))
+    for group in analysis.groups:
+        log.debug("group %d %s %s (%s): %d units%s", group.id, group.kind, group.layer, group.label, group.size,
+                  f", frozen: {group.frozen_reasons[0]}" if group.frozen else "")
+    return analysis
 
 
 def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | None, criterion: str = "l2",
@@ -223,7 +231,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     batches = spec.open(model, seed) if spec.wanted() else None
     before = cost(model, source)
     model_fingerprint = fingerprint(model)
-    analysis = _analyze(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
+    analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
@@ -258,7 +266,7 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
         log.warning("%s records no model fingerprint: only its group ids, labels and sizes were checked", plan_path)
     batches = spec.open(model) if needs_stats else None
     before = cost(model, source)
-    analysis = _analyze(model, allow_approximate=bool(probe.get("prune_hidden")),
+    analysis = run_analysis(model, allow_approximate=bool(probe.get("prune_hidden")),
                         gqa_units=probe.get("gqa_units") or "kv-group")
     plan = PruningPlan.load(plan_path, analysis.groups)
     gram_limit = GRAM_LIMIT if compensate and plan.meta.get("criterion") == "obs" else 0

@@ -18,8 +18,10 @@ from onnx import helper
 from graphprune import progress
 from graphprune.cli.main import main
 from graphprune.errors import PlanError
+from graphprune.io import load_model
 from graphprune.models.demo import DEMO_MODEL, DEMO_TEST_SET
 from graphprune.passes import CalibrationSpec, prune_file
+from graphprune.plan import fingerprint
 from tests.cli.test_cli import assert_one_line_error, run_cli
 from tests.graphs import GraphBuilder
 
@@ -88,14 +90,14 @@ def test_apply_refuses_a_plan_made_for_another_model_with_the_same_groups(capsys
     assert run_cli(capsys, "apply", copy, plan, "-o", tmp_path / "c.onnx")[0] == 0
 
 
-def test_a_plan_without_fingerprint_is_applied_with_a_warning(capsys, tmp_path, caplog):
+def test_a_plan_without_fingerprint_is_applied_with_a_warning(capsys, tmp_path):
     plan = tmp_path / "plan.json"
     assert run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "a.onnx", "--save-plan", plan)[0] == 0
     data = json.loads(plan.read_text())
     del data["meta"]["model"]
     plan.write_text(json.dumps(data))
-    assert run_cli(capsys, "apply", DEMO_MODEL, plan, "-o", tmp_path / "b.onnx")[0] == 0
-    assert "records no model fingerprint" in caplog.text
+    code, _, err = run_cli(capsys, "apply", DEMO_MODEL, plan, "-o", tmp_path / "b.onnx")
+    assert code == 0 and err.startswith("graphprune: WARNING: ") and "records no model fingerprint" in err
 
 
 @pytest.mark.parametrize("clash", ["initializers", "node output"])
@@ -303,6 +305,12 @@ def test_progress_names_every_step_and_counts_real_samples(tmp_path):
 def test_version_verbose_and_debug(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.startswith("graphprune 0.")
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "v.onnx", "-v")
+    assert code == 0 and "graphprune: INFO: analyzing:" in err and "graphprune: INFO: plan: " in err
+    code, _, err = run_cli(capsys, "-vv", "analyze", DEMO_MODEL)
+    assert code == 0 and "graphprune: DEBUG: group 0 channel /stem/stem.0" in err
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "q.onnx")
+    assert code == 0 and err == ""
     with pytest.raises(PlanError):
         main(["apply", str(DEMO_MODEL), str(write_bad_plan(tmp_path)), "-o", str(tmp_path / "o.onnx"), "--debug"])
     code, _, err = run_cli(capsys, "apply", DEMO_MODEL, write_bad_plan(tmp_path), "-o", tmp_path / "o.onnx")
@@ -310,8 +318,11 @@ def test_version_verbose_and_debug(capsys, tmp_path):
 
 
 def write_bad_plan(folder: Path) -> Path:
+    """A plan for the demo model (its fingerprint) naming a group the model does not have."""
     path = folder / "bad_plan.json"
-    path.write_text(json.dumps({"meta": {}, "groups": [{"group": 0, "label": "nope[0]", "size": 3, "removed": [1]}]}))
+    made_for = {"file": DEMO_MODEL.name, "fingerprint": fingerprint(load_model(DEMO_MODEL))}
+    path.write_text(json.dumps({"meta": {"model": made_for},
+                                "groups": [{"group": 0, "label": "nope[0]", "size": 3, "removed": [1]}]}))
     return path
 
 
