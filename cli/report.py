@@ -22,6 +22,22 @@ def widths(result: PruneResult) -> list[dict]:
     return rows
 
 
+def kind_summary(result: PruneResult) -> list[dict]:
+    """Per group kind: prunable groups, groups pruned, and units before/after across the prunable ones."""
+    removed = result.plan.removed
+    rows = {}
+    for group in result.groups:
+        if group.frozen:
+            continue
+        row = rows.setdefault(group.kind, {"kind": group.kind, "groups": 0, "pruned": 0, "before": 0, "after": 0})
+        cut = len(removed.get(group.id, ()))
+        row["groups"] += 1
+        row["pruned"] += bool(cut)
+        row["before"] += group.size
+        row["after"] += group.size - cut
+    return list(rows.values())
+
+
 def frozen_summary(result: PruneResult) -> dict[str, int]:
     """Frozen groups counted by their first reason, most common first."""
     return dict(Counter(g.frozen_reasons[0] for g in result.groups if g.frozen).most_common())
@@ -37,6 +53,7 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
         "before": result.before.row(),
         "after": result.after.row(),
         "groups": widths(result),
+        "kinds": kind_summary(result),
         "groups_total": len(result.groups),
         "frozen": frozen_summary(result),
         "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
@@ -63,10 +80,15 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
     rows = [[r["group"], r["kind"], r["layer"], f"{r['before']} -> {r['after']}"] for r in widths(result)]
     if rows:
         print("\n" + render(["group", "kind", "layer", "width"], rows))
+    kinds = [[k["kind"], f"{k['pruned']} of {k['groups']}", f"{k['before']} -> {k['after']}"]
+             for k in kind_summary(result)]
+    if kinds:
+        print("\n" + render(["kind", "groups pruned", "units (prunable groups)"], kinds))
     frozen = frozen_summary(result)
     if frozen:
-        print(f"\nfrozen: {sum(frozen.values())} group(s): "
-              + "; ".join(f"{count} × {reason}" for reason, count in frozen.items()))
+        print(f"\nfrozen: {sum(frozen.values())} group(s), by reason:")
+        for reason, count in frozen.items():
+            print(f"  {count} × {reason}")
     done = "dry run, nothing written" if result.dry_run else f"wrote {args.output}"
     print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); {done}")
     if getattr(args, "save_plan", None):

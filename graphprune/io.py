@@ -191,24 +191,49 @@ def output_files(path: str | os.PathLike, external_data: bool) -> list[Path]:
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
     """Write `model` to `path` atomically: files go to a temporary folder beside it, then are renamed.
     Only the type annotations the source file declared are written (see `written_form`)."""
-    path = Path(path)
-    if external_data is None:
-        external_data = uses_external_data(model)
-    files = output_files(path, external_data)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".graphprune-", dir=path.parent))
-    except OSError as exc:
-        raise GraphpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with written_form(model):
-            ir.save(model, staging / path.name, external_data=files[1].name if external_data else None)
-        for file in files[1:] + files[:1]:  # the model last: it names the data file
-            os.replace(staging / file.name, file)
-    except OSError as exc:
-        raise GraphpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with StagedModel(model, path, external_data=external_data) as staged:
+        staged.publish()
+
+
+class StagedModel:
+    """`model` written once into a staging folder beside `target`: check the staged file (`path`), then
+    `publish()` renames it (and its data file) into place. Leaving the `with` block removes whatever was not
+    published, so a failed check leaves no partial output. Errors name the user's path, never the staging one."""
+
+    def __init__(self, model: ir.Model, target: str | os.PathLike, *, external_data: bool | None = None) -> None:
+        self.target = Path(target)
+        external_data = uses_external_data(model) if external_data is None else external_data
+        self.files = output_files(self.target, external_data)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.folder = Path(tempfile.mkdtemp(prefix=".graphprune-", dir=self.target.parent))
+        except OSError as exc:
+            raise GraphpruneError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
+        try:
+            with written_form(model):
+                ir.save(model, self.path, external_data=self.files[1].name if external_data else None)
+        except BaseException as exc:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise GraphpruneError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
+            raise
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.target.name
+
+    def publish(self) -> None:
+        try:
+            for file in self.files[1:] + self.files[:1]:  # the model last: it names the data file
+                os.replace(self.folder / file.name, file)
+        except OSError as exc:
+            raise GraphpruneError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
+
+    def __enter__(self) -> "StagedModel":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -6,18 +6,29 @@ import numpy as np
 
 
 class UnionFind:
-    """Disjoint sets over a growable range of integer elements."""
+    """Disjoint sets over a growable range of integer elements (storage grows by doubling: adding n elements
+    one axis at a time costs O(n) overall, not O(n²))."""
 
     def __init__(self) -> None:
-        self._parent = np.zeros(0, dtype=np.int64)
+        self._storage = np.zeros(1024, dtype=np.int64)
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._parent)
+        return self._size
+
+    @property
+    def _parent(self) -> np.ndarray:
+        return self._storage[: self._size]
 
     def add(self, count: int) -> int:
         """Append `count` singleton elements; return the id of the first."""
-        base = len(self._parent)
-        self._parent = np.concatenate([self._parent, np.arange(base, base + count, dtype=np.int64)])
+        base = self._size
+        if base + count > len(self._storage):
+            grown = np.zeros(max(2 * len(self._storage), base + count), dtype=np.int64)
+            grown[:base] = self._storage[:base]
+            self._storage = grown
+        self._storage[base:base + count] = np.arange(base, base + count, dtype=np.int64)
+        self._size = base + count
         return base
 
     def find(self, elements: np.ndarray) -> np.ndarray:
@@ -47,4 +58,4 @@ class UnionFind:
 
     def roots(self) -> np.ndarray:
         """Root of every element."""
-        return self.find(np.arange(len(self._parent)))
+        return self.find(np.arange(self._size))

@@ -66,8 +66,8 @@ def _run(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray] | Non
         return str(exc).strip().splitlines()[0], None
 
 
-def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model, feeds: dict[str, np.ndarray] | None = None,
-                dims: dict[str, int] | None = None) -> Verification:
+def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike,
+                feeds: dict[str, np.ndarray] | None = None, dims: dict[str, int] | None = None) -> Verification:
     """Hold `pruned` to every check `original` passes (checker, full_check, an ORT run on `feeds` or random
     inputs); raise VerificationError on the first it fails. Random inputs size symbolic non-batch axes by
     `dims`, else by the first of SIDES at which the original runs (exports often constrain them). Records the

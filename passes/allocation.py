@@ -13,6 +13,9 @@ refuses to leave fewer experts than the router's top-k).
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import numpy as np
 
 from graphprune.analysis import Analysis
@@ -22,6 +25,7 @@ from graphprune.metrics import projected_cost
 from graphprune.plan import PruningPlan
 
 Scores = dict[int, np.ndarray]
+log = logging.getLogger("graphprune")
 
 
 def kept_count(size: int, ratio: float, round_to: int = 1) -> int:
@@ -43,11 +47,25 @@ def _strategy_groups(analysis: Analysis) -> list[Group]:
     return [g for g in analysis.prunable() if g.kind != "expert"]
 
 
+def _removal_counts(groups: list[Group], ratio_of: Callable[[Group], float]) -> dict[int, int]:
+    """Units to remove per group, floor(size × ratio); warns, per kind, where a positive ratio removes none."""
+    removals = {g.id: int(np.floor(g.size * ratio_of(g) + 1e-9)) for g in groups}
+    untouched: dict[tuple[str, float], list[int]] = {}
+    for group in groups:
+        if ratio_of(group) > 0 and removals[group.id] == 0:
+            untouched.setdefault((group.kind, ratio_of(group)), []).append(group.size)
+    for (kind, ratio), sizes in untouched.items():
+        log.warning("ratio %g removes nothing from %d %s group(s) of %s unit(s): %g × %d rounds down to 0 "
+                    "(a ratio of at least %.3g removes one)", ratio, len(sizes), kind,
+                    "/".join(str(s) for s in sorted(set(sizes))), ratio, min(sizes), 1 / max(sizes))
+    return removals
+
+
 def experts(analysis: Analysis, scores: Scores, ratio: float) -> PruningPlan:
     """Remove the lowest-scored `ratio` of the experts of every MoE layer."""
     _check(ratio)
     groups = [g for g in analysis.prunable() if g.kind == "expert"]
-    removals = {g.id: int(np.floor(g.size * ratio + 1e-9)) for g in groups}
+    removals = _removal_counts(groups, lambda group: ratio)
     return _plan_from_counts(groups, scores, removals, 1, 1.0, {"expert_ratio": ratio})
 
 
@@ -69,7 +87,7 @@ def uniform(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1,
     kind_ratios = kind_ratios or {}
     _check(ratio, *kind_ratios.values())
     groups = _strategy_groups(analysis)
-    removals = {g.id: int(np.floor(g.size * kind_ratios.get(g.kind, ratio) + 1e-9)) for g in groups}
+    removals = _removal_counts(groups, lambda group: kind_ratios.get(group.kind, ratio))
     meta = {"allocation": "uniform", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
     return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
 

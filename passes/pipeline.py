@@ -14,7 +14,7 @@ from graphprune import progress, verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
-from graphprune.io import load_model, save_model, source_files
+from graphprune.io import StagedModel, load_model, source_files
 from graphprune.metrics import Cost, cost, projected_cost
 from graphprune.outputs import check_outputs
 from graphprune.passes.allocation import experts, ranked, to_target, uniform
@@ -276,8 +276,9 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
 
 def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: PruningPlan,
                       stats: Calibration | None, compensate: bool, before: Cost) -> PruneResult:
-    """Merge experts if the plan says so, compensate, rewrite, verify against the original's checks, save
-    atomically — or, for a dry run, only project the costs. The plan file, if asked for, is written last."""
+    """Merge experts if the plan says so, compensate, rewrite, write the result once (staged), verify that
+    file against the original's checks, then move it into place — or, for a dry run, only project the costs.
+    The plan file, if asked for, is written last."""
     by_weights = plan.meta.get("criterion") == "obs"
     plan.meta["compensation"] = ("obs-weights" if by_weights else "bias") if compensate else None
     if output.dry_run:
@@ -293,10 +294,12 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
             elif compensate:
                 deltas = bias_deltas(analysis, plan, stats)
             pruned = apply_plan(analysis, plan, deltas, weights)
-        with progress.step("verifying"):
-            checks = verify.verify_like(source, pruned, output.feeds, output.dims)
         with progress.step(f"writing {output.model}"):
-            save_model(pruned, output.model)
+            staged = StagedModel(pruned, output.model)
+        with staged:
+            with progress.step("verifying"):
+                checks = verify.verify_like(source, staged.path, output.feeds, output.dims)
+            staged.publish()
         result = PruneResult(plan, before, cost(pruned, output.model), analysis.groups, checks)
     if output.plan is not None:
         plan.save(output.plan, analysis.groups)

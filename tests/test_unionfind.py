@@ -18,3 +18,15 @@ def test_union_chain_collapses_to_one_set():
     base = uf.add(1000)
     uf.union(base + np.arange(999, 0, -1), base + np.arange(998, -1, -1))
     assert set(uf.roots().tolist()) == {base}
+
+
+def test_growth_by_many_small_adds_keeps_every_set():
+    uf = UnionFind()
+    first = uf.add(3)
+    uf.union(np.array([first]), np.array([first + 2]))
+    bases = [uf.add(700) for _ in range(10)]  # past the initial capacity several times
+    uf.union(np.array([first]), np.array([bases[-1] + 5]))
+    roots = uf.roots()
+    assert len(uf) == len(roots) == 7003
+    assert roots[first] == roots[first + 2] == roots[bases[-1] + 5] and roots[first + 1] == first + 1
+    assert len(set(roots.tolist())) == 7003 - 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,14 @@ from tests.graphs import GraphBuilder
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def demo_folder_untouched():
+    """Every case here that reads the packaged demo model leaves it, and every file beside it, as it was."""
+    before = snapshot(DEMO_MODEL.parent)
+    yield
+    assert snapshot(DEMO_MODEL.parent) == before
 
 
 @pytest.fixture
@@ -337,7 +346,7 @@ def test_analyze_names_layers(capsys, exported):
 def test_prune_reports_widths_frozen_groups_and_drift(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "o.onnx", "--ratio", "0.5")
     assert code == 0 and "/stem/stem.0" in out and "32 -> 16" in out
-    assert "frozen: 1 group(s): 1 × y[axis 1]: graph output" in out and "output drift vs the original:" in out
+    assert "frozen: 1 group(s), by reason:\n  1 × y[axis 1]: graph output\n" in out and "output drift vs the original:" in out
 
 
 def test_dry_run_writes_nothing_but_the_plan(capsys, tmp_path):
@@ -349,3 +358,12 @@ def test_dry_run_writes_nothing_but_the_plan(capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
     code, out, _ = run_cli(capsys, "apply", DEMO_MODEL, tmp_path / "plan.json", "-o", tmp_path / "o.onnx", "--json")
     assert code == 0 and json.loads(out)["after"]["params"] == report["after"]["params"]
+
+
+def test_a_ratio_that_rounds_to_nothing_is_reported(capsys, tmp_path, exported):
+    """LLaMA-GQA with 2 KV groups: --head-ratio 0.25 removes floor(0.5) = 0 of them — said, per kind."""
+    code, out, err = run_cli(capsys, "prune", exported("llama", True), "-o", tmp_path / "o.onnx", "--ratio", "0",
+                             "--head-ratio", "0.25", "--neuron-ratio", "0.25")
+    assert code == 0
+    assert "ratio 0.25 removes nothing from 2 head group(s) of 2 unit(s)" in err and "at least 0.5" in err
+    assert re.search(r"\nhead +0 of 2 +4 -> 4\n", out) and re.search(r"\nneuron +2 of 2 +192 -> 144\n", out)
