@@ -14,7 +14,6 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from onnx_ir.passes.common._c_api_utils import call_onnx_api
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from graphprune import ops, progress
 from graphprune.canonicalize import canonicalize
@@ -108,6 +107,9 @@ def infer_shapes(model: ir.Model) -> None:
     _onnx_shape_inference(model)
     if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
         return
+    # Imported here: onnxruntime.tools imports torch when it is installed (a second of start-up for every command).
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
     # When it gives up, ORT's inference dumps the model into the working directory: give it a scratch one.
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         try:

@@ -9,10 +9,18 @@ from graphprune.groups import Group, Member
 from graphprune.passes.importance.registry import Criterion, register_criterion
 
 
+BLOCK = 1 << 22  # elements converted to float64 at a time: bounded memory on multi-GB weights
+
+
 def position_norms(member: Member, power: int) -> np.ndarray:
-    """Σ|w|^power over each position of the member's axis."""
-    array = np.moveaxis(member.value.const_value.numpy(), member.axis, 0).astype(np.float64)
-    return (np.abs(array.reshape(array.shape[0], -1)) ** power).sum(axis=1)
+    """Σ|w|^power over each position of the member's axis (in float64, a block of positions at a time)."""
+    array = np.moveaxis(member.value.const_value.numpy(), member.axis, 0)
+    rows = array.reshape(array.shape[0], -1)
+    norms = np.empty(rows.shape[0])
+    step = max(1, BLOCK // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], step):
+        norms[start:start + step] = (np.abs(rows[start:start + step].astype(np.float64)) ** power).sum(axis=1)
+    return norms
 
 
 def per_unit(member: Member, per_position: np.ndarray, size: int) -> np.ndarray:

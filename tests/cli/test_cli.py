@@ -174,3 +174,10 @@ def test_moe_layers_listed_and_experts_pruned(capsys, tmp_path, exported):
                            "--expert-ratio", "0.9")
     assert_one_line_error(code, err)
     assert "fewer than the router's top-2" in err and not (tmp_path / "bad.onnx").exists()
+
+
+def test_start_up_imports_no_torch():
+    """`--help`, `--version` and option errors answer at once: torch loads only where a feature needs it."""
+    code = "import sys, graphprune.cli.main, graphprune.passes; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
