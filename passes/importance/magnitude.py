@@ -8,7 +8,6 @@ from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
 from graphprune.passes.importance.registry import Criterion, register_criterion
 
-
 BLOCK = 1 << 22  # elements converted to float64 at a time: bounded memory on multi-GB weights
 
 
