@@ -178,6 +178,7 @@ def test_moe_layers_listed_and_experts_pruned(capsys, tmp_path, exported):
 
 def test_start_up_imports_no_torch():
     """`--help`, `--version` and option errors answer at once: torch loads only where a feature needs it."""
-    code = "import sys, graphprune.cli.main, graphprune.passes; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = ("import sys, graphprune.cli.main, graphprune.passes; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
