@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
 from graphprune.errors import GraphpruneError
-from graphprune.io import as_file, to_bytes, uses_external_data
+from graphprune.io import PROTOBUF_LIMIT, as_file, to_bytes, to_proto, uses_external_data
 
 _NUMPY_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -22,7 +24,8 @@ _NUMPY_TYPES = {
 
 def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = None,
             threads: int | None = None) -> ort.InferenceSession:
-    """An InferenceSession for a model file or an in-memory model (spilled to disk if it has external data)."""
+    """An InferenceSession for a model file or an in-memory model. An in-memory model whose weights live in
+    external data files is handed over with those files memory-mapped, never copied to disk."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
     if threads:
@@ -30,8 +33,44 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     providers = providers or ["CPUExecutionProvider"]
     if isinstance(model, ir.Model) and not uses_external_data(model):
         return ort.InferenceSession(to_bytes(model), options, providers=providers)
+    if isinstance(model, ir.Model):
+        files = _external_files(model)
+        if files is not None:
+            return _session_over_mapped_files(to_proto(model).SerializeToString(), files, options, providers)
     with as_file(model) as path:
         return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def _external_files(model: ir.Model) -> dict[str, Path] | None:
+    """Location (as the model names it) → file, for every external data file the model's initializers read;
+    None when the rest of the model does not fit one protobuf."""
+    files, inline = {}, 0
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            files[tensor.location] = Path(tensor.path)
+        elif tensor is not None:
+            inline += tensor.nbytes
+    return files if inline < PROTOBUF_LIMIT // 2 else None
+
+
+def _session_over_mapped_files(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,
+                               providers: list[str]) -> ort.InferenceSession:
+    """ORT reads each external data file from a read-only memory map of it (it copies what it needs while
+    the session is created; the maps are released afterwards)."""
+    maps: list[mmap.mmap] = []
+    buffers: list[np.ndarray] = []
+    try:
+        for path in files.values():
+            with open(path, "rb") as file:
+                maps.append(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+            buffers.append(np.frombuffer(maps[-1], dtype=np.uint8))
+        options.add_external_initializers_from_files_in_memory(list(files), buffers, [b.size for b in buffers])
+        return ort.InferenceSession(proto, options, providers=providers)
+    finally:
+        buffers.clear()  # the arrays export the maps' memory: drop them before closing the maps
+        for mapped in maps:
+            mapped.close()
 
 
 def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,

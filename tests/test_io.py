@@ -74,3 +74,22 @@ def test_incomplete_shape_inference_writes_nothing_to_the_working_directory(tmp_
     monkeypatch.chdir(tmp_path)
     from_proto(proto)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monkeypatch):
+    """An in-memory model whose weights live in external data (calibration of the original) gets its ORT
+    session from memory-mapped data files: nothing is copied to disk, and the outputs are the file's."""
+    source = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(DEMO_MODEL), source, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    model = load_model(source)
+
+    def no_spill(*args, **kwargs):
+        raise AssertionError("the model was spilled to disk")
+
+    monkeypatch.setattr("graphprune.runtime.as_file", no_spill)
+    feeds = {"x": np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)}
+    in_memory = runtime.run(runtime.session(model), feeds)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(in_memory[0], runtime.run(runtime.session(source), feeds)[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "weights.bin"]
