@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import IO, Iterator, Sized, TypeVar
+from typing import IO, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -25,10 +25,6 @@ def reporting(enabled: bool, stream: IO[str] | None = None) -> Iterator[None]:
         yield
     finally:
         _stream = previous
-
-
-def enabled() -> bool:
-    return _stream is not None
 
 
 @contextlib.contextmanager
@@ -59,7 +55,7 @@ def bar(total: int, label: str, unit: str) -> tqdm:
                 dynamic_ncols=True)
 
 
-def iterate(items: Sized, label: str, unit: str) -> Iterator[T]:
+def iterate(items: Sequence[T], label: str, unit: str) -> Iterator[T]:
     """Yield `items` while a bar counts them."""
     with bar(len(items), label, unit) as counter:
         for item in items:

@@ -181,16 +181,15 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
     path = Path(path)
     if not path.is_file():
         raise GraphpruneError(f"{path}: no such calibration file")
-    try:
-        if path.suffix == ".npy":
-            arrays = {input_names[0]: np.load(path)} if len(input_names) == 1 else None
-        else:
-            with np.load(path) as data:
-                arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, ValueError, zipfile errors, pickle errors
-        raise GraphpruneError(f"{path}: not a readable .npy/.npz file") from exc
-    if arrays is None:
+    if path.suffix != ".npy":
+        arrays = runtime.load_feeds(path)
+    elif len(input_names) != 1:
         raise GraphpruneError(f"{path}: a .npy file only serves a single-input model; use .npz keyed by input name")
+    else:
+        try:
+            arrays = {input_names[0]: np.load(path)}
+        except Exception as exc:  # noqa: BLE001 - numpy raises OSError, ValueError and pickle errors
+            raise GraphpruneError(f"{path}: not a readable .npy file") from exc
     if len(input_names) == 1 and input_names[0] not in arrays and len(arrays) == 1:
         arrays = {input_names[0]: next(iter(arrays.values()))}
     missing = [n for n in input_names if n not in arrays]
