@@ -107,9 +107,7 @@ def infer_shapes(model: ir.Model) -> None:
     _onnx_shape_inference(model)
     if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
         return
-    # Imported here: onnxruntime.tools imports torch when it is installed (a second of start-up for every command).
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
+    SymbolicShapeInference = _ort_symbolic_inference()
     # When it gives up, ORT's inference dumps the model into the working directory: give it a scratch one.
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         try:
@@ -117,6 +115,26 @@ def infer_shapes(model: ir.Model) -> None:
         except Exception:  # noqa: BLE001 - e.g. ops it does not know
             return
     _adopt_shapes(model, inferred)
+
+
+@functools.cache
+def _ort_symbolic_inference() -> type:
+    """ONNX Runtime's SymbolicShapeInference, loaded from its (self-contained) file: importing it as
+    `onnxruntime.tools.symbolic_shape_infer` runs `onnxruntime/tools/__init__.py`, which imports torch when
+    torch is installed — 1.7 s on every model load for nothing."""
+    import importlib.util
+
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("graphprune._ort_symbolic_shape_infer", path)
+    if spec is None or not path.is_file():
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
 
 
 def _onnx_shape_inference(model: ir.Model) -> None:

@@ -3,6 +3,7 @@ shape-carrying attributes and constants, update tensor shapes, and drop what bec
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -135,19 +136,29 @@ class _Rewriter:
             self.sizes[(id(bias), 0)] = self.sizes[key]
 
     def _shrink(self, value: ir.Value, axes: list[int]) -> None:
-        """Slice an initializer along `axes`, or record an activation's new sizes (if its shape is known)."""
+        """Slice an initializer along `axes` — lazily: the slice is taken when the tensor is written, one tensor
+        at a time, so memory stays bounded on multi-GB models — or record an activation's new sizes."""
         kept = {axis: self.kept(value, axis) for axis in axes}
         if value.const_value is not None:
-            array = value.const_value.numpy()
+            source = value.const_value
+            shape = list(source.shape.numpy())
             for axis, index in kept.items():
-                array = np.take(array, index, axis=axis)
-            value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
-            value.shape = ir.Shape(array.shape)
+                shape[axis] = len(index)
+            value.const_value = ir.LazyTensor(functools.partial(_sliced, source, kept, value.name), source.dtype,
+                                              ir.Shape(shape), name=value.name)
+            value.shape = ir.Shape(shape)
         elif value.shape is not None:
             dims = list(value.shape.dims)
             for axis, index in kept.items():
                 dims[axis] = len(index)
             value.shape = ir.Shape(dims)
+
+
+def _sliced(source: ir.TensorProtocol, kept: dict[int, np.ndarray], name: str) -> ir.Tensor:
+    array = source.numpy()
+    for axis, index in kept.items():
+        array = np.take(array, index, axis=axis)
+    return ir.tensor(np.ascontiguousarray(array), name=name)
 
 
 def apply_plan(analysis: Analysis, plan: PruningPlan, deltas: BiasDeltas | None = None,

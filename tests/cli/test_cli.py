@@ -176,9 +176,10 @@ def test_moe_layers_listed_and_experts_pruned(capsys, tmp_path, exported):
     assert "fewer than the router's top-2" in err and not (tmp_path / "bad.onnx").exists()
 
 
-def test_start_up_imports_no_torch():
-    """`--help`, `--version` and option errors answer at once: torch loads only where a feature needs it."""
-    code = ("import sys, graphprune.cli.main, graphprune.passes; "
-            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+def test_start_up_and_loading_import_no_torch():
+    """`--help`, `--version` and option errors answer at once, and loading a model (ORT's symbolic shape
+    inference included) does not pay torch's import either: torch loads only where a feature needs it."""
+    code = ("import sys, graphprune.cli.main, graphprune.passes; from graphprune.io import load_model; "
+            f"load_model({str(DEMO_MODEL)!r}); print(sorted({{'torch', 'transformers'}} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
