@@ -36,7 +36,7 @@ def bench_one(name: str, folder: Path, args: argparse.Namespace) -> list:
     pruned_path = folder / f"{name}_pruned.onnx"
     save_model(pruned, pruned_path)
     after = cost(pruned)
-    dense_sess, pruned_sess = runtime.session(dense_path), runtime.session(pruned_path)
+    dense_sess, pruned_sess = (runtime.session(p, timing=True) for p in (dense_path, pruned_path))
     batch = 1 if name == "resnet50" else args.batch
     feeds = runtime.random_feeds(dense_sess, batch=batch)
     runs = 10 if name == "resnet50" else args.runs

@@ -21,7 +21,7 @@ SETTINGS = [(0.25, 0.3), (0.25, 0.5), (0.5, 0.5)]
 
 
 def latency(path: Path, feeds: dict, runs: int) -> float:
-    sess = runtime.session(path)
+    sess = runtime.session(path, timing=True)
     return runtime.latency_ms(sess, {i.name: feeds[i.name] for i in sess.get_inputs()}, warmup=5, runs=runs)
 
 

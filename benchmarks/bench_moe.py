@@ -48,7 +48,7 @@ def bench_form(form: str, folder: Path, args: argparse.Namespace) -> list[list]:
     dense_path = export(*moe.build(form, **SIZES), folder / f"{form}.onnx", args.exporter == "dynamo",
                         dynamic=[tokens_axes], output_dynamic=tokens_axes)
     feeds, calib = tokens(args.tokens, 0), [tokens(args.tokens, 1)]
-    dense_sess = runtime.session(dense_path)
+    dense_sess = runtime.session(dense_path, timing=True)
     dense_out, dense_ms = runtime.run(dense_sess, feeds), runtime.latency_ms(dense_sess, feeds, runs=args.runs)
     before = cost(load_model(dense_path))
     rows = []
@@ -67,7 +67,7 @@ def bench_form(form: str, folder: Path, args: argparse.Namespace) -> list[list]:
                 criterion += " + merge"
             pruned_path = folder / f"{form}_{ratio}_{criterion}.onnx"
             save_model(apply_plan(analysis, plan), pruned_path)
-            sess = runtime.session(pruned_path)
+            sess = runtime.session(pruned_path, timing=True)
             error = verify.relative_error(dense_out, runtime.run(sess, feeds))
             latency = f"{runtime.latency_ms(sess, feeds, runs=args.runs) / dense_ms:.3f}" if criterion == "l2" else ""
             after = cost(load_model(pruned_path))

@@ -97,7 +97,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for path in args.models:
         if not os.path.isfile(path):
             raise GraphpruneError(f"{path}: no such file")
-        sess = runtime.session(path, threads=args.threads)
+        sess = runtime.session(path, threads=args.threads, timing=True)
         feeds = runtime.random_feeds(sess, batch=args.batch, dims=dict(args.dim) or None)
         ms = runtime.latency_ms(sess, feeds, args.warmup, args.runs)
         times.append(ms)

@@ -43,7 +43,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         except Exception as exc:  # noqa: BLE001 - onnx-ir raises SerdeError wrapping many causes
             raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         ir.external_data.set_base_dir(model.graph, path.parent)
-        model.meta[SOURCE_FILES] = [path, *_external_files(proto.graph, path.parent)]
+        model.meta[SOURCE_FILES] = [path, *external_data_files(proto.graph, path.parent)]
     with progress.step("inferring shapes"):
         return prepare(model)
 
@@ -60,7 +60,7 @@ def _refuse_duplicate_names(graph: onnx.GraphProto, path: Path) -> None:
                              "and runtimes disagree on which copy they use: de-duplicate the model first")
 
 
-def _external_files(graph: onnx.GraphProto, base: Path) -> list[Path]:
+def external_data_files(graph: onnx.GraphProto, base: Path) -> list[Path]:
     """The external data files the graph's initializers and Constant nodes point to."""
     tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
                                          if a.type == onnx.AttributeProto.TENSOR]

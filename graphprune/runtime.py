@@ -15,6 +15,8 @@ import onnxruntime as ort
 from graphprune.errors import GraphpruneError
 from graphprune.io import PROTOBUF_LIMIT, as_file, to_bytes, to_proto, uses_external_data
 
+InputSpec = tuple[list | None, np.dtype | None]  # dims (int, or a name/None where symbolic), dtype
+
 _NUMPY_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8,
@@ -23,11 +25,15 @@ _NUMPY_TYPES = {
 
 
 def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = None,
-            threads: int | None = None) -> ort.InferenceSession:
+            threads: int | None = None, timing: bool = False) -> ort.InferenceSession:
     """An InferenceSession for a model file or an in-memory model. An in-memory model whose weights live in
-    external data files is handed over with those files memory-mapped, never copied to disk."""
+    external data files is handed over with those files memory-mapped, never copied to disk. Sessions for
+    checks and calibration skip weight prepacking (a copy of every MatMul/Conv weight, seconds per GB);
+    `timing` sessions keep ONNX Runtime's defaults, as users run them."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    if not timing:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
     providers = providers or ["CPUExecutionProvider"]
@@ -75,26 +81,26 @@ def _session_over_mapped_files(proto: bytes, files: dict[str, Path], options: or
 
 def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,
                  dims: dict[str, int] | None = None, side: int = 1) -> dict[str, np.ndarray]:
-    """Random inputs matching the session's input specs; symbolic dims take `dims[name]`, else `batch` for
-    the leading axis and `side` elsewhere. Integer inputs get small non-negative values."""
+    """Random inputs matching the session's input specs (see `random_inputs`)."""
+    specs = {spec.name: (list(spec.shape), _NUMPY_TYPES.get(spec.type, np.float32)) for spec in sess.get_inputs()}
+    return random_inputs(specs, batch, seed, dims, side)
+
+
+def random_inputs(specs: dict[str, InputSpec], batch: int = 1, seed: int = 0, dims: dict[str, int] | None = None,
+                  side: int = 1) -> dict[str, np.ndarray]:
+    """Seeded random inputs for `specs`; symbolic dims take `dims[name]`, else `batch` for the leading axis and
+    `side` elsewhere. Integer inputs get small non-negative values."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for spec in sess.get_inputs():
-        shape = []
-        for axis, d in enumerate(spec.shape):
-            if isinstance(d, int):
-                shape.append(d)
-            else:
-                shape.append((dims or {}).get(d, batch if axis == 0 else side))
-        dtype = _NUMPY_TYPES.get(spec.type, np.float32)
+    for name, (spec_dims, dtype) in specs.items():
+        shape = [d if isinstance(d, int) else (dims or {}).get(d, batch if axis == 0 else side)
+                 for axis, d in enumerate(spec_dims or [])]
+        dtype = dtype or np.float32
         if np.issubdtype(dtype, np.floating):
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+            feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
-
-
-InputSpec = tuple[list, np.dtype]  # dims (int, or a name/None where symbolic), dtype
 
 
 def input_specs(model: ir.Model) -> dict[str, InputSpec]:
@@ -103,7 +109,7 @@ def input_specs(model: ir.Model) -> dict[str, InputSpec]:
     for value in model.graph.inputs:
         if value.is_initializer():
             continue
-        dims = list(value.shape.dims) if value.shape is not None else None
+        dims = [d if isinstance(d, int) else d.value for d in value.shape.dims] if value.shape is not None else None
         specs[value.name] = (dims, value.dtype.numpy() if value.dtype is not None else None)
     return specs
 

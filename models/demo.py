@@ -63,5 +63,5 @@ def _ratio(key: str, before: float, after: float) -> str:
 
 
 def _latency(path: Path, x: np.ndarray) -> float:
-    sess = runtime.session(path, threads=1)
+    sess = runtime.session(path, threads=1, timing=True)
     return runtime.latency_ms(sess, {sess.get_inputs()[0].name: x[:64]}, warmup=10, runs=100)

@@ -20,6 +20,7 @@ from graphprune import progress, runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
+from graphprune.io import load_model
 from graphprune.passes.routing import RoutingStats, routing_plans, update
 
 Feeds = dict[str, np.ndarray]
@@ -333,17 +334,19 @@ def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samp
                       match_bn: bool = False) -> Batches:
     """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec;
     with `match_bn`, image inputs get the per-channel moments that fit the first BatchNormalization."""
-    sess = runtime.session(model)
+    specs = runtime.input_specs(model if isinstance(model, ir.Model) else load_model(model))
     moments = bn_matched_moments(model) if match_bn and isinstance(model, ir.Model) else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
     source = "data-free (BN-matched)" if match_bn else "data-free"
-    return Batches(samples, source, _synthetic_feeds(sess, batch_size, samples, seed, moments))
+    return Batches(samples, source, _synthetic_feeds(specs, batch_size, samples, seed, moments))
 
 
-def _synthetic_feeds(sess, batch_size: int, samples: int, seed: int, moments) -> Iterator[Feeds]:
+def _synthetic_feeds(specs: dict[str, runtime.InputSpec], batch_size: int, samples: int, seed: int,
+                     moments) -> Iterator[Feeds]:
     for index, start in enumerate(range(0, samples, batch_size)):
-        feeds = runtime.random_feeds(sess, batch=min(batch_size, samples - start), seed=seed + index, dims={"seq": 16})
+        feeds = runtime.random_inputs(specs, batch=min(batch_size, samples - start), seed=seed + index,
+                                      dims={"seq": 16})
         if moments is not None:
             name, mean, std = moments
             shape = (1, -1) + (1,) * (feeds[name].ndim - 2)
