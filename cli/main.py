@@ -126,6 +126,9 @@ def add_common_arguments(p: argparse.ArgumentParser, default=None) -> None:
     p.add_argument("-v", "--verbose", action="count", default=default,
                    help="log what each step does (stdlib logging on stderr; -vv for debug detail)")
     p.add_argument("--debug", action="store_true", default=default, help="on an error, show the full traceback")
+    p.add_argument("--provider", choices=sorted(runtime.PROVIDERS), default=default,
+                   help="ONNX Runtime execution provider for calibration, verification and bench (default cpu; "
+                        "cuda needs the gpu extra and falls back to the CPU with a warning)")
 
 
 def add_gqa_argument(p: argparse.ArgumentParser) -> None:
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "verify in ONNX Runtime.")
     parser.add_argument("--version", action="version", version=f"graphprune {graphprune.__version__}")
     add_common_arguments(parser, default=False)
-    parser.set_defaults(verbose=0)
+    parser.set_defaults(verbose=0, provider="cpu")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, func) -> argparse.ArgumentParser:
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         options.check(args)
-        with progress.reporting(sys.stderr.isatty() and not args.quiet):
+        with progress.reporting(sys.stderr.isatty() and not args.quiet), runtime.using(args.provider):
             return args.func(args)
     except BrokenPipeError:
         # The reader went away (`graphprune analyze --json | head`): stop quietly, like a Unix tool.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import mmap
 import os
 import statistics
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -17,11 +20,33 @@ from graphprune.io import PROTOBUF_LIMIT, as_file, to_bytes, to_proto, uses_exte
 
 InputSpec = tuple[list | None, np.dtype | None]  # dims (int, or a name/None where symbolic), dtype
 
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+_providers: list[str] = PROVIDERS["cpu"]
+log = logging.getLogger("graphprune")
+
 _NUMPY_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
 }
+
+
+@contextlib.contextmanager
+def using(provider: str) -> Iterator[list[str]]:
+    """Run every session created inside on `provider` ("cpu", "cuda"), falling back to the CPU with a warning
+    where this onnxruntime lacks it (CUDA needs the `gpu` extra, onnxruntime-gpu, and a GPU)."""
+    global _providers
+    wanted = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        log.warning("%s is not available in this onnxruntime (available: %s); running on the CPU", wanted[0],
+                    ", ".join(available))
+        wanted = PROVIDERS["cpu"]
+    previous, _providers = _providers, wanted
+    try:
+        yield wanted
+    finally:
+        _providers = previous
 
 
 def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = None,
@@ -36,7 +61,7 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
         options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
-    providers = providers or ["CPUExecutionProvider"]
+    providers = providers or _providers
     if isinstance(model, ir.Model) and not uses_external_data(model):
         return ort.InferenceSession(to_bytes(model), options, providers=providers)
     if isinstance(model, ir.Model):

@@ -368,3 +368,15 @@ def test_a_ratio_that_rounds_to_nothing_is_reported(capsys, tmp_path, exported):
     assert code == 0
     assert "ratio 0.25 removes nothing from 2 head group(s) of 2 unit(s)" in err and "at least 0.5" in err
     assert re.search(r"\nhead +0 of 2 +4 -> 4\n", out) and re.search(r"\nneuron +2 of 2 +192 -> 144\n", out)
+
+
+def test_cuda_falls_back_to_the_cpu_with_one_warning(capsys, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here: nothing falls back")
+    code, out, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "o.onnx", "--provider", "cuda")
+    assert code == 0 and "onnxruntime run" in out
+    assert err.startswith("graphprune: WARNING: CUDAExecutionProvider is not available") and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "p.onnx", "--provider", "tpu")
+    assert code == 2 and "invalid choice: 'tpu'" in err
