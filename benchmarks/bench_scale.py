@@ -8,13 +8,11 @@ it, and the anonymous part, which excludes memory-mapped weights) and bytes writ
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from graphprune.cli.table import render
+from graphprune.models.measure import HEADERS, measured_row
 from graphprune.models.sparse import build_sparse_ffn
 
 SIZES = {  # layers, hidden, ffn
@@ -37,16 +35,9 @@ def main() -> None:
             source = build_sparse_ffn(Path(tmp) / size, *SIZES[size])
             for criterion in args.criteria.split(","):
                 target = Path(tmp) / f"{size}_{criterion}" / "pruned.onnx"
-                done = subprocess.run([sys.executable, "-m", "graphprune.models.measure", str(source), str(target),
-                                       criterion, str(args.ratio)], capture_output=True, text=True, check=True)
-                cost = json.loads(done.stdout.strip().splitlines()[-1])
-                model = cost["model_bytes"]
-                rows.append([size, f"{model / 1e9:.2f}", criterion, cost["wall_s"], cost["cpu_s"],
-                             f"{cost['peak_rss_bytes'] / model:.2f}", f"{cost['peak_anonymous_bytes'] / model:.2f}",
-                             f"{cost['written_bytes'] / cost['output_bytes']:.2f}"])
+                rows.append(measured_row(size, source, target, criterion, str(args.ratio)))
                 print(rows[-1], flush=True)
-    print(render(["size", "GB", "criterion", "wall s", "CPU s", "peak RSS / file", "anonymous / file",
-                  "written / output"], rows))
+    print(render(HEADERS, rows))
 
 
 if __name__ == "__main__":

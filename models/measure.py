@@ -2,12 +2,15 @@
 peak resident memory (all of it, and the anonymous part: mapped weight files excluded). Linux /proc only.
 
     python -m graphprune.models.measure MODEL OUTPUT [CRITERION [RATIO]]   (prints one JSON line)
+
+RATIO is a fraction for every group, or per kind: head=0.25,neuron=0.3 (other kinds untouched).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -26,8 +29,9 @@ def _written() -> int:
     return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["write_bytes"])
 
 
-def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5) -> dict:
-    """Prune `source` into `target` and return the costs of doing it."""
+def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
+            kind_ratios: dict[str, float] | None = None) -> dict:
+    """Prune `source` into `target` (`ratio`, or `kind_ratios` per kind) and return the costs of doing it."""
     from graphprune.passes import CalibrationSpec, prune_file
 
     peak = {"anonymous": 0}
@@ -42,7 +46,8 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5)
     sampler.start()
     written, wall, cpu = _written(), time.perf_counter(), time.process_time()
     calibration = CalibrationSpec(data_free=True, samples=8, batch_size=4) if criterion != "l2" else None
-    result = prune_file(source, target, criterion, ratio=ratio, calibration=calibration)
+    result = prune_file(source, target, criterion, ratio=0.0 if kind_ratios else ratio, kind_ratios=kind_ratios,
+                        calibration=calibration)
     done.set()
     sampler.join()
     graph = onnx.load(source, load_external_data=False).graph
@@ -56,6 +61,28 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5)
     }
 
 
+HEADERS = ["size", "GB", "criterion", "wall s", "CPU s", "peak RSS / file", "anonymous / file", "written / output"]
+
+
+def measured_row(size: str, source: Path, target: Path, criterion: str, ratio: str) -> list:
+    """Run `measure` in a fresh process (so peaks are this run's alone) and return one row under HEADERS."""
+    done = subprocess.run([sys.executable, "-m", "graphprune.models.measure", str(source), str(target), criterion,
+                           ratio], capture_output=True, text=True, check=True)
+    cost = json.loads(done.stdout.strip().splitlines()[-1])
+    model = cost["model_bytes"]
+    return [size, f"{model / 1e9:.2f}", criterion, cost["wall_s"], cost["cpu_s"],
+            f"{cost['peak_rss_bytes'] / model:.2f}", f"{cost['peak_anonymous_bytes'] / model:.2f}",
+            f"{cost['written_bytes'] / cost['output_bytes']:.2f}"]
+
+
+def parse_ratio(text: str) -> tuple[float, dict[str, float] | None]:
+    """"0.5" → (0.5, None); "head=0.25,neuron=0.3" → (0.0, {"head": 0.25, "neuron": 0.3})."""
+    if "=" not in text:
+        return float(text), None
+    return 0.0, {kind: float(value) for kind, value in (item.split("=") for item in text.split(","))}
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    print(json.dumps(measure(args[0], args[1], *(args[2:3]), *(float(a) for a in args[3:4]))))
+    ratio, kinds = parse_ratio(args[3]) if len(args) > 3 else (0.5, None)
+    print(json.dumps(measure(args[0], args[1], args[2] if len(args) > 2 else "l2", ratio, kinds)))
