@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from graphprune import runtime
 from graphprune.analysis import Analysis
-from graphprune.errors import GraphpruneError
+from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
 from graphprune.io import as_file, to_proto, uses_external_data
 from graphprune.plan import PruningPlan
@@ -52,7 +52,7 @@ def _checker_failures(model: ir.Model | str | os.PathLike) -> dict[str, str | No
             check(model, full_check=full)
             failures[name] = None
         except Exception as exc:  # noqa: BLE001 - the checker raises several types
-            failures[name] = str(exc).strip().splitlines()[0]
+            failures[name] = first_line(exc)
     return failures
 
 
@@ -63,7 +63,7 @@ def _run(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray] | Non
         sess = runtime.session(model)
         return None, runtime.run(sess, feeds if feeds is not None else runtime.random_feeds(sess, dims=dims, side=side))
     except Exception as exc:  # noqa: BLE001 - ORT raises several types
-        return str(exc).strip().splitlines()[0], None
+        return first_line(exc), None
 
 
 def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike,

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from graphprune import progress, runtime
 from graphprune.analysis import Analysis
-from graphprune.errors import GraphpruneError
+from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
 from graphprune.io import load_model
 from graphprune.passes.routing import RoutingStats, routing_plans, update
@@ -151,9 +151,8 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
             try:
                 arrays = sess.run(names, {k: v for k, v in feeds.items() if k in input_names})
             except Exception as exc:  # noqa: BLE001 - ORT raises several types
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise GraphpruneError(f"calibration: ONNX Runtime cannot run the model on {source or 'these inputs'}"
-                                      f" ({message[:200]})") from exc
+                                      f" ({first_line(exc)[:200]})") from exc
             outputs = dict(zip(names, arrays, strict=True))
             for plan in routers:
                 result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
@@ -334,8 +333,9 @@ def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samp
                       match_bn: bool = False) -> Batches:
     """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec;
     with `match_bn`, image inputs get the per-channel moments that fit the first BatchNormalization."""
-    specs = runtime.input_specs(model if isinstance(model, ir.Model) else load_model(model))
-    moments = bn_matched_moments(model) if match_bn and isinstance(model, ir.Model) else None
+    model = model if isinstance(model, ir.Model) else load_model(model)
+    specs = runtime.input_specs(model)
+    moments = bn_matched_moments(model) if match_bn else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
     source = "data-free (BN-matched)" if match_bn else "data-free"

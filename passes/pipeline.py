@@ -176,21 +176,20 @@ class Output:
     dims: dict[str, int] | None = None
     reads: tuple[str | os.PathLike, ...] = ()
 
-    def check(self, inputs: list[Path]) -> None:
-        """Refuse unusable or unsafe locations: nothing written may be one of `inputs` or `reads`."""
+    def check(self, read: list[Path]) -> None:
+        """Refuse unusable or unsafe locations: nothing written may be one of the files in `read`."""
         if self.model is None and not self.dry_run:
             raise GraphpruneError("no output path given (or ask for a dry run)")
-        read = inputs + [Path(p) for p in self.reads if p is not None and Path(p).is_file()]
         check_outputs(self.model if not self.dry_run else None, read, self.plan)
 
 
 def _load(source: Path, output: Output, *reads: str | os.PathLike | None) -> ir.Model:
-    """Load `source` once the output locations are known safe: before loading against the model file and
-    `reads`, after it also against the external data files the model names."""
-    output = Output(output.model, output.plan, output.dry_run, reads=output.reads + reads)
-    output.check([source])
+    """Load `source` once the output locations are known safe: before loading against the model file, the
+    output's and these other `reads`, after it also against the external data files the model names."""
+    others = [Path(p) for p in (*output.reads, *reads) if p is not None and Path(p).is_file()]
+    output.check([source, *others])
     model = load_model(source)
-    output.check(source_files(model))
+    output.check(source_files(model) + others)
     return model
 
 
