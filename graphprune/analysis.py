@@ -20,6 +20,7 @@ from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
 from graphprune.unionfind import UnionFind
 from graphprune.values import const_of, shape_of
+from graphprune.weights import is_weight
 
 
 @dataclass
@@ -72,6 +73,9 @@ class _Propagator:
 
     def has_dim(self, dim: Dim) -> bool:
         return dim in self.dims
+
+    def weight(self, value: ir.Value | None) -> bool:
+        return is_weight(value)
 
     def option(self, name: str) -> str | None:
         return self.options.get(name)

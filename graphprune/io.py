@@ -74,12 +74,18 @@ def source_files(model: ir.Model) -> list[Path]:
     return list(model.meta.get(SOURCE_FILES, []))
 
 
+FILL_ROUNDS = 4
+_SAME_SHAPE_CONTRIB = ("QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu")
+
+
 def prepare(model: ir.Model) -> ir.Model:
     """Normalise a model for analysis: weights as initializers, shapes inferred where possible."""
     model.meta[DECLARED] = {v.name for node in model.graph for v in node.outputs if v.type is not None}
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     infer_shapes(model)
-    if fill_unknown_shapes(model):
+    for _ in range(FILL_ROUNDS):  # contrib ops' shapes unlock ONNX inference after them, and so on
+        if not fill_unknown_shapes(model):
+            break
         infer_shapes(model)
     canonicalize(model)
     return model
@@ -94,10 +100,19 @@ def fill_unknown_shapes(model: ir.Model) -> int:
         for value, shape in zip(node.outputs, shapes or [], strict=False):
             if value is not None and value.shape is None and shape is not None:
                 value.shape = shape
-                if value.type is None and node.inputs and node.inputs[0] is not None:
-                    value.type = node.inputs[0].type
+                dtype = _first_dtype(node)
+                if value.dtype is None and dtype is not None:
+                    value.dtype = dtype
                 filled += 1
     return filled
+
+
+def _first_dtype(node: ir.Node) -> ir.DataType | None:
+    """The element type of the node's first typed input (contrib ops keep their data input's type)."""
+    for value in node.inputs:
+        if value is not None and (value.dtype or value.const_value is not None):
+            return value.dtype or value.const_value.dtype
+    return None
 
 
 def infer_shapes(model: ir.Model) -> None:
@@ -107,14 +122,17 @@ def infer_shapes(model: ir.Model) -> None:
     _onnx_shape_inference(model)
     if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
         return
-    SymbolicShapeInference = _ort_symbolic_inference()
-    # When it gives up, ORT's inference dumps the model into the working directory: give it a scratch one.
-    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
-        try:
-            inferred = SymbolicShapeInference.infer_shapes(ir.to_proto(model), auto_merge=True)
-        except Exception:  # noqa: BLE001 - e.g. ops it does not know
-            return
-    _adopt_shapes(model, inferred)
+    inference = _ort_symbolic_inference()(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
+    for op_type in _SAME_SHAPE_CONTRIB:  # elementwise ops its dispatcher lacks (it would stop following shapes)
+        inference.dispatcher_.setdefault(op_type, inference._pass_on_shape_and_type)
+    try:  # its own entry point discards everything when one op is unknown to it: keep what it did infer
+        inference._preprocess(ir.to_proto(model))
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+    except Exception:  # noqa: BLE001 - inference is best effort
+        return
+    _adopt_shapes(model, inference.out_mp_)
 
 
 @functools.cache
@@ -142,9 +160,13 @@ def _onnx_shape_inference(model: ir.Model) -> None:
     ShapeInferencePass would turn it into a tensor of the element type, which the checker then rejects)."""
     infer = functools.partial(onnx.shape_inference.infer_shapes, check_type=False, strict_mode=False,
                               data_prop=True)
+    initializers = dict(model.graph.initializers)
     try:
         inferred = ir.serde.deserialize_model(call_onnx_api(infer, model))
     except Exception:  # noqa: BLE001 - inference is best effort
+        # onnx-ir 0.1 strips the initializers before serialising and never restores them when that fails
+        for name, value in initializers.items():
+            model.graph.initializers[name] = value
         return
     for graph, inferred_graph in zip(model.graphs(), inferred.graphs(), strict=False):
         found = ir.convenience.create_value_mapping(inferred_graph)

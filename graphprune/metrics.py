@@ -12,6 +12,7 @@ import onnx_ir as ir
 from graphprune.analysis import Analysis
 from graphprune.plan import PruningPlan
 from graphprune.values import shape_of
+from graphprune.weights import stored_weight
 
 
 @dataclass
@@ -30,31 +31,47 @@ def _numel(shape: list | None) -> int:
     return int(np.prod([d if isinstance(d, int) else 1 for d in shape]))
 
 
+def weight_elements(value: ir.Value) -> int:
+    """Real values a weight initializer holds: its elements (packed sub-byte ones count each value); 0 for
+    integer shape constants, quantization scales and zero points."""
+    tensor = value.const_value
+    weight = stored_weight(value) if tensor is not None else None
+    if weight is None or not (tensor.dtype.is_floating_point() or weight.quantized):
+        return 0
+    return int(np.prod(tensor.shape.numpy())) * (weight.encoding.per_element if weight.quantized else 1)
+
+
 def count_params(model: ir.Model) -> int:
-    """Elements of floating-point initializers (weights), not of integer shape constants."""
-    total = 0
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None and tensor.dtype.is_floating_point():
-            total += int(np.prod(tensor.shape.numpy()))
-    return total
+    """Real values of the model's weights, float or quantized."""
+    return sum(weight_elements(value) for value in model.graph.initializers.values())
+
+
+# op → (convolution or matrix product, data input, weight input) for counting MACs
+_PRODUCTS = {
+    "Conv": ("conv", 0, 1), "ConvTranspose": ("conv", 0, 1), "QLinearConv": ("conv", 0, 3),
+    "ConvInteger": ("conv", 0, 1), "Gemm": ("matmul", 0, 1), "MatMul": ("matmul", 0, 1),
+    "QGemm": ("matmul", 0, 3), "QLinearMatMul": ("matmul", 0, 3), "MatMulInteger": ("matmul", 0, 1),
+    "MatMulIntegerToFloat": ("matmul", 0, 1), "DynamicQuantizeMatMul": ("matmul", 0, 1),
+    "MatMulNBits": ("matmul", 0, 1),
+}
 
 
 def _node_macs(node: ir.Node) -> int:
     """Multiply-accumulates of one node; symbolic dims (batch, sequence) count as 1."""
-    if node.op_type in ("Conv", "ConvTranspose"):
-        w, y = shape_of(node.inputs[1]), shape_of(node.outputs[0])
-        x = shape_of(node.inputs[0])
+    kind, data, weight = _PRODUCTS.get(node.op_type, (None, 0, 1))
+    if kind == "conv":
+        w, y = shape_of(node.inputs[weight]), shape_of(node.outputs[0])
+        x = shape_of(node.inputs[data])
         if w is None or y is None or x is None:
             return 0
         spatial = _numel(x[2:]) if node.op_type == "ConvTranspose" else _numel(y[2:])
         batch = _numel(y[:1])
         return batch * spatial * _numel(w)
-    if node.op_type in ("Gemm", "MatMul"):
-        a, y = shape_of(node.inputs[0]), shape_of(node.outputs[0])
+    if kind == "matmul":
+        a, y = shape_of(node.inputs[data]), shape_of(node.outputs[0])
         if a is None or y is None or not a:
             return 0
-        trans_a = node.op_type == "Gemm" and node.attributes.get("transA") and node.attributes["transA"].as_int()
+        trans_a = "Gemm" in node.op_type and node.attributes.get("transA") and node.attributes["transA"].as_int()
         k = a[0] if trans_a else a[-1]
         return _numel(y) * (k if isinstance(k, int) else 1)
     return 0
@@ -95,17 +112,18 @@ def projected_cost(analysis: Analysis, plan: PruningPlan) -> Cost:
     model = analysis.model
     params = 0.0
     for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None and tensor.dtype.is_floating_point():
-            params += int(np.prod(tensor.shape.numpy())) * _fraction(fractions, value, tensor.shape.rank())
+        elements = weight_elements(value)
+        if elements:
+            params += elements * _fraction(fractions, value, value.const_value.shape.rank())
     macs = 0.0
     for node in model.graph:
         base = _node_macs(node)
         if not base:
             continue
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        if weight is not None and weight.const_value is not None:
-            macs += base * _fraction(fractions, weight, weight.const_value.shape.rank())
+        index = _PRODUCTS[node.op_type][2]
+        stored = stored_weight(node.inputs[index]) if len(node.inputs) > index and node.inputs[index] else None
+        if stored is not None:
+            macs += base * _fraction(fractions, stored.value, stored.value.const_value.shape.rank())
         else:
             out = node.outputs[0]
             macs += base * _fraction(fractions, out, len(out.shape) if out.shape is not None else 0)

@@ -15,6 +15,7 @@ from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
 from graphprune.io import as_file, to_proto, uses_external_data
 from graphprune.plan import PruningPlan
+from graphprune.weights import stored_weight
 
 
 class VerificationError(GraphpruneError):
@@ -114,12 +115,7 @@ def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
         for member in group.members:
             if not member.consumer:
                 continue
-            positions = member.positions(units)
-            array = member.value.const_value.numpy().copy()
-            index = [slice(None)] * array.ndim
-            index[member.axis] = positions
-            array[tuple(index)] = 0
-            member.value.const_value = ir.tensor(array, name=member.value.name)
+            stored_weight(member.value).zero(member.axis, member.positions(units))
     return analysis.model
 
 

@@ -15,6 +15,7 @@ from graphprune.groups import Member
 from graphprune.passes.calibration import Calibration
 from graphprune.passes.importance.obs import inverse_hessian
 from graphprune.plan import PruningPlan
+from graphprune.weights import StoredWeight, stored_weight
 
 BiasDeltas = dict[ir.Node, np.ndarray]
 WeightUpdates = dict[ir.Value, np.ndarray]
@@ -30,7 +31,7 @@ def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration)
                 continue
             positions = member.positions(units)
             mean = calibration.of(member.reads.value, member.reads.axis).mean[positions]
-            rows = np.moveaxis(member.value.const_value.numpy(), member.axis, 0)[positions].astype(np.float64)
+            rows = np.moveaxis(stored_weight(member.value).dense(), member.axis, 0)[positions].astype(np.float64)
             contribution = np.tensordot(mean, rows, axes=(0, 0))
             delta = _per_output(member.node, contribution)
             if delta is not None:
@@ -40,11 +41,11 @@ def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration)
 
 def _per_output(node: ir.Node, contribution: np.ndarray) -> np.ndarray | None:
     """Reduce a weight-shaped contribution (input axis summed out) to one value per output channel."""
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "QLinearConv"):
         return contribution.reshape(contribution.shape[0], -1).sum(axis=1)
     if node.op_type == "ConvTranspose" and contribution.ndim >= 1:
         return contribution.reshape(contribution.shape[0], -1).sum(axis=1)
-    if node.op_type in ("Gemm", "MatMul", "Attention") and contribution.ndim == 1:
+    if node.op_type in ("Gemm", "QGemm", "MatMul", "Attention") and contribution.ndim == 1:
         return contribution
     return None
 
@@ -52,14 +53,15 @@ def _per_output(node: ir.Node, contribution: np.ndarray) -> np.ndarray | None:
 def apply_bias_deltas(model: ir.Model, deltas: BiasDeltas,
                       on_new_bias: Callable[[ir.Node, ir.Value], None] = lambda node, bias: None) -> None:
     """Add each delta to its node's bias, creating the bias where the node has none; `on_new_bias(node,
-    value)` hears of created biases (the rewrite slices them with the node's output channels)."""
+    value)` hears of created biases (the rewrite slices them with the node's output channels). A quantized
+    bias is requantized with its own scale; a quantized node without one gets none (there is no scale)."""
     for node, delta in deltas.items():
         bias = _bias_of(node)
         if bias is not None:
-            array = bias.const_value.numpy()
-            scale = _bias_scale(node)
-            bias.const_value = ir.tensor((array + (delta / scale).reshape(array.shape)).astype(array.dtype),
-                                         name=bias.name)
+            dense = bias.dense()
+            bias.store(dense + (delta / _bias_scale(node)).reshape(dense.shape))
+            continue
+        if node.op_type not in _FLOAT_BIAS:
             continue
         created = _constant(model, delta.astype(node.outputs[0].dtype.numpy() if node.outputs[0].dtype else np.float32))
         if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
@@ -77,18 +79,31 @@ def _bias_scale(node: ir.Node) -> float:
     return 1.0
 
 
-def _bias_of(node: ir.Node) -> ir.Value | None:
-    """The constant bias a node's output gets: its own bias input, or a MatMul's sole following Add."""
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "Attention"):
-        bias = node.inputs[2] if len(node.inputs) > 2 else None
-        return bias if bias is not None and bias.const_value is not None and len(bias.uses()) == 1 else None
+_FLOAT_BIAS = ("Conv", "ConvTranspose", "Gemm", "Attention", "MatMul")  # may be given a new float bias
+_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "Attention": 2, "QLinearConv": 8, "QGemm": 6}
+
+
+def _bias_of(node: ir.Node) -> StoredWeight | None:
+    """The constant bias (maybe quantized) a node's output gets: its own bias input, or a MatMul's sole
+    following Add."""
+    if node.op_type in _BIAS_INPUT:
+        index = _BIAS_INPUT[node.op_type]
+        bias = node.inputs[index] if len(node.inputs) > index else None
+        return _sole_weight(bias)
     uses = node.outputs[0].uses()
     if len(uses) == 1 and uses[0].node.op_type == "Add":
-        other = uses[0].node.inputs[1 - uses[0].idx]
-        if other is not None and other.const_value is not None and len(other.uses()) == 1 \
-                and other.const_value.shape.rank() == 1:
+        other = _sole_weight(uses[0].node.inputs[1 - uses[0].idx])
+        if other is not None and other.value.const_value.shape.rank() == 1:
             return other
     return None
+
+
+def _sole_weight(value: ir.Value | None) -> StoredWeight | None:
+    """`value`'s storage when it is a weight read only through `value` by one node."""
+    weight = stored_weight(value) if value is not None else None
+    if weight is None or len(value.uses()) != 1 or (weight.value is not value and len(weight.value.uses()) != 1):
+        return None
+    return weight
 
 
 def _constant(model: ir.Model, array: np.ndarray) -> ir.Value:
@@ -124,19 +139,20 @@ def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calib
                 entry = removed.setdefault((member.value, member.axis), (member, []))
                 entry[1].append(member.positions(units))
     updates: WeightUpdates = {}
-    for (value, axis), (member, parts) in removed.items():
+    for (_, axis), (member, parts) in removed.items():
         positions = np.concatenate(parts)
         hinv = inverse_hessian(calibration, member)
-        original = value.const_value.numpy()
-        rows = np.moveaxis(original, axis, 0).astype(np.float64)
+        weight = stored_weight(member.value)
+        rows = np.moveaxis(weight.dense(), axis, 0).astype(np.float64)
         flat = rows.reshape(rows.shape[0], -1)
         flat = flat - hinv[:, positions] @ np.linalg.solve(hinv[np.ix_(positions, positions)], flat[positions])
         flat[positions] = 0.0
-        updates[value] = np.moveaxis(flat.reshape(rows.shape), 0, axis).astype(original.dtype)
+        updates[weight.value] = np.moveaxis(flat.reshape(rows.shape), 0, axis)
     return updates
 
 
 def apply_weight_updates(updates: WeightUpdates) -> None:
-    """Replace each weight by its compensated version (before any slicing)."""
+    """Replace each weight's real values by their compensated version (before any slicing); quantized weights
+    are requantized with their own scales."""
     for value, array in updates.items():
-        value.const_value = ir.tensor(array, name=value.name)
+        stored_weight(value).store(array)

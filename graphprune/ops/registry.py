@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.quantization import Encoding
+
 MS = "com.microsoft"  # ONNX Runtime's contrib op domain
 
 
@@ -54,6 +56,7 @@ class CoupleContext(Protocol):
     def const(self, value: ir.Value | None) -> np.ndarray | None: ...
     def opset(self, domain: str = "") -> int: ...
     def has_dim(self, dim: Dim) -> bool: ...
+    def weight(self, value: ir.Value | None) -> bool: ...  # a constant, maybe stored quantized
     def defer(self, node: ir.Node, port: Port, axis: int) -> bool: ...  # True: will be asked again later
     def tag(self, dim: Dim, kind: str) -> None: ...
     def link(self, a: Dim, b: Dim) -> None: ...
@@ -86,6 +89,7 @@ class OpRule:
     """Dimension semantics of one op family: `couple` during analysis, `rewrite` after slicing."""
 
     carries_ids = False  # output 0.. hold data input 0's expert indices, rearranged (shape ops)
+    dequantizes = False  # output 0 is input 0's real values (DequantizeLinear)
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
         """Axes this node creates channels on (weight-producing layers); propagation starts there."""
@@ -105,6 +109,14 @@ class OpRule:
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         """Fix attributes or shape constants that carry channel counts; most ops have none."""
+
+    def encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
+        """How input `input_index` is stored when the node reads it quantized (None: as real values)."""
+        return None
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        """Inputs that are scales or zero points: sliced with their channels, never scored as weights."""
+        return ()
 
     def output_shapes(self, node: ir.Node) -> list[ir.Shape | None] | None:
         """Output shapes for ops neither ONNX nor ONNX Runtime shape inference knows (None: no opinion)."""
@@ -167,3 +179,15 @@ def attr_ints(node: ir.Node, name: str) -> list[int] | None:
 def present(values: Sequence[ir.Value | None]) -> list[tuple[int, ir.Value]]:
     """(index, value) of the inputs or outputs that are not omitted."""
     return [(i, v) for i, v in enumerate(values) if v is not None]
+
+
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """Input `index` (negative: the op has no such input), or None where omitted."""
+    return node.inputs[index] if 0 <= index < len(node.inputs) else None
+
+
+def per_channel(ctx: CoupleContext, node: ir.Node, indices: tuple[int, ...]) -> list[ir.Value]:
+    """The inputs among `indices` that hold one entry per channel (quantization scales and zero points given
+    per channel rather than per tensor)."""
+    values = [input_at(node, i) for i in indices]
+    return [v for v in values if v is not None and len(ctx.shape(v) or []) == 1 and ctx.shape(v)[0] != 1]

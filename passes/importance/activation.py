@@ -13,11 +13,12 @@ from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
 from graphprune.passes.importance.magnitude import per_unit
 from graphprune.passes.importance.registry import Criterion, register_criterion
+from graphprune.weights import stored_weight
 
 
 def weight_rows(member: Member) -> np.ndarray:
     """The consumer weight as [input channel, everything else] in float64."""
-    array = np.moveaxis(member.value.const_value.numpy(), member.axis, 0).astype(np.float64)
+    array = np.moveaxis(stored_weight(member.value).dense(), member.axis, 0).astype(np.float64)
     return array.reshape(array.shape[0], -1)
 
 

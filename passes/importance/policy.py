@@ -21,6 +21,7 @@ from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
 from graphprune.passes.importance.registry import Criterion, register_criterion
+from graphprune.weights import stored_weight
 
 EPISODES, GAMMA, LEARNING_RATE, HIDDEN, SAMPLES = 20, 0.99, 1e-3, 32, 8
 
@@ -29,9 +30,10 @@ def producer_rows(group: Group) -> np.ndarray | None:
     """[units, features]: each unit's producer weight slices (non-consumer 2-D params) side by side."""
     parts = []
     for member in group.param_members():
-        array = member.value.const_value.numpy()
-        if member.consumer or array.ndim != 2:
+        weight = stored_weight(member.value)
+        if member.consumer or weight is None or len(member.value.const_value.shape) != 2:
             continue
+        array = weight.dense()
         rows = np.moveaxis(array, member.axis, 0).astype(np.float32)
         owned = member.unit_of >= 0
         if np.bincount(member.unit_of[owned], minlength=group.size).max() != 1:

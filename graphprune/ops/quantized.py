@@ -1,0 +1,209 @@
+"""Quantization ops: QDQ pairs, ONNX Runtime's QOperator activations and dynamic quantization.
+
+DequantizeLinear of a constant is a weight stored as integers (its scale and zero point are sliced with its
+channels); on activations QuantizeLinear/DequantizeLinear pass channels through, slicing per-channel scales
+along their axis and blocked scales in whole blocks. QLinear activation ops behave like their float twins:
+their scales and zero points are per tensor (anything else freezes). DynamicQuantizeLinear computes one range
+per tensor: removing channels can only narrow it, so a pruned model matches its masked original up to that
+tensor's rounding (see the README's quantization section).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ops.elementwise import couple_broadcast
+from graphprune.ops.pool import Pool, Softmax
+from graphprune.ops.registry import (
+    MS,
+    CoupleContext,
+    Dim,
+    OpRule,
+    Port,
+    attr_int,
+    input_at,
+    normalize_axis,
+    present,
+    register,
+)
+from graphprune.ops.slicing import couple_pieces
+from graphprune.quantization import Affine, Encoding
+from graphprune.values import const_of
+
+
+def _per_tensor(ctx: CoupleContext, node: ir.Node, indices: tuple[int, ...]) -> bool:
+    """Every input among `indices` (scales, zero points) is a single number."""
+    shapes = [ctx.shape(v) for v in (input_at(node, i) for i in indices) if v is not None]
+    return all(shape is not None and int(np.prod(shape)) == 1 for shape in shapes)
+
+
+def _same_shape(node: ir.Node) -> list[ir.Shape | None]:
+    """Output shapes of elementwise contrib ops, which ONNX shape inference does not know."""
+    return [node.inputs[0].shape]
+
+
+def _broadcast(a: ir.Shape | None, b: ir.Shape | None) -> ir.Shape | None:
+    """numpy broadcasting of two shapes (a symbolic size against 1 stays symbolic)."""
+    if a is None or b is None:
+        return None
+    rank = max(len(a), len(b))
+    dims_a = [1] * (rank - len(a)) + list(a.dims)
+    dims_b = [1] * (rank - len(b)) + list(b.dims)
+    return ir.Shape([y if x == 1 else x for x, y in zip(dims_a, dims_b, strict=True)])
+
+
+@register("QuantizeLinear", "DequantizeLinear")
+@register("QuantizeLinear", "DequantizeLinear", domain=MS)
+class QuantizeCast(OpRule):
+    """y = x quantized or dequantized with scale and zero point per tensor, per `axis` (1-D) or per block of
+    `block_size` along `axis` (same rank as x)."""
+
+    dequantizes = True  # DequantizeLinear's output is its input's real values (QuantizeLinear has no encoding)
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        x, scale, zero, y = node.inputs[0], node.inputs[1], input_at(node, 2), node.outputs[0]
+        shape, scale_shape = ctx.shape(x), ctx.shape(scale)
+        if shape is None or scale_shape is None:
+            ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} with an unknown rank")
+            return
+        q_axis = normalize_axis(attr_int(node, "axis", 1), len(shape))
+        block = attr_int(node, "block_size", 0)
+        per_tensor = int(np.prod(scale_shape)) == 1
+        data_axis = axis if port.output or port.index == 0 or block else q_axis
+        ctx.link(Dim(x, data_axis), Dim(y, data_axis))
+        if per_tensor:
+            return
+        params = [v for v in (scale, zero) if v is not None]
+        if not block:
+            if data_axis == q_axis:
+                for param in params:
+                    ctx.link(Dim(x, q_axis), Dim(param, 0))
+            return
+        if data_axis != q_axis:
+            for param in params:
+                ctx.link(Dim(x, data_axis), Dim(param, data_axis))
+            return
+        size = shape[q_axis]
+        if not isinstance(size, int):
+            ctx.freeze(Dim(x, q_axis), f"blocked {node.op_type} along an axis of unknown size")
+            return
+        for param in params:  # a block is one unit: its scale goes only with all of its channels
+            ctx.link_pairs(Dim(x, q_axis), np.arange(size), Dim(param, q_axis), np.arange(size) // block)
+
+    def encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
+        if node.op_type != "DequantizeLinear" or input_index != 0 or node.inputs[0].const_value is None:
+            return None
+        scale = const_of(node.inputs[1])
+        if scale is None:
+            return None
+        shape = tuple(node.inputs[0].const_value.shape)
+        q_axis = normalize_axis(attr_int(node, "axis", 1), len(shape))
+        return Affine.along(scale, const_of(input_at(node, 2)), shape, q_axis, attr_int(node, "block_size", 0))
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return (1, 2)
+
+
+@register("DynamicQuantizeLinear")
+class DynamicQuantizeLinear(OpRule):
+    """x → (uint8 y, scale, zero point): y keeps x's layout; the range is one per tensor."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if port.output and port.index > 0:
+            ctx.freeze(Dim(port.value(node), axis), "DynamicQuantizeLinear scale and zero point are scalars")
+            return
+        ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
+
+
+def _per_tensor_or_freeze(ctx: CoupleContext, node: ir.Node, port: Port, axis: int, params: tuple[int, ...],
+                          data: tuple[int, ...]) -> bool:
+    """QLinear activation ops are modelled with per-tensor scales; data ports only."""
+    if port.output and port.index != 0 or (not port.output and port.index not in data):
+        ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} input {port.index} is a scale or zero point")
+        return False
+    if not _per_tensor(ctx, node, params):
+        ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} with per-channel activation scales")
+        return False
+    return True
+
+
+@register("QLinearAdd", "QLinearMul", domain=MS)
+class QLinearBinary(OpRule):
+    """A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point: broadcast like Add/Mul."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 4, 5, 6, 7), (0, 3)):
+            couple_broadcast(ctx, node, port, axis, [(0, node.inputs[0]), (3, node.inputs[3])])
+
+    def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
+        return [_broadcast(node.inputs[0].shape, node.inputs[3].shape)]
+
+
+@register("QLinearSigmoid", "QLinearLeakyRelu", domain=MS)
+class QLinearUnary(OpRule):
+    """X, X_scale, X_zero_point, Y_scale, Y_zero_point: elementwise."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 3, 4), (0,)):
+            ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
+
+    output_shapes = staticmethod(_same_shape)
+
+
+@register("QLinearGlobalAveragePool", domain=MS)
+class QLinearGlobalAveragePool(Pool):
+    """X, x_scale, x_zero_point, y_scale, y_zero_point; NCHW unless channels_last."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if attr_int(node, "channels_last", 0):
+            ctx.freeze(Dim(port.value(node), axis), "QLinearGlobalAveragePool with channels_last")
+        elif _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 3, 4), (0,)):
+            super().couple(ctx, node, port, axis)
+
+    def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
+        shape = node.inputs[0].shape
+        return [None if shape is None else ir.Shape([*shape.dims[:2], *[1] * (len(shape) - 2)])]
+
+
+@register("QLinearSoftmax", domain=MS)
+class QLinearSoftmax(Softmax):
+    """X, X_scale, X_zero_point, Y_scale, Y_zero_point; `opset` says which Softmax it follows."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        shape = ctx.shape(node.inputs[0])
+        if not _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 3, 4), (0,)):
+            return
+        if shape is None:
+            ctx.freeze(Dim(port.value(node), axis), "QLinearSoftmax input rank unknown")
+            return
+        norm = normalize_axis(attr_int(node, "axis", -1), len(shape))
+        if axis == norm or (attr_int(node, "opset", 13) < 13 and axis >= norm):
+            ctx.freeze(Dim(port.value(node), axis), "QLinearSoftmax normalises over this axis")
+            return
+        ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
+
+    output_shapes = staticmethod(_same_shape)
+
+
+@register("QLinearConcat", domain=MS)
+class QLinearConcat(OpRule):
+    """Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input, laid end to end along `axis`."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        pieces = [v for i, v in present(node.inputs) if i >= 2 and (i - 2) % 3 == 0]
+        params = tuple(i for i, _ in present(node.inputs) if i < 2 or (i - 2) % 3)
+        if not _per_tensor_or_freeze(ctx, node, port, axis, params, tuple(range(2, len(node.inputs), 3))):
+            return
+        shape = ctx.shape(pieces[0])
+        join = None if shape is None else normalize_axis(attr_int(node, "axis", 0), len(shape))
+        couple_pieces(ctx, node, port, axis, node.outputs[0], pieces, join)
+
+    def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
+        shapes = [v.shape for i, v in present(node.inputs) if i >= 2 and (i - 2) % 3 == 0]
+        if any(s is None for s in shapes):
+            return [None]
+        join = normalize_axis(attr_int(node, "axis", 0), len(shapes[0]))
+        sizes = [s[join] for s in shapes]
+        total = sum(sizes) if all(isinstance(n, int) for n in sizes) else None
+        return [ir.Shape([total if a == join else d for a, d in enumerate(shapes[0].dims)])]
