@@ -15,6 +15,7 @@ from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
 from graphprune.io import as_file, to_proto, uses_external_data
 from graphprune.plan import PruningPlan
+from graphprune.ops import lookup
 from graphprune.weights import stored_weight
 
 
@@ -107,16 +108,35 @@ def relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> flo
 
 def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
     """Zero, in place, every consumer weight slice that reads a planned unit, and force the router logits of
-    planned experts to -inf (a router that never picks them): the model a correct rewrite must reproduce."""
+    planned experts to -inf (a router that never picks them): the model a correct rewrite must reproduce.
+    Activations whose range a node reads (dynamic quantization) get their planned channels zeroed too: the
+    pruned model's range covers only the kept ones (and zero)."""
     for gid, units in plan.removed.items():
         group = analysis.group(gid)
         if group.experts is not None:
             _mask_experts(analysis.model, group, units)
         for member in group.members:
-            if not member.consumer:
-                continue
-            stored_weight(member.value).zero(member.axis, member.positions(units))
+            if member.consumer:
+                stored_weight(member.value).zero(member.axis, member.positions(units))
+            elif not member.is_param:
+                _mask_ranges(analysis.model, member.value, member.axis, member.positions(units))
     return analysis.model
+
+
+def _mask_ranges(model: ir.Model, value: ir.Value, axis: int, positions: np.ndarray) -> None:
+    """Zero `positions` of `value` along `axis` where a node reads its range (DynamicQuantizeLinear)."""
+    readers = [u for u in value.uses() if (rule := lookup(u.node)) is not None and rule.reads_range]
+    if not readers or not positions.size:
+        return
+    rank = len(value.shape)
+    mask = np.ones([value.shape[axis] if a == axis else 1 for a in range(rank)], dtype=value.dtype.numpy())
+    mask.reshape(-1)[positions] = 0
+    constant = ir.Value(name=f"{value.name}_range_mask", const_value=ir.tensor(mask))
+    model.graph.register_initializer(constant)
+    masked = ir.node("Mul", [value, constant], name=f"{value.name}_mask_range")
+    model.graph.insert_before(readers[0].node, masked)
+    for usage in readers:
+        usage.node.replace_input_with(usage.idx, masked.outputs[0])
 
 
 def _mask_experts(model: ir.Model, group: Group, units: np.ndarray) -> None:

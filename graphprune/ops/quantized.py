@@ -4,8 +4,8 @@ DequantizeLinear of a constant is a weight stored as integers (its scale and zer
 channels); on activations QuantizeLinear/DequantizeLinear pass channels through, slicing per-channel scales
 along their axis and blocked scales in whole blocks. QLinear activation ops behave like their float twins:
 their scales and zero points are per tensor (anything else freezes). DynamicQuantizeLinear computes one range
-per tensor: removing channels can only narrow it, so a pruned model matches its masked original up to that
-tensor's rounding (see the README's quantization section).
+per tensor (always containing 0): the pruned model's range is that of the kept channels, so it matches an
+original whose removed channels are zero there — which is how the masked reference is built (`reads_range`).
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ class QuantizeCast(OpRule):
 @register("DynamicQuantizeLinear")
 class DynamicQuantizeLinear(OpRule):
     """x → (uint8 y, scale, zero point): y keeps x's layout; the range is one per tensor."""
+
+    reads_range = True
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         if port.output and port.index > 0:

@@ -90,6 +90,7 @@ class OpRule:
 
     carries_ids = False  # output 0.. hold data input 0's expert indices, rearranged (shape ops)
     dequantizes = False  # output 0 is input 0's real values (DequantizeLinear)
+    reads_range = False  # output depends on input 0's range over all channels (DynamicQuantizeLinear)
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
         """Axes this node creates channels on (weight-producing layers); propagation starts there."""
