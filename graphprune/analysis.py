@@ -20,7 +20,7 @@ from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
 from graphprune.unionfind import UnionFind
 from graphprune.values import const_of, shape_of
-from graphprune.weights import is_weight
+from graphprune.weights import is_weight, stored_weight
 
 
 @dataclass
@@ -314,9 +314,16 @@ class _Propagator:
             return "head"
         if approx:
             return "hidden"
-        if all(m.value.const_value.shape.rank() <= 2 for m in members if m.is_param):
+        if all(_weight_rank(m.value) <= 2 for m in members if m.is_param):
             return "neuron"
         return "channel"
+
+
+def _weight_rank(value: ir.Value) -> int:
+    """Rank of the weight an initializer stores (packed sub-byte storage adds an axis)."""
+    weight = stored_weight(value)
+    packed = weight.encoding.packed_axes if weight is not None and weight.quantized else 0
+    return value.const_value.shape.rank() - packed
 
 
 def _notes(notes: dict[Dim, list[str]], dims: list[Dim]) -> list[str]:

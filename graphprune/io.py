@@ -100,17 +100,18 @@ def fill_unknown_shapes(model: ir.Model) -> int:
         for value, shape in zip(node.outputs, shapes or [], strict=False):
             if value is not None and value.shape is None and shape is not None:
                 value.shape = shape
-                dtype = _first_dtype(node)
+                dtype = _first_dtype(node, rule.quantization_inputs(node))
                 if value.dtype is None and dtype is not None:
                     value.dtype = dtype
                 filled += 1
     return filled
 
 
-def _first_dtype(node: ir.Node) -> ir.DataType | None:
-    """The element type of the node's first typed input (contrib ops keep their data input's type)."""
-    for value in node.inputs:
-        if value is not None and (value.dtype or value.const_value is not None):
+def _first_dtype(node: ir.Node, skip: tuple[int, ...]) -> ir.DataType | None:
+    """The element type of the node's first typed data input (contrib ops keep their data input's type);
+    `skip`: scales and zero points."""
+    for index, value in enumerate(node.inputs):
+        if index not in skip and value is not None and (value.dtype or value.const_value is not None):
             return value.dtype or value.const_value.dtype
     return None
 
@@ -190,16 +191,19 @@ def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
     """Copy ORT's inferred shapes onto values unless their own shape has more static dims (ORT's symbolic
     names relate dims across tensors, where ONNX's inference invents fresh ones). A shape contradicting a
     static size ONNX inferred is not taken (ORT's inference mis-handles some ops, e.g. Einsum with '...')."""
-    shapes = {}
+    shapes, dtypes = {}, {}
     for info in (*inferred.graph.value_info, *inferred.graph.output):
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
             shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                  for d in info.type.tensor_type.shape.dim]
+            dtypes[info.name] = info.type.tensor_type.elem_type
     for node in model.graph:
         for value in node.outputs:
             new = shapes.get(value.name)
             if new is None:
                 continue
+            if value.dtype is None and dtypes[value.name]:
+                value.dtype = ir.DataType(dtypes[value.name])
             old = None if value.shape is None else list(value.shape)
             if old is None or len(old) != len(new):
                 value.shape = ir.Shape(new)

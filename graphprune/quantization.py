@@ -23,6 +23,7 @@ class Encoding(ABC):
     """Stored integers ↔ real values, for one tensor."""
 
     per_element = 1  # real values one stored element holds (packed sub-byte formats: more)
+    packed_axes = 0  # trailing stored axes that only pack values (the weight's own rank is that much lower)
 
     @abstractmethod
     def dense(self, stored: np.ndarray) -> np.ndarray:
@@ -87,6 +88,8 @@ class NBits(Encoding):
     zero_points: np.ndarray | None  # [N, blocks] unpacked, or None: the midpoint 2^(bits-1)
     bits: int
     block: int
+
+    packed_axes = 1
 
     @property
     def per_element(self) -> int:  # type: ignore[override]

@@ -14,8 +14,8 @@ from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
 from graphprune.io import as_file, to_proto, uses_external_data
-from graphprune.plan import PruningPlan
 from graphprune.ops import lookup
+from graphprune.plan import PruningPlan
 from graphprune.weights import stored_weight
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune import ops
+from graphprune.groups import Member
 from graphprune.quantization import Encoding
+from graphprune.values import shape_of
 
 
 @dataclass
@@ -82,3 +84,48 @@ def dense(value: ir.Value) -> np.ndarray | None:
     """The real values of weight `value` (None where it is not a weight)."""
     weight = stored_weight(value)
     return None if weight is None else weight.dense()
+
+
+@dataclass
+class ConsumerView:
+    """A consumer weight seen from the channels it reads: one row per read channel, the unit owning it. Where
+    storage groups channels into blocks along the read axis (MatMulNBits), the blocks are unfolded."""
+
+    weight: StoredWeight
+    axis: int
+    unit_of: np.ndarray  # per read channel
+    channels: int
+    block: int  # read channels per stored position along `axis` (1 unless block-wise)
+
+    def rows(self) -> np.ndarray:
+        """[read channel, everything else] in float64."""
+        dense = self.weight.dense().astype(np.float64)
+        if self.block == 1:
+            rows = np.moveaxis(dense, self.axis, 0)
+            return rows.reshape(rows.shape[0], -1)
+        rows = np.moveaxis(dense, (self.axis, -1), (0, 1))
+        return rows.reshape(rows.shape[0] * rows.shape[1], -1)[: self.channels]
+
+    def positions(self, units: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.unit_of, units))
+
+    def dense_from(self, rows: np.ndarray) -> np.ndarray:
+        """Real values on the stored tensor's axes from `rows` laid out as `rows()` gives them."""
+        shape = self.weight.dense().shape
+        if self.block == 1:
+            moved = tuple(np.moveaxis(np.empty(shape, dtype=bool), self.axis, 0).shape)
+            return np.moveaxis(rows.reshape(moved), 0, self.axis)
+        moved = tuple(np.moveaxis(np.empty(shape, dtype=bool), (self.axis, -1), (0, 1)).shape)
+        padded = np.zeros((moved[0] * moved[1], rows.shape[1]))
+        padded[: self.channels] = rows
+        return np.moveaxis(padded.reshape(moved), (0, 1), (self.axis, -1))
+
+
+def consumer_view(member: Member) -> ConsumerView:
+    """The view of consumer member `member` (a weight slice reading `member.reads`)."""
+    weight = stored_weight(member.value)
+    channels = shape_of(member.reads.value)[member.reads.axis]
+    stored = len(member.unit_of)
+    block = 1 if channels == stored else -(-channels // stored)
+    unit_of = member.unit_of if block == 1 else np.repeat(member.unit_of, block)[:channels]
+    return ConsumerView(weight, member.axis, unit_of, channels, block)

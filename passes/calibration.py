@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from graphprune import progress, runtime
+from graphprune import ops, progress, runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
@@ -122,6 +122,38 @@ def observed_axes(analysis: Analysis) -> dict[str, set[int]]:
     return wanted
 
 
+Decoder = tuple[np.ndarray | str, np.ndarray | str]  # scale and zero point: constants or tensors to read
+
+
+def quantized_reads(analysis: Analysis) -> dict[str, Decoder]:
+    """Observed tensors that hold quantized integers → how to read their real values: the constant scale and
+    zero point of the QLinear op reading them, or the per-call ones of the DynamicQuantizeLinear making them."""
+    decoders: dict[str, Decoder] = {}
+    for group in analysis.prunable():
+        for member in group.members:
+            if member.reads is None:
+                continue
+            value = member.reads.value
+            producer = value.producer()
+            rule = ops.lookup(producer) if producer is not None else None
+            if rule is not None and rule.quantizes:
+                decoders[value.name] = (producer.outputs[1].name, producer.outputs[2].name)
+                continue
+            rule = ops.lookup(member.node)
+            index = next((i for i, v in enumerate(member.node.inputs) if v is value), -1)
+            encoding = rule.activation_encoding(member.node, index) if rule is not None else None
+            if encoding is not None:
+                decoders[value.name] = (encoding.scale, encoding.zero_point)
+    return decoders
+
+
+def _decoded(array: np.ndarray, decoder: Decoder | None, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    if decoder is None:
+        return array
+    scale, zero = (outputs[p] if isinstance(p, str) else p for p in decoder)
+    return ((array.astype(np.float64) - zero) * scale).astype(np.float32)
+
+
 def _session_exposing(model: ir.Model, names: list[str]):
     """An ORT session over `model` whose outputs also include the tensors `names` (the model is restored)."""
     values = {v.name: v for node in model.graph for v in node.outputs} | {v.name: v for v in model.graph.inputs}
@@ -139,8 +171,10 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
     """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis,
     and the channel Gram matrix XᵀX (for second-order criteria) of axes with at most `gram_limit` channels."""
     wanted = observed_axes(analysis)
+    decoders = quantized_reads(analysis)
     routers = routing_plans(analysis)
-    names = sorted(set(wanted).union(*(plan.tensors() for plan in routers)))
+    per_call = {p for decoder in decoders.values() for p in decoder if isinstance(p, str)}
+    names = sorted(set(wanted).union(per_call, *(plan.tensors() for plan in routers)))
     sess = _session_exposing(analysis.model, names)
     source = getattr(batches, "source", "")
     result = Calibration(source=source)
@@ -157,6 +191,8 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
             for plan in routers:
                 result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
             for name, array in outputs.items():
+                if name in wanted:
+                    array = _decoded(array, decoders.get(name), outputs)
                 for axis in wanted.get(name, ()):
                     gram = array.shape[axis] <= gram_limit
                     result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)

@@ -15,7 +15,7 @@ from graphprune.groups import Member
 from graphprune.passes.calibration import Calibration
 from graphprune.passes.importance.obs import inverse_hessian
 from graphprune.plan import PruningPlan
-from graphprune.weights import StoredWeight, stored_weight
+from graphprune.weights import ConsumerView, StoredWeight, consumer_view, stored_weight
 
 BiasDeltas = dict[ir.Node, np.ndarray]
 WeightUpdates = dict[ir.Value, np.ndarray]
@@ -29,10 +29,13 @@ def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration)
         for member in analysis.group(gid).members:
             if not member.consumer:
                 continue
-            positions = member.positions(units)
+            view = consumer_view(member)
+            positions = view.positions(units)
             mean = calibration.of(member.reads.value, member.reads.axis).mean[positions]
-            rows = np.moveaxis(stored_weight(member.value).dense(), member.axis, 0)[positions].astype(np.float64)
-            contribution = np.tensordot(mean, rows, axes=(0, 0))
+            rows = np.moveaxis(view.weight.dense(), member.axis, 0).astype(np.float64)
+            if view.block != 1:  # block-wise storage: rows per read channel, one column per output
+                rows = view.rows()
+            contribution = np.tensordot(mean, rows[positions], axes=(0, 0))
             delta = _per_output(member.node, contribution)
             if delta is not None:
                 deltas[member.node] = deltas.get(member.node, 0) + delta
@@ -132,22 +135,21 @@ def _add_after(model: ir.Model, node: ir.Node, bias: ir.Value) -> None:
 def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibration) -> WeightUpdates:
     """OBS compensation: for each consumer weight, the jointly optimal change to the surviving input channels
     when the removed set P goes, W ← W − H⁻¹[:, P] (H⁻¹[P, P])⁻¹ W[P, :] (W as [input channel, outputs])."""
-    removed: dict[tuple[ir.Value, int], tuple[Member, list[np.ndarray]]] = {}
+    removed: dict[tuple[ir.Value, int], tuple[ConsumerView, list[np.ndarray], Member]] = {}
     for gid, units in plan.removed.items():
         for member in analysis.group(gid).members:
             if member.consumer:
-                entry = removed.setdefault((member.value, member.axis), (member, []))
-                entry[1].append(member.positions(units))
+                view = consumer_view(member)
+                entry = removed.setdefault((member.value, member.axis), (view, [], member))
+                entry[1].append(entry[0].positions(units))
     updates: WeightUpdates = {}
-    for (_, axis), (member, parts) in removed.items():
+    for view, parts, member in removed.values():
         positions = np.concatenate(parts)
         hinv = inverse_hessian(calibration, member)
-        weight = stored_weight(member.value)
-        rows = np.moveaxis(weight.dense(), axis, 0).astype(np.float64)
-        flat = rows.reshape(rows.shape[0], -1)
+        flat = view.rows()
         flat = flat - hinv[:, positions] @ np.linalg.solve(hinv[np.ix_(positions, positions)], flat[positions])
         flat[positions] = 0.0
-        updates[weight.value] = np.moveaxis(flat.reshape(rows.shape), 0, axis)
+        updates[view.weight.value] = view.dense_from(flat)
     return updates
 
 

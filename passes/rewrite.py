@@ -88,14 +88,14 @@ class _Rewriter:
     def run(self) -> None:
         for group, units in self.experts:
             self._remove_experts(group, units)
+        apply_weight_updates(self.weights)  # on the full-size tensors, read with their original encodings
+        apply_bias_deltas(self.model, self.deltas, self._prune_like_output)
         pruned_ids = {key[0] for key in self.removed}
         for node in list(self.model.graph):
             touched = any(v is not None and id(v) in pruned_ids for v in (*node.inputs, *node.outputs))
             rule = ops.lookup(node)
             if touched and rule is not None:
                 rule.rewrite(self, node)
-        apply_weight_updates(self.weights)
-        apply_bias_deltas(self.model, self.deltas, self._prune_like_output)
         by_value: dict[int, list[int]] = {}
         for (vid, axis) in self.removed:
             by_value.setdefault(vid, []).append(axis)

@@ -139,6 +139,11 @@ class QLinearConv(Conv):
             return Affine.along(x_scale * w_scale, None, shape, 0)
         return None
 
+    def activation_encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
+        if input_index != self.data or const_of(node.inputs[1]) is None:
+            return None
+        return Affine(const_of(node.inputs[1]).reshape(()), const_of(node.inputs[2]).reshape(()))
+
 
 @register("ConvInteger")
 class ConvInteger(Conv):

@@ -6,6 +6,7 @@ same roles from other input slots; per-column weight scales and zero points go w
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.elementwise import couple_broadcast
@@ -37,6 +38,12 @@ class _Quantized(OpRule):
 
     def _column_axis(self, node: ir.Node, shape: tuple[int, ...]) -> int:
         return len(shape) - 1
+
+    def activation_encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
+        if input_index != self.a or 1 not in self.activation_params or const_of(node.inputs[1]) is None:
+            return None  # QLinearMatMul and QGemm read A with a constant scale and zero point (inputs 1, 2)
+        zero = const_of(input_at(node, 2))
+        return Affine(const_of(node.inputs[1]).reshape(()), np.int64(0) if zero is None else zero.reshape(()))
 
     def output_columns(self, ctx: CoupleContext, node: ir.Node) -> list[ir.Value]:
         """1-D inputs with one entry per output column: per-column scales, zero points, a fused bias."""

@@ -21,6 +21,7 @@ from graphprune.ops.registry import (
     Dim,
     OpRule,
     Port,
+    RewriteContext,
     attr_int,
     input_at,
     normalize_axis,
@@ -28,7 +29,7 @@ from graphprune.ops.registry import (
     register,
 )
 from graphprune.ops.slicing import couple_pieces
-from graphprune.quantization import Affine, Encoding
+from graphprune.quantization import Affine, Encoding, NBits, pack, unpack
 from graphprune.values import const_of
 
 
@@ -110,6 +111,7 @@ class DynamicQuantizeLinear(OpRule):
     """x → (uint8 y, scale, zero point): y keeps x's layout; the range is one per tensor."""
 
     reads_range = True
+    quantizes = True
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         if port.output and port.index > 0:
@@ -141,6 +143,9 @@ class QLinearBinary(OpRule):
     def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
         return [_broadcast(node.inputs[0].shape, node.inputs[3].shape)]
 
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return (1, 2, 4, 5, 6, 7)
+
 
 @register("QLinearSigmoid", "QLinearLeakyRelu", domain=MS)
 class QLinearUnary(OpRule):
@@ -151,6 +156,9 @@ class QLinearUnary(OpRule):
             ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
 
     output_shapes = staticmethod(_same_shape)
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return (1, 2, 3, 4)
 
 
 @register("QLinearGlobalAveragePool", domain=MS)
@@ -166,6 +174,9 @@ class QLinearGlobalAveragePool(Pool):
     def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
         shape = node.inputs[0].shape
         return [None if shape is None else ir.Shape([*shape.dims[:2], *[1] * (len(shape) - 2)])]
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return (1, 2, 3, 4)
 
 
 @register("QLinearSoftmax", domain=MS)
@@ -186,6 +197,9 @@ class QLinearSoftmax(Softmax):
         ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
 
     output_shapes = staticmethod(_same_shape)
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return (1, 2, 3, 4)
 
 
 @register("QLinearConcat", domain=MS)
@@ -209,3 +223,81 @@ class QLinearConcat(OpRule):
         sizes = [s[join] for s in shapes]
         total = sum(sizes) if all(isinstance(n, int) for n in sizes) else None
         return [ir.Shape([total if a == join else d for a, d in enumerate(shapes[0].dims)])]
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return tuple(i for i, _ in present(node.inputs) if i < 2 or (i - 2) % 3)
+
+
+@register("MatMulNBits", domain=MS)
+class MatMulNBits(OpRule):
+    """A [..., K] · B (K×N packed in `bits`-bit blocks: [N, blocks, block·bits/8]) with scales [N, blocks],
+    optional packed uint8 zero points [N, ceil(blocks·bits/8)] and bias [N]. Output columns prune exactly;
+    input columns prune in whole blocks (a block is one unit); `K`, `N` and the packed zero points are
+    rewritten."""
+
+    def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
+        return [Dim(node.inputs[1], 0)] if node.inputs[1].const_value is not None else []
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        a, b, scales, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+        zero, bias = input_at(node, 3), input_at(node, 5)
+        shape = ctx.shape(a)
+        touched = Dim(port.value(node), axis)
+        reason = self._unsupported(ctx, node)
+        if reason or shape is None:
+            ctx.freeze(touched, reason or "MatMulNBits input rank unknown")
+            return
+        rank = len(shape)
+        if (not port.output and port.index == 0 and axis == rank - 1) or (port.index in (1, 2) and axis == 1):
+            k, block = attr_int(node, "K", 0), attr_int(node, "block_size", 0)
+            ctx.link_pairs(Dim(a, rank - 1), np.arange(k), Dim(b, 1), np.arange(k) // block)
+            ctx.link(Dim(b, 1), Dim(scales, 1))
+            ctx.consumer(Dim(b, 1), Dim(a, rank - 1), node)
+        elif (port.output and axis == rank - 1) or (not port.output and port.index > 0):
+            ctx.link(Dim(y, rank - 1), Dim(b, 0))
+            for param in (scales, zero, bias):
+                if param is not None:
+                    ctx.link(Dim(y, rank - 1), Dim(param, 0))
+        else:
+            ctx.link(Dim(a, axis), Dim(y, axis))
+
+    @staticmethod
+    def _unsupported(ctx: CoupleContext, node: ir.Node) -> str | None:
+        zero = input_at(node, 3)
+        if input_at(node, 4) is not None:
+            return "MatMulNBits with g_idx (act-order) is not modelled"
+        if node.inputs[1].const_value is None or len(ctx.shape(node.inputs[2]) or []) != 2:
+            return "MatMulNBits with computed weights or flat scales is not modelled"
+        if zero is not None and (zero.const_value is None or zero.const_value.dtype != ir.DataType.UINT8
+                                 or len(zero.const_value.shape) != 2):
+            return "MatMulNBits with float or flat zero points is not modelled"
+        return None
+
+    def encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
+        scales, zero = const_of(node.inputs[2]), const_of(input_at(node, 3))
+        if input_index != 1 or scales is None or scales.ndim != 2:
+            return None
+        bits, block = attr_int(node, "bits", 4), attr_int(node, "block_size", 0)
+        zero_points = None if zero is None else unpack(zero, bits, scales.shape[1])
+        return NBits(scales.astype(np.float32), zero_points, bits, block)
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return (2, 3, 4)
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        rows, blocks = ctx.kept(node.inputs[1], 0), ctx.kept(node.inputs[1], 1)
+        if rows is not None:
+            ctx.set_attr(node, ir.AttrInt64("N", len(rows)))
+        if blocks is None:
+            return
+        k, block, bits = attr_int(node, "K", 0), attr_int(node, "block_size", 0), attr_int(node, "bits", 4)
+        ctx.set_attr(node, ir.AttrInt64("K", int(sum(min(block, k - b * block) for b in blocks))))
+        zero = const_of(input_at(node, 3))
+        if zero is not None:  # packed: several blocks share a byte, so repack the kept ones (and kept rows)
+            count = ctx.shape(node.inputs[1])[1]
+            kept = unpack(zero, bits, count)[:, blocks]
+            ctx.set_input_const(node, 3, pack(kept if rows is None else kept[rows], bits))
+
+    def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
+        shape = node.inputs[0].shape
+        return [None if shape is None else ir.Shape([*shape.dims[:-1], attr_int(node, "N", 0)])]

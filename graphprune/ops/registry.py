@@ -91,6 +91,7 @@ class OpRule:
     carries_ids = False  # output 0.. hold data input 0's expert indices, rearranged (shape ops)
     dequantizes = False  # output 0 is input 0's real values (DequantizeLinear)
     reads_range = False  # output depends on input 0's range over all channels (DynamicQuantizeLinear)
+    quantizes = False  # outputs 0, 1, 2: input 0 quantized with the scale and zero point it chose per call
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
         """Axes this node creates channels on (weight-producing layers); propagation starts there."""
@@ -113,6 +114,10 @@ class OpRule:
 
     def encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
         """How input `input_index` is stored when the node reads it quantized (None: as real values)."""
+        return None
+
+    def activation_encoding(self, node: ir.Node, input_index: int) -> Encoding | None:
+        """How activation input `input_index` is quantized with constants (QLinear ops), for calibration."""
         return None
 
     def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:

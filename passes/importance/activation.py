@@ -13,29 +13,26 @@ from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
 from graphprune.passes.importance.magnitude import per_unit
 from graphprune.passes.importance.registry import Criterion, register_criterion
-from graphprune.weights import stored_weight
-
-
-def weight_rows(member: Member) -> np.ndarray:
-    """The consumer weight as [input channel, everything else] in float64."""
-    array = np.moveaxis(stored_weight(member.value).dense(), member.axis, 0).astype(np.float64)
-    return array.reshape(array.shape[0], -1)
+from graphprune.weights import ConsumerView, consumer_view
 
 
 class _Activation(Criterion):
     needs_data = True
 
-    def per_position(self, member: Member) -> np.ndarray:
+    def per_position(self, member: Member, view: ConsumerView) -> np.ndarray:
+        """One value per channel the consumer reads."""
         raise NotImplementedError
 
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
         total = np.zeros(group.size)
         for member in group.members:
             if member.consumer:
-                total += per_unit(member, self.per_position(member), group.size) / self.unit_norm(member, group)
+                view = consumer_view(member)
+                total += per_unit(view.unit_of, self.per_position(member, view), group.size) / self.unit_norm(
+                    view, group)
         return total
 
-    def unit_norm(self, member: Member, group: Group) -> np.ndarray:
+    def unit_norm(self, view: ConsumerView, group: Group) -> np.ndarray:
         return np.ones(group.size)
 
 
@@ -43,19 +40,19 @@ class _Activation(Criterion):
 class WandaSP(_Activation):
     """Σ over a unit's channels of mean |W_:,j| · ‖X_j‖₂ (per-token RMS, proportional to the norm)."""
 
-    def per_position(self, member: Member) -> np.ndarray:
+    def per_position(self, member: Member, view: ConsumerView) -> np.ndarray:
         stats = self.calibration.of(member.reads.value, member.reads.axis)
-        return np.abs(weight_rows(member)).mean(axis=1) * np.sqrt(stats.mean_square)
+        return np.abs(view.rows()).mean(axis=1) * np.sqrt(stats.mean_square)
 
 
 @register_criterion("flap")
 class Flap(_Activation):
     """Mean over a unit's channels of Var(X_j) · ‖W_:,j‖²."""
 
-    def per_position(self, member: Member) -> np.ndarray:
+    def per_position(self, member: Member, view: ConsumerView) -> np.ndarray:
         stats = self.calibration.of(member.reads.value, member.reads.axis)
-        return stats.variance * (weight_rows(member) ** 2).sum(axis=1)
+        return stats.variance * (view.rows() ** 2).sum(axis=1)
 
-    def unit_norm(self, member: Member, group: Group) -> np.ndarray:
-        owned = member.unit_of[member.unit_of >= 0]
+    def unit_norm(self, view: ConsumerView, group: Group) -> np.ndarray:
+        owned = view.unit_of[view.unit_of >= 0]
         return np.maximum(np.bincount(owned, minlength=group.size), 1)

@@ -24,10 +24,10 @@ def position_norms(member: Member, power: int) -> np.ndarray:
     return norms
 
 
-def per_unit(member: Member, per_position: np.ndarray, size: int) -> np.ndarray:
-    """Sum a per-position statistic into the units that own the positions."""
-    owned = member.unit_of >= 0
-    return np.bincount(member.unit_of[owned], weights=per_position[owned], minlength=size)
+def per_unit(unit_of: np.ndarray, per_position: np.ndarray, size: int) -> np.ndarray:
+    """Sum a per-position statistic into the units that own the positions (-1: another group's)."""
+    owned = unit_of >= 0
+    return np.bincount(unit_of[owned], weights=per_position[owned], minlength=size)
 
 
 class _Norm(Criterion):
@@ -38,7 +38,7 @@ class _Norm(Criterion):
         for member in group.param_members():
             if stored_weight(member.value) is None:
                 continue  # a quantization scale or zero point
-            total += per_unit(member, position_norms(member, self.power), group.size)
+            total += per_unit(member.unit_of, position_norms(member, self.power), group.size)
         return total
 
 

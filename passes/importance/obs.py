@@ -16,8 +16,8 @@ import numpy as np
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
 from graphprune.passes.calibration import Calibration
-from graphprune.passes.importance.activation import weight_rows
 from graphprune.passes.importance.registry import Criterion, register_criterion
+from graphprune.weights import consumer_view
 
 DAMPING = 0.01
 GREEDY_LIMIT = 256  # groups up to this many units are ordered by greedy removal with re-scoring
@@ -56,20 +56,23 @@ class OBS(Criterion):
             return self._greedy(group, consumers)
         total = np.zeros(group.size)
         for member in consumers:
-            w, hinv = weight_rows(member), inverse_hessian(self.calibration, member)
-            owned = member.unit_of >= 0
-            if np.bincount(member.unit_of[owned], minlength=group.size).max() == 1:
+            view = consumer_view(member)
+            w, hinv = view.rows(), inverse_hessian(self.calibration, member)
+            owned = view.unit_of >= 0
+            if np.bincount(view.unit_of[owned], minlength=group.size).max() == 1:
                 positions = np.flatnonzero(owned)
-                total[member.unit_of[positions]] += (w[positions] ** 2).sum(axis=1) / np.diag(hinv)[positions]
+                total[view.unit_of[positions]] += (w[positions] ** 2).sum(axis=1) / np.diag(hinv)[positions]
             else:
                 for unit in range(group.size):
-                    total[unit] += block_cost(w, hinv, np.flatnonzero(member.unit_of == unit))
+                    total[unit] += block_cost(w, hinv, view.positions(np.array([unit])))
         return total
 
     def _greedy(self, group: Group, consumers: list[Member]) -> np.ndarray:
         """Scores from the greedy removal order: the first removed scores lowest."""
-        state = [(weight_rows(m), inverse_hessian(self.calibration, m),
-                  [np.flatnonzero(m.unit_of == u) for u in range(group.size)]) for m in consumers]
+        views = [consumer_view(m) for m in consumers]
+        state = [(v.rows(), inverse_hessian(self.calibration, m),
+                  [np.flatnonzero(v.unit_of == u) for u in range(group.size)]) for m, v in zip(consumers, views,
+                                                                                                strict=True)]
         remaining, order = set(range(group.size)), []
         while len(remaining) > 1:
             costs = {u: sum(block_cost(w, hinv, units[u]) for w, hinv, units in state if units[u].size)
