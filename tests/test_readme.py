@@ -22,3 +22,15 @@ def test_python_example_runs_and_writes_a_verified_model(tmp_path, monkeypatch, 
     assert "verified: ['onnx.checker full_check', 'onnx.checker', 'onnxruntime run']" in capsys.readouterr().out
     onnx.checker.check_model(str(tmp_path / "small.onnx"), full_check=True)
     assert (tmp_path / "model.onnx").read_bytes() == DEMO_MODEL.read_bytes()
+
+
+def test_quantization_example_keeps_the_format(tmp_path, monkeypatch):
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "quantize(" in b]
+    (tmp_path / "model.onnx").write_bytes(DEMO_MODEL.read_bytes())
+    (tmp_path / "example.py").write_text(block)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(tmp_path / "example.py"))
+    for name in ("small_int8.onnx", "small_int8_direct.onnx"):
+        model = onnx.load(str(tmp_path / name))
+        assert any(n.op_type == "DequantizeLinear" for n in model.graph.node), name
+        onnx.checker.check_model(model, full_check=True)
