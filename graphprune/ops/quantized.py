@@ -147,45 +147,51 @@ class QLinearBinary(OpRule):
         return (1, 2, 4, 5, 6, 7)
 
 
+class _OneInput(OpRule):
+    """X, X_scale, X_zero_point, Y_scale, Y_zero_point: one data input, scales per tensor."""
+
+    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
+        return _ONE_INPUT
+
+
+_ONE_INPUT = (1, 2, 3, 4)
+
+
 @register("QLinearSigmoid", "QLinearLeakyRelu", domain=MS)
-class QLinearUnary(OpRule):
-    """X, X_scale, X_zero_point, Y_scale, Y_zero_point: elementwise."""
+class QLinearUnary(_OneInput):
+    """Elementwise."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
-        if _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 3, 4), (0,)):
+        if _per_tensor_or_freeze(ctx, node, port, axis, _ONE_INPUT, (0,)):
             ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
 
     output_shapes = staticmethod(_same_shape)
 
-    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
-        return (1, 2, 3, 4)
 
 
 @register("QLinearGlobalAveragePool", domain=MS)
-class QLinearGlobalAveragePool(Pool):
-    """X, x_scale, x_zero_point, y_scale, y_zero_point; NCHW unless channels_last."""
+class QLinearGlobalAveragePool(_OneInput, Pool):
+    """NCHW unless channels_last."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         if attr_int(node, "channels_last", 0):
             ctx.freeze(Dim(port.value(node), axis), "QLinearGlobalAveragePool with channels_last")
-        elif _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 3, 4), (0,)):
+        elif _per_tensor_or_freeze(ctx, node, port, axis, _ONE_INPUT, (0,)):
             super().couple(ctx, node, port, axis)
 
     def output_shapes(self, node: ir.Node) -> list[ir.Shape | None]:
         shape = node.inputs[0].shape
         return [None if shape is None else ir.Shape([*shape.dims[:2], *[1] * (len(shape) - 2)])]
 
-    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
-        return (1, 2, 3, 4)
 
 
 @register("QLinearSoftmax", domain=MS)
-class QLinearSoftmax(Softmax):
-    """X, X_scale, X_zero_point, Y_scale, Y_zero_point; `opset` says which Softmax it follows."""
+class QLinearSoftmax(_OneInput, Softmax):
+    """`opset` says which Softmax it follows."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         shape = ctx.shape(node.inputs[0])
-        if not _per_tensor_or_freeze(ctx, node, port, axis, (1, 2, 3, 4), (0,)):
+        if not _per_tensor_or_freeze(ctx, node, port, axis, _ONE_INPUT, (0,)):
             return
         if shape is None:
             ctx.freeze(Dim(port.value(node), axis), "QLinearSoftmax input rank unknown")
@@ -198,8 +204,6 @@ class QLinearSoftmax(Softmax):
 
     output_shapes = staticmethod(_same_shape)
 
-    def quantization_inputs(self, node: ir.Node) -> tuple[int, ...]:
-        return (1, 2, 3, 4)
 
 
 @register("QLinearConcat", domain=MS)
