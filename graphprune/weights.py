@@ -80,12 +80,6 @@ def is_weight(value: ir.Value | None) -> bool:
     return value is not None and stored_weight(value) is not None
 
 
-def dense(value: ir.Value) -> np.ndarray | None:
-    """The real values of weight `value` (None where it is not a weight)."""
-    weight = stored_weight(value)
-    return None if weight is None else weight.dense()
-
-
 @dataclass
 class ConsumerView:
     """A consumer weight seen from the channels it reads: one row per read channel, the unit owning it. Where
