@@ -76,6 +76,7 @@ def source_files(model: ir.Model) -> list[Path]:
 
 FILL_ROUNDS = 4
 _SAME_SHAPE_CONTRIB = ("QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu")
+_FLOAT_MATMUL_CONTRIB = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")  # A @ B → float
 
 
 def prepare(model: ir.Model) -> ir.Model:
@@ -124,8 +125,11 @@ def infer_shapes(model: ir.Model) -> None:
     if uses_external_data(model) or _initializer_bytes(model) > PROTOBUF_LIMIT // 4:
         return
     inference = _ort_symbolic_inference()(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
-    for op_type in _SAME_SHAPE_CONTRIB:  # elementwise ops its dispatcher lacks (it would stop following shapes)
+    for op_type in _SAME_SHAPE_CONTRIB:  # contrib ops its dispatcher lacks (it would stop following shapes)
         inference.dispatcher_.setdefault(op_type, inference._pass_on_shape_and_type)
+    for op_type in _FLOAT_MATMUL_CONTRIB:
+        inference.dispatcher_.setdefault(
+            op_type, functools.partial(inference._compute_matmul_shape, output_dtype=onnx.TensorProto.FLOAT))
     try:  # its own entry point discards everything when one op is unknown to it: keep what it did infer
         inference._preprocess(ir.to_proto(model))
         while inference.run_:
@@ -194,8 +198,8 @@ def _adopt_shapes(model: ir.Model, inferred: onnx.ModelProto) -> None:
     shapes, dtypes = {}, {}
     for info in (*inferred.graph.value_info, *inferred.graph.output):
         if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                 for d in info.type.tensor_type.shape.dim]
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value else (d.dim_param or None)
+                                 for d in info.type.tensor_type.shape.dim]  # its 0 sizes are failed Slice bounds
             dtypes[info.name] = info.type.tensor_type.elem_type
     for node in model.graph:
         for value in node.outputs:

@@ -125,7 +125,7 @@ def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
 
 def _mask_ranges(model: ir.Model, value: ir.Value, axis: int, positions: np.ndarray) -> None:
     """Zero `positions` of `value` along `axis` where a node reads its range (DynamicQuantizeLinear)."""
-    readers = [u for u in value.uses() if (rule := lookup(u.node)) is not None and rule.reads_range]
+    readers = [u for u in value.uses() if u.idx == 0 and (rule := lookup(u.node)) is not None and rule.reads_range]
     if not readers or not positions.size:
         return
     rank = len(value.shape)

@@ -232,7 +232,9 @@ class MatMulIntegerToFloat(MatMul):
 
 @register("DynamicQuantizeMatMul", domain=MS)
 class DynamicQuantizeMatMul(MatMul):
-    """A (float, quantized per call), B, b_scale, b_zero_point, bias → float."""
+    """A (float, quantized per call over its whole range), B, b_scale, b_zero_point, bias → float."""
+
+    reads_range = True
 
     b_params = (2, 3)
     b_scale, b_zero_point, bias = 2, 3, 4

@@ -56,6 +56,29 @@ def test_every_group_of_the_float_twin_prunes_exactly(exported, quantized, name,
         assert_group_equivalent(path, group, tolerance=1e-6, dims=DIMS[name])
 
 
+def _ort_optimized(path: Path) -> Path:
+    """The model as ONNX Runtime's extended graph optimisation leaves it (dynamic int8 fused into
+    DynamicQuantizeMatMul / MatMulIntegerToFloat), saved offline."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path.with_name(path.stem + "_ort.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Path(options.optimized_model_filepath)
+
+
+@pytest.mark.parametrize("name", ["resnet", "bert"])
+def test_ort_fused_dynamic_quantization_prunes_exactly(quantized, name):
+    path = _ort_optimized(quantized(name, "dynamic"))
+    fused = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert fused & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, fused
+    analysis = analyze(load_model(path))
+    assert analysis.prunable()
+    for group in analysis.prunable():
+        assert_group_equivalent(path, group, tolerance=1e-6, dims=DIMS[name])
+
+
 @pytest.mark.parametrize(("name", "form"), [("resnet", "qoperator"), ("bert", "dynamic"), ("bert", "int4")])
 def test_compensation_requantizes_like_the_masked_original(quantized, name, form):
     path = quantized(name, form)
