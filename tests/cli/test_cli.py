@@ -52,7 +52,24 @@ def test_bench_one_and_two_models(capsys, tmp_path):
     target = tmp_path / "out.onnx"
     assert run_cli(capsys, "prune", DEMO_MODEL, "-o", target)[0] == 0
     code, out, _ = run_cli(capsys, "bench", DEMO_MODEL, target, "--runs", "5", "--warmup", "1")
-    assert code == 0 and "latency ratio" in out
+    assert code == 0 and "latency ratio" in out and "median ms" in out and "max ms" in out
+
+
+def test_bench_json_feeds_and_defaulted_axes(capsys, tmp_path):
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, x=np.zeros((3, 1, 8, 8), np.float32))
+    code, out, err = run_cli(capsys, "bench", DEMO_MODEL, DEMO_MODEL, "--runs", "10", "--feeds", feeds, "--json")
+    summary = json.loads(out)
+    assert code == 0 and [m["runs"] for m in summary["models"]] == [10, 10]
+    assert all(m["min_ms"] <= m["median_ms"] <= m["max_ms"] for m in summary["models"])
+    assert summary["ratio"]["min"] <= summary["ratio"]["max"] and "timed at size 1" not in err
+    np.savez(feeds, y=np.zeros((3, 1, 8, 8), np.float32))
+    assert_one_line_error(*run_cli(capsys, "bench", DEMO_MODEL, "--feeds", feeds)[::2])
+    builder = GraphBuilder()
+    model = tmp_path / "seq.onnx"
+    onnx.save(builder.build({"tokens": ["batch", "seq", 4]}, [builder.op("Relu", ["tokens"])]), model)
+    code, _, err = run_cli(capsys, "bench", model, "--runs", "2")
+    assert code == 0 and "symbolic input axes seq are timed at size 1" in err
 
 
 def test_demo_reports_accuracy(capsys):
