@@ -80,6 +80,10 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
         ["MACs", human(b.macs), human(a.macs), ratio(a.macs, b.macs)],
         ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
     ]))
+    if b.formula is not None and b.formula.symbols():
+        sizes = ", ".join(f"{name}={dict(args.dim).get(name, 1)}" for name in sorted(b.formula.symbols()))
+        print(f"MACs at {sizes} (--dim NAME=VALUE sets them); before: {b.formula}"
+              + (f"; after: {a.formula}" if a.formula is not None else ""))
     rows = [[r["group"], r["kind"], r["layer"], f"{r['before']} -> {r['after']}"] for r in widths(result)]
     if rows:
         print("\n" + render(["group", "kind", "layer", "width"], rows))

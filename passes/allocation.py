@@ -136,16 +136,18 @@ def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1, 
 
 
 def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: int = 1,
-              strategy: str = "adaptive", max_group_ratio: float = 0.99) -> PruningPlan:
-    """The smallest removal along the `strategy` ranking whose projected `metric` ("params" or "flops")
-    is at most `target` times the original; an error when even the most the limits allow is not enough."""
+              strategy: str = "adaptive", max_group_ratio: float = 0.99,
+              dims: dict[str, int] | None = None) -> PruningPlan:
+    """The smallest removal along the `strategy` ranking whose projected `metric` ("params" or "flops", the
+    latter with symbolic sizes from `dims`) is at most `target` times the original; an error when even the
+    most the limits allow is not enough."""
     if not 0.0 < target <= 1.0:
         raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
     groups = _strategy_groups(analysis)
     meta = {"allocation": strategy, "target": {metric: target}, "round_to": round_to}
 
     def measure(plan: PruningPlan) -> int:
-        projected = projected_cost(analysis, plan)
+        projected = projected_cost(analysis, plan, dims)
         return projected.params if metric == "params" else projected.macs
 
     if strategy == "uniform":  # bisect the common ratio, in steps of one unit of the largest group

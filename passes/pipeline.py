@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ class Allocation:
     max_group_ratio: float = 0.99
     target: tuple[str, float] | None = None
     expert_ratio: float = 0.0
+    dims: dict[str, int] | None = None  # symbolic sizes a FLOPs target is counted at (absent: 1)
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -84,7 +85,8 @@ class Allocation:
         if self.strategy not in ("uniform", "global", "adaptive"):
             raise GraphpruneError(f"unknown allocation {self.strategy!r}: uniform, global or adaptive")
         if self.target is not None:
-            return to_target(analysis, scores, *self.target, self.round_to, self.strategy, self.max_group_ratio)
+            return to_target(analysis, scores, *self.target, self.round_to, self.strategy, self.max_group_ratio,
+                             self.dims)
         if self.strategy == "uniform":
             return uniform(analysis, scores, self.ratio, self.round_to, self.kind_ratios, self.max_group_ratio)
         return ranked(analysis, scores, self.ratio, self.round_to, self.strategy, self.max_group_ratio)
@@ -228,11 +230,13 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
         spec.check()
     model = _load(source, output, spec.path)
     batches = spec.open(model, seed) if spec.wanted() else None
-    before = cost(model, source)
+    before = cost(model, source, output.dims)
     model_fingerprint = fingerprint(model)
     analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
+    if allocation is not None and allocation.target is not None and allocation.dims is None:
+        allocation = replace(allocation, dims=output.dims)  # a FLOPs target counts at the sizes the user runs
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
                      expert_criterion)
     plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
@@ -264,7 +268,7 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     if not (probe.get("model") or {}).get("fingerprint"):
         log.warning("%s records no model fingerprint: only its group ids, labels and sizes were checked", plan_path)
     batches = spec.open(model) if needs_stats else None
-    before = cost(model, source)
+    before = cost(model, source, output.dims)
     analysis = run_analysis(model, allow_approximate=bool(probe.get("prune_hidden")),
                         gqa_units=probe.get("gqa_units") or "kv-group")
     plan = PruningPlan.load(plan_path, analysis.groups)
@@ -281,7 +285,7 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
     by_weights = plan.meta.get("criterion") == "obs"
     plan.meta["compensation"] = ("obs-weights" if by_weights else "bias") if compensate else None
     if output.dry_run:
-        result = PruneResult(plan, before, projected_cost(analysis, plan), analysis.groups, None)
+        result = PruneResult(plan, before, projected_cost(analysis, plan, output.dims), analysis.groups, None)
     else:
         with progress.step("rewriting"):
             if plan.meta.get("expert_merge"):
@@ -299,7 +303,7 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
             with progress.step("verifying"):
                 checks = verify.verify_like(source, staged.path, output.feeds, output.dims)
             staged.publish()
-        result = PruneResult(plan, before, cost(pruned, output.model), analysis.groups, checks)
+        result = PruneResult(plan, before, cost(pruned, output.model, output.dims), analysis.groups, checks)
     if output.plan is not None:
         plan.save(output.plan, analysis.groups)
     return result
