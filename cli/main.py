@@ -57,11 +57,12 @@ def print_groups(analysis: Analysis) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
-    target = None
-    if args.target_params is not None or args.target_flops is not None:
-        target = ("params", args.target_params) if args.target_params is not None else ("flops", args.target_flops)
+    targets = {"params": args.target_params, "flops": args.target_flops, "latency": args.target_latency}
+    target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
+    fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
     allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
-                            args.expert_ratio)
+                            args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
+                            threads=args.threads)
     result = prune_file(args.model, output_of(args), args.criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
                         {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
@@ -283,7 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-params", type=options.kept_fraction, metavar="FRACTION",
                         help="keep this fraction of the parameters, in (0, 1] (exact, overrides --ratio)")
     target.add_argument("--target-flops", type=options.kept_fraction, metavar="FRACTION",
-                        help="keep this fraction of the FLOPs/MACs, in (0, 1] (exact, overrides --ratio)")
+                        help="keep this fraction of the FLOPs/MACs, in (0, 1] (exact, overrides --ratio; "
+                             "symbolic sizes from --dim)")
+    target.add_argument("--target-latency", type=options.kept_fraction, metavar="FRACTION",
+                        help="run in this fraction of the dense model's ONNX Runtime latency, in (0, 1]: plans are "
+                             "timed on --feeds or random inputs sized by --dim until one is within 3 %% "
+                             "(turns on --fast-widths)")
+    p.add_argument("--fast-widths", action=argparse.BooleanOptionalAction, default=None,
+                   help="round each group's kept width down to the multiple its layers run fast at, measured per "
+                        "layer in ONNX Runtime (default: on with --target-latency)")
+    p.add_argument("--latency-table", metavar="FILE.json", default=None,
+                   help="where to keep the per-layer latency table (reused when made for this model, provider, "
+                        "threads and sizes)")
+    p.add_argument("--threads", type=options.positive_int, default=None,
+                   help="ONNX Runtime intra-op threads when timing (default: ONNX Runtime's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed for random criteria and synthetic data (default 0)")
     p.add_argument("--policy", metavar="FILE", help="criterion policy: a saved PruneNet policy to use, or where to "
                                                     "save the one trained now (needs torch)")

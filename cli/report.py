@@ -59,6 +59,7 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
         "kinds": kind_summary(result),
         "groups_total": len(result.groups),
         "frozen": frozen_summary(result),
+        "latency": result.plan.meta.get("latency"),
         "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
                                                     "drift": check.drift, "inputs": check.inputs},
     }
@@ -98,6 +99,11 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
             print(f"  {count} × {reason}")
     done = "dry run, nothing written" if result.dry_run else f"wrote {args.output}"
     print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); {done}")
+    latency = result.plan.meta.get("latency")
+    if latency:
+        probes = ", ".join(f"{p['flops']:.2f}→{p['latency']:.2f}" for p in latency["probes"])
+        print(f"latency: {latency['measured']:.3f}x the dense model's, measured (target {latency['target']:g}); "
+              f"probes, FLOPs→latency: {probes}")
     if getattr(args, "save_plan", None):
         print(f"plan: {args.save_plan}")
     if check is None:

@@ -50,6 +50,11 @@ def using(provider: str) -> Iterator[list[str]]:
         _providers = previous
 
 
+def provider_name() -> str:
+    """The execution provider sessions are created on now ("CPUExecutionProvider", …)."""
+    return _providers[0]
+
+
 def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = None,
             threads: int | None = None, timing: bool = False) -> ort.InferenceSession:
     """An InferenceSession for a model file or an in-memory model. An in-memory model whose weights live in

@@ -25,6 +25,7 @@ from graphprune.metrics import projected_cost
 from graphprune.plan import PruningPlan
 
 Scores = dict[int, np.ndarray]
+RoundTo = int | dict[int, int]  # one multiple for every group, or one per group id (fast widths; absent: 1)
 log = logging.getLogger("graphprune")
 
 
@@ -69,19 +70,20 @@ def experts(analysis: Analysis, scores: Scores, ratio: float) -> PruningPlan:
     return _plan_from_counts(groups, scores, removals, 1, 1.0, {"expert_ratio": ratio})
 
 
-def _plan_from_counts(groups: list[Group], scores: Scores, removals: dict[int, int], round_to: int,
+def _plan_from_counts(groups: list[Group], scores: Scores, removals: dict[int, int], round_to: RoundTo,
                       max_group_ratio: float, meta: dict) -> PruningPlan:
     """Remove the lowest-scored units of each group, as many as `removals` says, within the limits."""
     plan = PruningPlan(meta=meta)
     for group in groups:
         ratio = min(removals.get(group.id, 0) / group.size, max_group_ratio)
-        keep = kept_count(group.size, ratio, round_to)
+        multiple = round_to if isinstance(round_to, int) else round_to.get(group.id, 1)
+        keep = kept_count(group.size, ratio, multiple)
         order = np.argsort(scores[group.id], kind="stable")
         plan.remove(group, order[: group.size - keep])
     return plan
 
 
-def uniform(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1,
+def uniform(analysis: Analysis, scores: Scores, ratio: float, round_to: RoundTo = 1,
             kind_ratios: dict[str, float] | None = None, max_group_ratio: float = 0.99) -> PruningPlan:
     """Remove the lowest-scored `ratio` of every prunable group (`kind_ratios[group.kind]` where given)."""
     kind_ratios = kind_ratios or {}
@@ -120,7 +122,7 @@ def _removals(ranking: list[tuple[float, int, float]], count: int) -> dict[int, 
     return removals
 
 
-def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1, strategy: str = "global",
+def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: RoundTo = 1, strategy: str = "global",
            max_group_ratio: float = 0.99) -> PruningPlan:
     """Global (`ratio` of all units) or adaptive (`ratio` of all prunable parameters) allocation."""
     _check(ratio)
@@ -135,7 +137,7 @@ def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: int = 1, 
     return _plan_from_counts(groups, scores, _removals(ranking, count), round_to, max_group_ratio, meta)
 
 
-def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: int = 1,
+def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: RoundTo = 1,
               strategy: str = "adaptive", max_group_ratio: float = 0.99,
               dims: dict[str, int] | None = None) -> PruningPlan:
     """The smallest removal along the `strategy` ranking whose projected `metric` ("params" or "flops", the

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -17,7 +18,7 @@ from graphprune.groups import Group
 from graphprune.io import StagedModel, load_model, source_files
 from graphprune.metrics import Cost, cost, projected_cost
 from graphprune.outputs import check_outputs
-from graphprune.passes.allocation import experts, ranked, to_target, uniform
+from graphprune.passes.allocation import RoundTo, experts, ranked, to_target, uniform
 from graphprune.passes.calibration import (
     Batches,
     Calibration,
@@ -32,6 +33,8 @@ from graphprune.passes.compensation import apply_weight_updates, bias_deltas, ob
 from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
+from graphprune.passes.latency import LatencyProbe, search
+from graphprune.passes.latency_table import load_or_measure, table_key
 from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan, check_made_for, fingerprint
 
@@ -62,17 +65,22 @@ class PruneResult:
 
 @dataclass
 class Allocation:
-    """How much to remove: a ratio (per kind under uniform allocation) or a params/flops target, and the
-    ratio of every MoE layer's experts (0: experts are kept)."""
+    """How much to remove: a ratio (per kind under uniform allocation) or a params/flops/latency target, and
+    the ratio of every MoE layer's experts (0: experts are kept). `fast_widths` rounds each group's kept width
+    to the multiple its layers run fast at (measured once into `latency_table`, a file reused when it fits)."""
 
     strategy: str = "uniform"
     ratio: float = 0.5
     kind_ratios: dict[str, float] | None = None
-    round_to: int = 1
+    round_to: RoundTo = 1
     max_group_ratio: float = 0.99
     target: tuple[str, float] | None = None
     expert_ratio: float = 0.0
     dims: dict[str, int] | None = None  # symbolic sizes a FLOPs target is counted at (absent: 1)
+    fast_widths: bool = False
+    latency_table: str | None = None
+    threads: int | None = None  # ONNX Runtime threads when timing (latency target, latency table)
+    latency: LatencyProbe | None = None  # set by prune_file for a latency target
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -84,6 +92,11 @@ class Allocation:
     def _strategy_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         if self.strategy not in ("uniform", "global", "adaptive"):
             raise GraphpruneError(f"unknown allocation {self.strategy!r}: uniform, global or adaptive")
+        if self.target is not None and self.target[0] == "latency":
+            if self.latency is None:
+                raise GraphpruneError("a latency target needs the model file to time: use prune_file")
+            return search(lambda flops: to_target(analysis, scores, "flops", flops, self.round_to, self.strategy,
+                                                  self.max_group_ratio, self.dims), self.latency, self.target[1])
         if self.target is not None:
             return to_target(analysis, scores, *self.target, self.round_to, self.strategy, self.max_group_ratio,
                              self.dims)
@@ -235,8 +248,10 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
-    if allocation is not None and allocation.target is not None and allocation.dims is None:
-        allocation = replace(allocation, dims=output.dims)  # a FLOPs target counts at the sizes the user runs
+    if allocation is not None:
+        allocation = _timed(allocation, analysis, source, output, model_fingerprint,
+                            lambda: run_analysis(load_model(source), allow_approximate=prune_hidden,
+                                                 gqa_units=gqa_units))
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
                      expert_criterion)
     plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
@@ -244,6 +259,21 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     if expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
     return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
+
+
+def _timed(allocation: Allocation, analysis: Analysis, source: Path, output: Output, model_fingerprint: str,
+           fresh: Callable[[], Analysis]) -> Allocation:
+    """The allocation with what needs the model file and the user's inputs: FLOPs counted at their sizes,
+    fast widths from the latency table, the probe a latency target times plans with."""
+    changes: dict = {"dims": allocation.dims if allocation.dims is not None else output.dims}
+    if allocation.fast_widths:
+        key = table_key(model_fingerprint, output.dims, allocation.threads)
+        table = load_or_measure(allocation.latency_table, analysis, key, output.dims, allocation.threads)
+        base = allocation.round_to if isinstance(allocation.round_to, int) else 1
+        changes["round_to"] = {gid: max(base, m) for gid, m in table.group_multiples(analysis).items()}
+    if allocation.target is not None and allocation.target[0] == "latency":
+        changes["latency"] = LatencyProbe.of(fresh, str(source), output.feeds, output.dims, allocation.threads)
+    return replace(allocation, **changes)
 
 
 def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: str | os.PathLike | Output | None,
