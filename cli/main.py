@@ -19,6 +19,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.io import load_model
 from graphprune.passes.calibration import ImageSpec
 from graphprune.passes.importance import criteria_for, needs_data
+from graphprune.passes.optimize import model_types
 from graphprune.passes.pipeline import (
     EXPERT_CRITERION,
     Allocation,
@@ -77,7 +78,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def output_of(args: argparse.Namespace) -> Output:
     """Where the run writes and which inputs verification runs the models on."""
     feeds = runtime.load_feeds(args.feeds) if args.feeds else None
-    return Output(args.output, args.save_plan, args.dry_run, feeds, dict(args.dim) or None, (args.feeds,))
+    return Output(args.output, args.save_plan, args.dry_run, feeds, dict(args.dim) or None, (args.feeds,),
+                  getattr(args, "optimize", None))
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
@@ -169,6 +171,9 @@ def add_verification_arguments(p: argparse.ArgumentParser) -> None:
                    help="size of a symbolic input axis for random inputs, e.g. --dim seq=128 (repeatable; "
                         "default: batch 1, other symbolic axes 1)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.add_argument("--optimize", metavar="MODEL_TYPE", choices=model_types(),
+                   help="fuse the result with ONNX Runtime's transformer optimizer (attention, LayerNorm, GELU) for "
+                        f"this model type ({', '.join(model_types())}); kept only if it computes the same")
     p.add_argument("--save-plan", metavar="FILE.json", help="also write the pruning plan as JSON (written last)")
 
 

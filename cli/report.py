@@ -60,6 +60,7 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
         "groups_total": len(result.groups),
         "frozen": frozen_summary(result),
         "latency": result.plan.meta.get("latency"),
+        "fusion": result.fusion,
         "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
                                                     "drift": check.drift, "inputs": check.inputs},
     }
@@ -99,6 +100,11 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
             print(f"  {count} × {reason}")
     done = "dry run, nothing written" if result.dry_run else f"wrote {args.output}"
     print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); {done}")
+    if result.fusion is not None:
+        fused = ", ".join(f"{n} {op}" for op, n in sorted(result.fusion["fused"].items())) or "nothing"
+        kept = "kept" if result.fusion["kept"] else "not kept"
+        error = f", max relative error {result.fusion['error']:.2g}" if "error" in result.fusion else ""
+        print(f"optimize: fused {fused}; {kept}{error}")
     latency = result.plan.meta.get("latency")
     if latency:
         probes = ", ".join(f"{p['flops']:.2f}→{p['latency']:.2f}" for p in latency["probes"])

@@ -69,13 +69,40 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
         options.intra_op_num_threads = threads
     providers = providers or _providers
     if isinstance(model, ir.Model) and not uses_external_data(model):
-        return ort.InferenceSession(to_bytes(model), options, providers=providers)
-    if isinstance(model, ir.Model):
-        files = _external_files(model)
-        if files is not None:
-            return _session_over_mapped_files(to_proto(model).SerializeToString(), files, options, providers)
-    with as_file(model) as path:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        sess = ort.InferenceSession(to_bytes(model), options, providers=providers)
+    elif isinstance(model, ir.Model) and (files := _external_files(model)) is not None:
+        sess = _session_over_mapped_files(to_proto(model).SerializeToString(), files, options, providers)
+    else:
+        with as_file(model) as path:
+            sess = ort.InferenceSession(str(path), options, providers=providers)
+    sess.graphprune_model = model  # random_feeds reads index ranges from it
+    return sess
+
+
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"}
+
+
+def index_ranges(model: ir.Model | str | os.PathLike) -> dict[str, int]:
+    """Integer graph inputs that index a constant table (token ids into an embedding, position or segment ids;
+    through Cast/Reshape-like ops) → the table's length along the gathered axis."""
+    if not isinstance(model, ir.Model):
+        model = ir.load(str(model))
+    ranges: dict[str, int] = {}
+    for value in model.graph.inputs:
+        if value.dtype is None or not value.dtype.is_integer():
+            continue
+        frontier = [value]
+        while frontier:
+            current = frontier.pop()
+            for usage in current.uses():
+                node = usage.node
+                if node.op_type in _PASS_THROUGH and usage.idx == 0:
+                    frontier.extend(node.outputs)
+                elif node.op_type == "Gather" and usage.idx == 1 and node.inputs[0].const_value is not None:
+                    attr = node.attributes.get("axis")
+                    length = int(node.inputs[0].const_value.shape[attr.as_int() if attr is not None else 0])
+                    ranges[value.name] = min(ranges.get(value.name, length), length)
+    return ranges
 
 
 def _external_files(model: ir.Model) -> dict[str, Path] | None:
@@ -112,15 +139,20 @@ def _session_over_mapped_files(proto: bytes, files: dict[str, Path], options: or
 
 def random_feeds(sess: ort.InferenceSession, batch: int = 1, seed: int = 0,
                  dims: dict[str, int] | None = None, side: int = 1) -> dict[str, np.ndarray]:
-    """Random inputs matching the session's input specs (see `random_inputs`)."""
+    """Random inputs matching the session's input specs (see `random_inputs`); integer inputs that index a table
+    of the session's model are drawn over the table (`index_ranges`)."""
     specs = {spec.name: (list(spec.shape), _NUMPY_TYPES.get(spec.type, np.float32)) for spec in sess.get_inputs()}
-    return random_inputs(specs, batch, seed, dims, side)
+    integer = any(np.issubdtype(dtype, np.integer) for _, dtype in specs.values())
+    model = getattr(sess, "graphprune_model", None)
+    ranges = index_ranges(model) if integer and model is not None else None
+    return random_inputs(specs, batch, seed, dims, side, ranges)
 
 
 def random_inputs(specs: dict[str, InputSpec], batch: int = 1, seed: int = 0, dims: dict[str, int] | None = None,
-                  side: int = 1) -> dict[str, np.ndarray]:
+                  side: int = 1, ranges: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Seeded random inputs for `specs`; symbolic dims take `dims[name]`, else `batch` for the leading axis and
-    `side` elsewhere. Integer inputs get small non-negative values."""
+    `side` elsewhere. Integer inputs in `ranges` (indices into a table) are uniform over it; other integer and
+    boolean inputs are ones (attention masks that attend everywhere)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, (spec_dims, dtype) in specs.items():
@@ -129,8 +161,10 @@ def random_inputs(specs: dict[str, InputSpec], batch: int = 1, seed: int = 0, di
         dtype = dtype or np.float32
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
+        elif name in (ranges or {}):
+            feeds[name] = rng.integers(0, ranges[name], size=shape).astype(dtype)
         else:
-            feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
+            feeds[name] = np.ones(shape, dtype)
     return feeds
 
 

@@ -367,22 +367,24 @@ def bn_matched_moments(model: ir.Model) -> tuple[str, np.ndarray, np.ndarray] | 
 
 def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int, seed: int = 0,
                       match_bn: bool = False) -> Batches:
-    """Data-free calibration: Gaussian inputs (small integers for integer inputs) shaped by the input spec;
-    with `match_bn`, image inputs get the per-channel moments that fit the first BatchNormalization."""
+    """Data-free calibration: Gaussian inputs shaped by the input spec, token-like integer inputs drawn over
+    the table they index (ones for other integers: masks); with `match_bn`, image inputs get the per-channel
+    moments that fit the first BatchNormalization."""
     model = model if isinstance(model, ir.Model) else load_model(model)
     specs = runtime.input_specs(model)
     moments = bn_matched_moments(model) if match_bn else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
     source = "data-free (BN-matched)" if match_bn else "data-free"
-    return Batches(samples, source, _synthetic_feeds(specs, batch_size, samples, seed, moments))
+    ranges = runtime.index_ranges(model)
+    return Batches(samples, source, _synthetic_feeds(specs, batch_size, samples, seed, moments, ranges))
 
 
 def _synthetic_feeds(specs: dict[str, runtime.InputSpec], batch_size: int, samples: int, seed: int,
-                     moments) -> Iterator[Feeds]:
+                     moments, ranges: dict[str, int]) -> Iterator[Feeds]:
     for index, start in enumerate(range(0, samples, batch_size)):
         feeds = runtime.random_inputs(specs, batch=min(batch_size, samples - start), seed=seed + index,
-                                      dims={"seq": 16})
+                                      dims={"seq": 16}, ranges=ranges)
         if moments is not None:
             name, mean, std = moments
             shape = (1, -1) + (1,) * (feeds[name].ndim - 2)

@@ -35,6 +35,7 @@ from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.latency import LatencyProbe, search
 from graphprune.passes.latency_table import load_or_measure, table_key
+from graphprune.passes.optimize import fuse
 from graphprune.passes.rewrite import apply_plan
 from graphprune.plan import PruningPlan, check_made_for, fingerprint
 
@@ -53,6 +54,7 @@ class PruneResult:
     after: Cost
     groups: list[Group]
     verification: verify.Verification | None
+    fusion: dict | None = None  # what --optimize fused, its error, whether it was kept
 
     @property
     def dry_run(self) -> bool:
@@ -182,7 +184,8 @@ class Output:
     """Where a run writes (`model`; `plan`, the plan as JSON, optional) and how its result is checked:
     `feeds` (arrays keyed by input name) or random inputs sized by `dims` for symbolic axes. A `dry_run`
     writes no model (only the plan, if asked) and reports projected costs. `reads`: other files the run reads
-    (feeds, calibration data, a plan), which it must not overwrite either."""
+    (feeds, calibration data, a plan), which it must not overwrite either. `optimize`: a model type for ONNX
+    Runtime's transformer optimizer ("bert", "gpt2"…), whose fusions are kept when they compute the same."""
 
     model: str | os.PathLike | None = None
     plan: str | os.PathLike | None = None
@@ -190,6 +193,7 @@ class Output:
     feeds: dict[str, np.ndarray] | None = None
     dims: dict[str, int] | None = None
     reads: tuple[str | os.PathLike, ...] = ()
+    optimize: str | None = None  # fuse with ONNX Runtime's transformer optimizer for this model type
 
     def check(self, read: list[Path]) -> None:
         """Refuse unusable or unsafe locations: nothing written may be one of the files in `read`."""
@@ -327,13 +331,17 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
             elif compensate:
                 deltas = bias_deltas(analysis, plan, stats)
             pruned = apply_plan(analysis, plan, deltas, weights)
+        fusion = None
+        if output.optimize:
+            pruned, fusion = fuse(pruned, output.optimize, output.feeds, output.dims)
         with progress.step(f"writing {output.model}"):
             staged = StagedModel(pruned, output.model)
         with staged:
             with progress.step("verifying"):
                 checks = verify.verify_like(source, staged.path, output.feeds, output.dims)
             staged.publish()
-        result = PruneResult(plan, before, cost(pruned, output.model, output.dims), analysis.groups, checks)
+        result = PruneResult(plan, before, cost(pruned, output.model, output.dims), analysis.groups, checks,
+                             fusion)
     if output.plan is not None:
         plan.save(output.plan, analysis.groups)
     return result

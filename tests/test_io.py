@@ -118,3 +118,21 @@ def test_pruned_weights_are_sliced_lazily_and_written_exactly(tmp_path):
         for axis, keep in axes.items():
             expected = np.take(expected, keep, axis=axis)
         np.testing.assert_array_equal(written[name], expected)
+
+
+def test_random_inputs_index_their_tables_and_masks_attend_everywhere():
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((7, 4), np.float32), "table")
+    nodes = [helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "ids64"], ["emb"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["emb", "maskf"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["b", "s"]),
+                                           helper.make_tensor_value_info("mask", TensorProto.INT64, ["b", "s", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table])
+    model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert runtime.index_ranges(model) == {"ids": 7}
+    feeds = runtime.random_feeds(runtime.session(model), batch=4, dims={"s": 50})
+    assert feeds["ids"].min() >= 0 and feeds["ids"].max() == 6 and feeds["ids"].dtype == np.int32
+    assert np.all(feeds["mask"] == 1)
