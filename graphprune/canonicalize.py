@@ -5,6 +5,13 @@
   constants, and small integer arithmetic over constants is folded, so the rules see constant targets.
 - Pass-throughs: `Reshape(vector, [-1])` of a 1-D vector, and the legacy exporter's
   `Where(Equal(s, -1), 1, s)` over shape vectors whose entries are constants or sizes read with Shape.
+- Shared constants: exporters de-duplicate identical constants (tf2onnx: one zero bias for every conv of a
+  width; TorchScript: one bias behind several Identity nodes), which would couple unrelated layers. Every
+  extra reader gets its own copy of the value, sharing the same tensor (no memory until one is sliced);
+  `reshare_constants` merges the copies that end up identical.
+- Reshape targets that copy the input's own sizes: `x.view(x.size(0), -1)`, `x.view(b, s, heads, -1)` with b, s
+  read from x — the runtime entries read Shape(x)[i] at position i, which Reshape's 0 ("copy this size")
+  states as a constant: the target becomes constant and the Reshape rule can prove how axes regroup.
 - Transpose sandwiches: the dynamo exporter transposes K in scaled-dot-product attention as
   Reshape([B, H, S, D] → [B·H, S, D]) → Transpose → Reshape(→ [B, H, D, S]); the merged B·H axis has a
   symbolic size, so no rule can map heads through it. When shapes prove the sandwich restores the merged
@@ -216,6 +223,70 @@ def _bypass_pass_through(model: ir.Model, node: ir.Node) -> bool:
     return True
 
 
+_Entry = tuple[str, int]  # ("const", value) or ("read", i): Shape(x)[i]
+
+
+def _shape_entries(value: ir.Value, data: ir.Value) -> list[_Entry] | None:
+    """A piece of a shape vector as entries: constants, or reads of Shape(data)[i]; None when it is anything
+    else. Reads through Cast, Unsqueeze, Squeeze."""
+    array = const_of(value)
+    if array is not None:
+        return [("const", int(v)) for v in np.atleast_1d(array)] if array.ndim <= 1 else None
+    node = value.producer()
+    while node is not None and node.op_type in ("Cast", "Unsqueeze", "Squeeze"):
+        node = node.inputs[0].producer()
+    rank = len(shape_of(data) or [])
+    if node is not None and node.op_type == "Shape" and node.inputs[0] is data:
+        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (_attr(node, "start", 0),
+                                                                                _attr(node, "end", rank)))
+        return [("read", i) for i in range(start, end)]
+    source = node.inputs[0].producer() if node is not None and node.inputs and node.inputs[0] is not None else None
+    if source is None or source.op_type != "Shape" or source.inputs[0] is not data \
+            or _attr(source, "start", 0) != 0 or "end" in source.attributes:
+        return None
+    positions = np.arange(rank)
+    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
+        picked = np.atleast_1d(positions[const_of(node.inputs[1])])
+    elif node.op_type == "Slice" and len(node.inputs) <= 4 and all(const_of(v) is not None for v in node.inputs[1:]):
+        start, end = (int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3])
+        picked = positions[start:end]
+    else:
+        return None
+    return [("read", int(i)) for i in picked]
+
+
+def _copied_target(node: ir.Node) -> np.ndarray | None:
+    """The constant equivalent of a Reshape target whose runtime entries each read the input's size at their
+    own position (written as 0, "copy"); None unless every runtime entry does (and allowzero is off)."""
+    target = node.inputs[1].producer() if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    while target is not None and target.op_type == "Cast":
+        target = target.inputs[0].producer()
+    if node.op_type != "Reshape" or target is None or target.op_type != "Concat" or _attr(node, "allowzero", 0):
+        return None
+    entries: list[_Entry] = []
+    for piece in target.inputs:
+        part = _shape_entries(piece, node.inputs[0])
+        if part is None:
+            return None
+        entries += part
+    if any(kind == "read" and index != position for position, (kind, index) in enumerate(entries)):
+        return None
+    return np.array([0 if kind == "read" else value for kind, value in entries], dtype=np.int64)
+
+
+def _fold_copied_target(model: ir.Model, node: ir.Node) -> bool:
+    """Replace a Reshape target whose runtime entries copy the input's own sizes by a constant."""
+    target = _copied_target(node)
+    if target is None:
+        return False
+    name = f"{node.outputs[0].name}_target"
+    constant = ir.Value(name=name, const_value=ir.tensor(target, name=name))
+    constant.shape, constant.dtype = ir.Shape(target.shape), ir.DataType.INT64
+    model.graph.register_initializer(constant)
+    node.replace_input_with(1, constant)
+    return True
+
+
 def _fold_sandwich(model: ir.Model, node: ir.Node) -> bool:
     """Replace a provable Reshape→Transpose→Reshape sandwich starting at `node` with one Transpose."""
     match = _sandwich_perm(node) if node.op_type == "Reshape" else None
@@ -248,13 +319,66 @@ def fold_pass_throughs(model: ir.Model) -> int:
     return _each_node(model, _bypass_pass_through)
 
 
+def fold_copied_targets(model: ir.Model) -> int:
+    """Reshape targets whose runtime entries copy the input's sizes become constants; returns how many."""
+    return _each_node(model, _fold_copied_target)
+
+
 def fold_transpose_sandwiches(model: ir.Model) -> int:
     """Provable Reshape→Transpose→Reshape sandwiches become one Transpose; returns how many."""
     return _each_node(model, _fold_sandwich)
 
 
+CLONE = "__graphprune_copy"  # name infix of a shared constant's per-reader copies
+
+
+def origin(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    """The tensor a per-reader copy stands for (a tensor is its own origin)."""
+    return getattr(tensor, "graphprune_origin", tensor)
+
+
+def unshare_constants(model: ir.Model) -> int:
+    """Give every main-graph reader of a shared initializer beyond the first its own copy — a lazy view with its
+    own name (onnx-ir keeps a tensor's name equal to its value's) — ; returns how many."""
+    count = 0
+    for value in list(model.graph.initializers.values()):
+        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        readers = [u for u in value.uses() if u.node.graph is model.graph]
+        source = value.const_value
+        for index, usage in enumerate(readers[1:], 1):
+            name = f"{value.name}{CLONE}{index}"
+            view = ir.LazyTensor(lambda source=source: source, source.dtype, source.shape, name=name)
+            view.graphprune_origin = source
+            copy = ir.Value(name=name, shape=value.shape, type=value.type, const_value=view)
+            model.graph.register_initializer(copy)
+            usage.node.replace_input_with(usage.idx, copy)
+            count += 1
+    return count
+
+
+def reshare_constants(model: ir.Model) -> int:
+    """Merge initializers standing for the same tensor (untouched copies, or copies sliced alike) back into one
+    (the first); returns how many."""
+    first: dict[int, ir.Value] = {}
+    merged = 0
+    for value in list(model.graph.initializers.values()):
+        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        keep = first.setdefault(id(origin(value.const_value)), value)
+        if keep is not value:
+            value.replace_all_uses_with(keep)
+            model.graph.initializers.pop(value.name)
+            if isinstance(keep.const_value, ir.LazyTensor):  # a slice the copies shared took the last one's name
+                keep.const_value.name = keep.name
+            merged += 1
+    return merged
+
+
 def canonicalize(model: ir.Model) -> None:
     """Apply every canonicalisation in place."""
+    unshare_constants(model)
     fold_static_shapes(model)
     fold_pass_throughs(model)
+    fold_copied_targets(model)
     fold_transpose_sandwiches(model)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis import Analysis
+from graphprune.canonicalize import origin
 from graphprune.plan import PruningPlan
 from graphprune.polynomial import Poly
 from graphprune.values import shape_of
@@ -44,9 +45,15 @@ def weight_elements(value: ir.Value) -> int:
     return int(np.prod(tensor.shape.numpy())) * (weight.encoding.per_element if weight.quantized else 1)
 
 
+def _distinct_initializers(model: ir.Model) -> list[ir.Value]:
+    """Initializers, one per tensor (per-reader copies of a shared constant count once)."""
+    values = reversed(list(model.graph.initializers.values()))
+    return list({id(origin(v.const_value)): v for v in values if v.const_value is not None}.values())
+
+
 def count_params(model: ir.Model) -> int:
     """Real values of the model's weights, float or quantized."""
-    return sum(weight_elements(value) for value in model.graph.initializers.values())
+    return sum(weight_elements(value) for value in _distinct_initializers(model))
 
 
 def _numel_poly(shape: list | None) -> Poly:
@@ -174,7 +181,7 @@ def projected_cost(analysis: Analysis, plan: PruningPlan, dims: dict[str, int] |
     fractions = kept_fractions(analysis, plan)
     model = analysis.model
     params = 0.0
-    for value in model.graph.initializers.values():
+    for value in _distinct_initializers(model):
         elements = weight_elements(value)
         if elements:
             params += elements * _fraction(fractions, value, value.const_value.shape.rank())

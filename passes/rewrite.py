@@ -12,6 +12,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
+from graphprune.canonicalize import origin, reshare_constants
 from graphprune.groups import Group
 from graphprune.passes.compensation import BiasDeltas, WeightUpdates, apply_bias_deltas, apply_weight_updates
 from graphprune.plan import PruningPlan
@@ -33,6 +34,7 @@ class _Rewriter:
         self.sizes: dict[_Key, int] = {}
         self.shapes: dict[int, list] = {}
         self._names = itertools.count()
+        self._slices: dict[tuple, ir.LazyTensor] = {}  # copies of one shared tensor sliced alike share the slice
         self.experts = [(analysis.group(gid), units) for gid, units in plan.removed.items()
                         if analysis.group(gid).experts is not None]
         for gid, units in plan.removed.items():
@@ -102,6 +104,7 @@ class _Rewriter:
         for vid, axes in by_value.items():
             self._shrink(self.values[(vid, axes[0])], axes)
         RemoveUnusedNodesPass()(self.model)
+        reshare_constants(self.model)
 
     def _remove_experts(self, group: Group, units: np.ndarray) -> None:
         """Beyond slicing: removed experts' branches are cut at their accumulations (they become dead), kept
@@ -140,12 +143,15 @@ class _Rewriter:
         at a time, so memory stays bounded on multi-GB models — or record an activation's new sizes."""
         kept = {axis: self.kept(value, axis) for axis in axes}
         if value.const_value is not None:
-            source = value.const_value
+            source = origin(value.const_value)
             shape = list(source.shape.numpy())
             for axis, index in kept.items():
                 shape[axis] = len(index)
-            value.const_value = ir.LazyTensor(functools.partial(_sliced, source, kept, value.name), source.dtype,
-                                              ir.Shape(shape), name=value.name)
+            key = (id(source), tuple((axis, index.tobytes()) for axis, index in sorted(kept.items())))
+            if key not in self._slices:
+                self._slices[key] = ir.LazyTensor(functools.partial(_sliced, source, kept, value.name), source.dtype,
+                                                  ir.Shape(shape), name=value.name)
+            value.const_value = self._slices[key]
             value.shape = ir.Shape(shape)
         elif value.shape is not None:
             dims = list(value.shape.dims)

@@ -168,7 +168,9 @@ class Slice(OpRule):
 
 @register("Gather")
 class Gather(OpRule):
-    """data[..., indices, ...] along `axis`: other data axes and every indices axis pass through."""
+    """data[..., indices, ...] along `axis`: other data axes and every indices axis pass through. Constant 1-D
+    indices without repeats select channels: output channel i is data channel indices[i] (channels nobody
+    selects are simply not read), and the indices are renumbered after pruning."""
 
     carries_ids = True
 
@@ -181,6 +183,10 @@ class Gather(OpRule):
             return
         g = normalize_axis(attr_int(node, "axis", 0), len(shape))
         q = len(idx_shape)
+        selection = _selection(ctx, node, shape[g])
+        if selection is not None and ((port.output and axis == g) or (port.index == 0 and axis == g)):
+            ctx.link_pairs(Dim(y, g), np.arange(len(selection)), Dim(data, g), selection)
+            return
         if port.output:
             if g <= axis < g + q:
                 ctx.link(Dim(indices, axis - g), Dim(y, axis))
@@ -192,6 +198,31 @@ class Gather(OpRule):
             _select_expert(ctx, node, dim)
         else:
             ctx.link(Dim(data, axis), Dim(y, axis if axis < g else axis + q - 1))
+
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        shape = ctx.shape(node.inputs[0])
+        selection = _selection(ctx, node, shape[normalize_axis(attr_int(node, "axis", 0), len(shape))])
+        if selection is None:
+            return
+        g = normalize_axis(attr_int(node, "axis", 0), len(shape))
+        kept_data, kept_out = ctx.kept(node.inputs[0], g), ctx.kept(node.outputs[0], g)
+        if kept_data is None and kept_out is None:
+            return
+        chosen = selection if kept_out is None else selection[kept_out]
+        renumbered = chosen if kept_data is None else np.searchsorted(kept_data, chosen)
+        ctx.set_input_const(node, 1, renumbered.astype(ctx.const(node.inputs[1]).dtype))
+
+
+def _selection(ctx: CoupleContext | RewriteContext, node: ir.Node, size: int | str | None) -> np.ndarray | None:
+    """Constant 1-D indices without repeats into an axis of static `size`, made non-negative; else None."""
+    index = ctx.const(node.inputs[1])
+    if index is None or index.ndim != 1 or not isinstance(size, int):
+        return None
+    index = np.where(index < 0, index + size, index).astype(np.int64)
+    if np.any(index < 0) or np.any(index >= size) or len(np.unique(index)) != len(index):
+        return None
+    return index
 
 
 def _select_expert(ctx: CoupleContext, node: ir.Node, dim: Dim) -> None:

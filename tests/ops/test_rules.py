@@ -9,7 +9,7 @@ import pytest
 from graphprune.analysis import analyze
 from graphprune.ops import registered_ops
 from tests.graphs import GraphBuilder
-from tests.harness import assert_group_equivalent, load
+from tests.harness import assert_group_equivalent, load, masked_check, random_subset_plan
 
 X = {"x": ["batch", 4, 8, 8]}
 
@@ -136,7 +136,8 @@ def test_registry_covers_the_required_ops():
     assert {f"ai.onnx::{op}" for op in required} <= set(registered_ops())
 
 
-def test_shared_weight_couples_both_uses():
+def test_shared_weight_uses_prune_independently():
+    """A weight read by two convs is copied per reader at load: each use is its own group, both exact."""
     b = GraphBuilder()
     shared, bias = b.weight(6, 4, 1, 1), b.weight(6)
     left = b.op("Conv", ["x", shared, bias], kernel_shape=[1, 1])
@@ -144,9 +145,11 @@ def test_shared_weight_couples_both_uses():
     y = b.op("Concat", [b.op("Relu", [left]), right], axis=1)
     model = b.build(X, [b.head(y, 12)])
     groups = analyze(load(model)).prunable()
-    conv_groups = [g for g in groups if any(m.tensor == left for m in g.members)]
-    assert len(conv_groups) == 1 and any(m.tensor == right for m in conv_groups[0].members)
-    assert_all_groups_equivalent(model)
+    owners = [[g for g in groups if any(m.tensor == out for m in g.members)] for out in (left, right)]
+    assert all(len(o) == 1 for o in owners) and owners[0][0] is not owners[1][0]
+    for group in groups:  # (params need not drop: the other reader keeps the whole weight)
+        result = masked_check(model, random_subset_plan(group.id))
+        assert result["error"] <= 1e-5 < result["masking_effect"], (group.label, result)
 
 
 def shuffle(b: GraphBuilder, y: str, groups: int, channels: int) -> str:
@@ -224,3 +227,27 @@ def test_flattening_tokens_keeps_channels_prunable():
     groups = analyze(load(model)).prunable()
     assert [g.size for g in groups] == [12], [g.summary() for g in analyze(load(model)).groups]
     assert_group_equivalent(model, groups[0], dims={"batch": 2, "seq": 3})
+
+
+@pytest.mark.parametrize("indices", [[5, 2, 7, 0], [-1, 3, 1]])
+def test_gather_of_constant_channels_is_a_selection(indices):
+    """conv (8) → Gather(axis 1, constant indices) → conv: the selected channels prune with their consumer,
+    the unselected ones (read by nobody) go freely; the indices are renumbered."""
+    b = GraphBuilder()
+    h = b.op("Relu", [b.conv("x", 4, 8)])
+    picked = b.op("Gather", [h, b.const(np.array(indices, dtype=np.int64))], axis=1)
+    model = b.build(X, [b.head(b.conv(picked, len(indices), 6), 6)])
+    analysis = analyze(load(model))
+    producer = [g for g in analysis.prunable() if any(m.tensor == h for m in g.members)]
+    assert sorted(g.size for g in producer) == sorted([len(indices), 8 - len(indices)])
+    assert not any("Gather" in r for g in analysis.groups for r in g.frozen_reasons)
+    assert_all_groups_equivalent(model, least=3)
+
+
+def test_gather_with_repeated_channels_stays_frozen_on_its_data_side():
+    b = GraphBuilder()
+    h = b.op("Relu", [b.conv("x", 4, 8)])
+    picked = b.op("Gather", [h, b.const(np.array([1, 1, 2], dtype=np.int64))], axis=1)
+    model = b.build(X, [b.head(b.conv(picked, 3, 6), 6)])
+    frozen = [r for g in analyze(load(model)).groups for r in g.frozen_reasons]
+    assert any("Gather selects along this axis" in r for r in frozen)
