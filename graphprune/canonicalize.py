@@ -5,10 +5,7 @@
   constants, and small integer arithmetic over constants is folded, so the rules see constant targets.
 - Pass-throughs: `Reshape(vector, [-1])` of a 1-D vector, and the legacy exporter's
   `Where(Equal(s, -1), 1, s)` over shape vectors whose entries are constants or sizes read with Shape.
-- Shared constants: exporters de-duplicate identical constants (tf2onnx: one zero bias for every conv of a
-  width; TorchScript: one bias behind several Identity nodes), which would couple unrelated layers. Every
-  extra reader gets its own copy of the value, sharing the same tensor (no memory until one is sliced);
-  `reshare_constants` merges the copies that end up identical.
+- Constants (graphprune.constants): shared constants copied per reader, layout ops on weights folded lazily.
 - Reshape targets that copy the input's own sizes: `x.view(x.size(0), -1)`, `x.view(b, s, heads, -1)` with b, s
   read from x — the runtime entries read Shape(x)[i] at position i, which Reshape's 0 ("copy this size")
   states as a constant: the target becomes constant and the Reshape rule can prove how axes regroup.
@@ -26,6 +23,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from graphprune.constants import fold_constant_layouts, unshare_constants
+from graphprune.layout_chains import fold_gather_slices, fold_split_transposes
 from graphprune.values import const_of, shape_of
 
 _FOLDABLE_ELEMENTS = 64  # shape arithmetic only: never fold weights
@@ -51,6 +50,8 @@ _FOLDERS: dict[str, Callable[[ir.Node, list[np.ndarray]], np.ndarray]] = {
     "Sub": lambda n, v: v[0] - v[1],
     "Div": lambda n, v: v[0] // v[1] if np.issubdtype(v[0].dtype, np.integer) else v[0] / v[1],
     "Identity": lambda n, v: v[0],
+    "Mod": lambda n, v: np.fmod(v[0], v[1]) if _attr(n, "fmod", 0) else np.mod(v[0], v[1]),
+    "Reshape": lambda n, v: v[0].reshape([d if d != 0 else v[0].shape[i] for i, d in enumerate(v[1].tolist())]),
     "ConstantOfShape": lambda n, v: np.full(v[0].astype(np.int64), _fill_value(n)),
 }
 
@@ -329,56 +330,12 @@ def fold_transpose_sandwiches(model: ir.Model) -> int:
     return _each_node(model, _fold_sandwich)
 
 
-CLONE = "__graphprune_copy"  # name infix of a shared constant's per-reader copies
-
-
-def origin(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
-    """The tensor a per-reader copy stands for (a tensor is its own origin)."""
-    return getattr(tensor, "graphprune_origin", tensor)
-
-
-def unshare_constants(model: ir.Model) -> int:
-    """Give every main-graph reader of a shared initializer beyond the first its own copy — a lazy view with its
-    own name (onnx-ir keeps a tensor's name equal to its value's) — ; returns how many."""
-    count = 0
-    for value in list(model.graph.initializers.values()):
-        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
-            continue
-        readers = [u for u in value.uses() if u.node.graph is model.graph]
-        source = value.const_value
-        for index, usage in enumerate(readers[1:], 1):
-            name = f"{value.name}{CLONE}{index}"
-            view = ir.LazyTensor(lambda source=source: source, source.dtype, source.shape, name=name)
-            view.graphprune_origin = source
-            copy = ir.Value(name=name, shape=value.shape, type=value.type, const_value=view)
-            model.graph.register_initializer(copy)
-            usage.node.replace_input_with(usage.idx, copy)
-            count += 1
-    return count
-
-
-def reshare_constants(model: ir.Model) -> int:
-    """Merge initializers standing for the same tensor (untouched copies, or copies sliced alike) back into one
-    (the first); returns how many."""
-    first: dict[int, ir.Value] = {}
-    merged = 0
-    for value in list(model.graph.initializers.values()):
-        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
-            continue
-        keep = first.setdefault(id(origin(value.const_value)), value)
-        if keep is not value:
-            value.replace_all_uses_with(keep)
-            model.graph.initializers.pop(value.name)
-            if isinstance(keep.const_value, ir.LazyTensor):  # a slice the copies shared took the last one's name
-                keep.const_value.name = keep.name
-            merged += 1
-    return merged
-
-
-def canonicalize(model: ir.Model) -> None:
-    """Apply every canonicalisation in place."""
-    unshare_constants(model)
-    fold_static_shapes(model)
-    fold_pass_throughs(model)
-    fold_copied_targets(model)
-    fold_transpose_sandwiches(model)
+def canonicalize(model: ir.Model) -> int:
+    """Apply every canonicalisation in place; returns how many rewrites (shapes are worth re-inferring after
+    any: folded shape arithmetic lets inference reach further, which the next round may use)."""
+    count = unshare_constants(model) + fold_static_shapes(model) + fold_constant_layouts(model)
+    count += fold_pass_throughs(model) + fold_copied_targets(model)
+    chains = fold_gather_slices(model) + fold_split_transposes(model)
+    if chains:
+        RemoveUnusedNodesPass()(model)
+    return count + chains + fold_transpose_sandwiches(model)

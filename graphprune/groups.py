@@ -96,9 +96,12 @@ class Group:
         head_dim, widest = widths[0], widths[-1]
         if "query-slot" in self.tags:
             return f"{self.size} query slots x {widest} channels (one query head of every KV group)"
-        if widest == head_dim:
+        # the output projection reads a unit's query heads (a packed QKV weight is wider, but one head each)
+        read = sorted({int(np.sum(m.unit_of == 0)) for m in self.param_members() if m.consumer})
+        queries = (read[-1] if read else widest) // head_dim
+        if queries <= 1:
             return f"{self.size} heads x head_dim {head_dim}"
-        return f"{self.size} KV groups x {widest // head_dim} query heads, head_dim {head_dim}"
+        return f"{self.size} KV groups x {queries} query heads, head_dim {head_dim}"
 
     def summary(self) -> dict:
         """JSON-ready description."""

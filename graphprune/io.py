@@ -75,6 +75,7 @@ def source_files(model: ir.Model) -> list[Path]:
 
 
 FILL_ROUNDS = 4
+CANONICAL_ROUNDS = 3  # canonicalise ↔ re-infer shapes, while something changes
 _SAME_SHAPE_CONTRIB = ("QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu")
 _FLOAT_MATMUL_CONTRIB = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")  # A @ B → float
 
@@ -88,7 +89,10 @@ def prepare(model: ir.Model) -> ir.Model:
         if not fill_unknown_shapes(model):
             break
         infer_shapes(model)
-    canonicalize(model)
+    for _ in range(CANONICAL_ROUNDS):
+        if not canonicalize(model):
+            break
+        infer_shapes(model)
     return model
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis import Analysis
-from graphprune.canonicalize import origin
+from graphprune.constants import origin
 from graphprune.plan import PruningPlan
 from graphprune.polynomial import Poly
 from graphprune.values import shape_of

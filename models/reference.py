@@ -28,5 +28,6 @@ def export_reference(name: str, dynamo: bool, folder: str | Path) -> Path:
     if name == "vit":
         return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name])
     tokens = {0: "batch", 1: "seq"}
-    return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name],
-                  dynamic=[tokens] * len(inputs), output_dynamic=tokens)
+    dynamic = transformers.DYNAMIC.get(name, [tokens] * len(inputs))
+    return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name], dynamic=dynamic,
+                  output_dynamic=dynamic[0])

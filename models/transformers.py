@@ -174,14 +174,54 @@ class Llama(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+class TorchEncoder(nn.Module):
+    """torch's own nn.TransformerEncoder (nn.MultiheadAttention inside: packed in_proj_weight [3d, d])."""
+
+    def __init__(self, batch_first: bool, d: int = 32, heads: int = 4, ffn: int = 64, layers: int = 2):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d, heads, ffn, dropout=0.0, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        for copy in self.encoder.layers:  # deep copies of one layer: make them differ, as trained ones do
+            for parameter in copy.parameters():
+                nn.init.normal_(parameter, std=0.2 if parameter.dim() > 1 else 0.05)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+class TorchCrossAttention(nn.Module):
+    """nn.MultiheadAttention as cross-attention (queries from x, keys and values from a memory sequence) in a
+    residual block with LayerNorm, as a transformer decoder has it."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.query, self.memory = nn.Linear(d, d), nn.Linear(d, d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 5)
+
+    def forward(self, x, memory):
+        q, m = self.query(x), torch.relu(self.memory(memory))
+        out, _ = self.attn(q, m, m, need_weights=False)
+        return self.head(self.norm(q + out))
+
+
 BUILDERS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "bert": lambda: (Bert(), (torch.randint(0, 100, (2, 12)), torch.tensor([[1] * 12, [1] * 9 + [0] * 3]))),
     "vit": lambda: (ViT(), (torch.randn(2, 3, 32, 32),)),
     "llama": lambda: (Llama(), (torch.randint(0, 100, (2, 12)),)),
     "llama_tied": lambda: (Llama(tied=True), (torch.randint(0, 100, (2, 12)),)),
+    "torch_encoder": lambda: (TorchEncoder(batch_first=True), (torch.randn(2, 6, 32),)),
+    "torch_encoder_seq_first": lambda: (TorchEncoder(batch_first=False), (torch.randn(6, 2, 32),)),
+    "torch_cross_attention": lambda: (TorchCrossAttention(), (torch.randn(2, 6, 32), torch.randn(2, 4, 32))),
 }
 INPUT_NAMES = {"bert": ["input_ids", "attention_mask"], "vit": ["x"], "llama": ["input_ids"],
-               "llama_tied": ["input_ids"]}
+               "llama_tied": ["input_ids"], "torch_encoder": ["x"], "torch_encoder_seq_first": ["x"],
+               "torch_cross_attention": ["x", "memory"]}
+# dynamic axes where not (batch, seq) on every input; torch's legacy exporter writes the key length of
+# nn.MultiheadAttention as a constant, so those models stay valid only with a static sequence
+DYNAMIC = {"torch_encoder": [{0: "batch"}], "torch_encoder_seq_first": [{1: "batch"}],
+           "torch_cross_attention": [{0: "batch"}, {0: "batch"}]}
 
 
 def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple]:

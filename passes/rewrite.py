@@ -12,7 +12,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
-from graphprune.canonicalize import origin, reshare_constants
+from graphprune.constants import origin, reshare_constants
 from graphprune.groups import Group
 from graphprune.passes.compensation import BiasDeltas, WeightUpdates, apply_bias_deltas, apply_weight_updates
 from graphprune.plan import PruningPlan

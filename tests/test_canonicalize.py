@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from graphprune.analysis import analyze
-from graphprune.canonicalize import CLONE, fold_pass_throughs, fold_static_shapes
+from graphprune.canonicalize import fold_pass_throughs, fold_static_shapes
+from graphprune.constants import CLONE
 from graphprune.io import from_proto
 from graphprune.passes import prune_file
 from tests.graphs import GraphBuilder

@@ -18,6 +18,10 @@ EXPECT = {
     "vit": {"head": (2, 3), "neuron": (2, 96)},
     "llama": {"head": (2, 2), "neuron": (2, 96)},       # a head unit is one KV group: 1 KV + 2 query heads
     "llama_tied": {"head": (2, 2), "neuron": (2, 96)},
+    # torch's own nn.TransformerEncoder / nn.MultiheadAttention (packed in_proj_weight), batch first or not
+    "torch_encoder": {"head": (2, 4), "neuron": (2, 64)},
+    "torch_encoder_seq_first": {"head": (2, 4), "neuron": (2, 64)},
+    "torch_cross_attention": {"head": (1, 4), "neuron": (1, 32)},  # the memory projection's 32 channels
 }
 CASES = [(name, dynamo) for name in EXPECT for dynamo in (False, True)]
 IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
@@ -104,3 +108,20 @@ def test_gqa_query_slots_keep_the_ratio_consistent(exported, dynamo):
     assert head_splits == [2] * 6, head_splits  # per layer: q, k, v all with 2 heads now
     out = runtime.run(runtime.session(pruned), {"input_ids": np.arange(10, dtype=np.int64).reshape(2, 5)})[0]
     assert out.shape == (2, 5, 100) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("seq", [3, 9])
+def test_pruned_torch_attention_keeps_its_head_count_at_any_length(exported, seq):
+    """nn.TransformerEncoder (dynamo, dynamic batch and sequence) with half its heads removed: the rewritten
+    reshape constants still split the right number of heads at sequence lengths other than the export's."""
+    from tests.harness import masked_check
+
+    path = exported("torch_encoder", True)
+
+    def half_the_heads(analysis):
+        plan = make_plan(analysis, "l2", 0.0, kind_ratios={"head": 0.5})
+        assert plan.removed and all(analysis.group(g).kind == "head" for g in plan.removed)
+        return plan
+
+    result = masked_check(path, half_the_heads, dims={"batch": 2, "seq": seq})
+    assert result["error"] <= 1e-5 < result["masking_effect"]
