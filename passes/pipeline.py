@@ -250,6 +250,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     before = cost(model, source, output.dims)
     model_fingerprint = fingerprint(model)
     analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
+    _check_prunable(analysis, ratio, kind_ratios, allocation)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
     if allocation is not None:
@@ -258,11 +259,45 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
                                                  gqa_units=gqa_units))
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
                      expert_criterion)
+    if not plan.removed and _requested(ratio, kind_ratios, allocation):
+        raise GraphpruneError("the requested ratios remove no unit: every prunable group is too small for them "
+                              "(see the warnings above); nothing was written")
     plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
     if expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
     return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
+
+
+def _requested(ratio: float, kind_ratios: dict[str, float] | None, allocation: Allocation | None) -> bool:
+    """Whether the run asks to remove anything (a ratio, a per-kind ratio, an expert ratio or a target)."""
+    if allocation is not None and (allocation.target is not None or allocation.expert_ratio > 0):
+        return True
+    ratios = allocation.kind_ratios if allocation is not None and allocation.kind_ratios else kind_ratios
+    return (allocation.ratio if allocation is not None else ratio) > 0 or any(v > 0 for v in (ratios or {}).values())
+
+
+def _check_prunable(analysis: Analysis, ratio: float, kind_ratios: dict[str, float] | None,
+                    allocation: Allocation | None) -> None:
+    """Refuse, before calibrating, a request nothing in the model can serve — saying why."""
+    def reasons(groups: list[Group]) -> str:
+        counts: dict[str, int] = {}
+        for group in groups:
+            for reason in group.frozen_reasons[:1]:
+                text = reason.split(": ", 1)[-1]
+                counts[text] = counts.get(text, 0) + 1
+        return "; ".join(f"{n} × {text}" for text, n in sorted(counts.items(), key=lambda i: -i[1])[:3])
+
+    if allocation is not None and allocation.expert_ratio > 0 and not any(
+            g.kind == "expert" for g in analysis.prunable()):
+        layers = [g for g in analysis.groups if g.kind == "expert"]
+        why = f"all {len(layers)} MoE layer(s) are frozen: {reasons(layers)}" if layers else \
+            "no MoE layer was found (experts are recognised from a router's TopK)"
+        raise GraphpruneError(f"--expert-ratio: no expert can be removed: {why}")
+    if _requested(ratio, kind_ratios, None if allocation is None else replace(allocation, expert_ratio=0.0)) \
+            and not any(g.kind != "expert" for g in analysis.prunable()):
+        raise GraphpruneError(f"nothing can be pruned: all {len(analysis.groups)} groups are frozen: "
+                              f"{reasons(analysis.groups)} (graphprune analyze lists every group)")
 
 
 def _timed(allocation: Allocation, analysis: Analysis, source: Path, output: Output, model_fingerprint: str,

@@ -380,3 +380,18 @@ def test_cuda_falls_back_to_the_cpu_with_one_warning(capsys, tmp_path):
     assert err.startswith("graphprune: WARNING: CUDAExecutionProvider is not available") and err.count("\n") == 1
     code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "p.onnx", "--provider", "tpu")
     assert code == 2 and "invalid choice: 'tpu'" in err
+
+
+def test_nothing_to_prune_is_said_before_any_work(capsys, tmp_path):
+    """An expert ratio on a model without MoE layers, any ratio on a model whose every group is frozen, and
+    ratios too small for every group: one clear error, no output file."""
+    target = tmp_path / "out.onnx"
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", target, "--ratio", "0", "--expert-ratio", "0.5")
+    assert code != 0 and "no MoE layer was found" in err and not target.exists()
+    b = GraphBuilder()
+    frozen = tmp_path / "frozen.onnx"
+    onnx.save(b.build({"x": [1, 4, 8, 8]}, [b.conv("x", 4, 8)]), frozen)
+    code, _, err = run_cli(capsys, "prune", frozen, "-o", target, "--ratio", "0.5")
+    assert code != 0 and "nothing can be pruned: all 1 groups are frozen: 1 × graph output" in err
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", target, "--ratio", "0.01")
+    assert code != 0 and "remove no unit" in err and not target.exists()
