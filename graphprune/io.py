@@ -84,7 +84,16 @@ def prepare(model: ir.Model) -> ir.Model:
     """Normalise a model for analysis: weights as initializers, shapes inferred where possible."""
     model.meta[DECLARED] = {v.name for node in model.graph for v in node.outputs if v.type is not None}
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    # declared shapes of intermediate values can be stale (jax2onnx leaves NHWC ones on NCHW tensors): infer
+    # without them, and keep a declaration only where inference finds nothing
+    declared = {v: v.shape for node in model.graph for v in node.outputs
+                if v.shape is not None and not v.is_graph_output()}
+    for value in declared:
+        value.shape = None
     infer_shapes(model)
+    for value, shape in declared.items():
+        if value.shape is None:
+            value.shape = shape
     for _ in range(FILL_ROUNDS):  # contrib ops' shapes unlock ONNX inference after them, and so on
         if not fill_unknown_shapes(model):
             break

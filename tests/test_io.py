@@ -136,3 +136,26 @@ def test_random_inputs_index_their_tables_and_masks_attend_everywhere():
     feeds = runtime.random_feeds(runtime.session(model), batch=4, dims={"s": 50})
     assert feeds["ids"].min() >= 0 and feeds["ids"].max() == 6 and feeds["ids"].dtype == np.int32
     assert np.all(feeds["mask"] == 1)
+
+
+def test_stale_declared_shapes_lose_to_inference(tmp_path):
+    """jax2onnx leaves NHWC value_info on tensors that are NCHW: re-inferred, the convs prune (exactly), and
+    the written model declares the true, pruned shapes (it passes the full checker)."""
+    from graphprune.passes import prune_file
+    from tests.graphs import GraphBuilder
+    from tests.harness import assert_group_equivalent
+
+    b = GraphBuilder()
+    first = b.op("Relu", [b.conv("x", 4, 16)])
+    second = b.op("Relu", [b.conv(first, 16, 8)])
+    proto = b.build({"x": [1, 4, 6, 6]}, [b.head(second, 8)], value_info={first: [1, 6, 6, 16], second: [1, 6, 6, 8]})
+    groups = analyze(from_proto(proto)).prunable()
+    assert sorted(g.size for g in groups) == [8, 16]
+    for group in groups:
+        assert_group_equivalent(proto, group)
+    source, target = tmp_path / "stale.onnx", tmp_path / "out.onnx"
+    onnx.save(proto, source)
+    prune_file(source, target, ratio=0.5)
+    onnx.checker.check_model(str(target), full_check=True)
+    declared = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in onnx.load(target).graph.value_info}
+    assert declared[first] == [1, 8, 6, 6] and declared[second] == [1, 4, 6, 6]
