@@ -134,8 +134,8 @@ class _Propagator:
             self.ids[id(value)] = dim
             self.id_queue.append((value, dim))
 
-    def selector(self, dim: Dim, index: int, node: ir.Node, input_index: int) -> None:
-        self.selectors.append(Selector(dim, index, node, input_index))
+    def selector(self, dim: Dim, index: int, node: ir.Node, input_index: int, by_rule: bool = False) -> None:
+        self.selectors.append(Selector(dim, index, node, input_index, by_rule))
 
     def id_table(self, dim: Dim, node: ir.Node, input_index: int) -> None:
         self.id_tables.append(IdTable(dim, node, input_index))

@@ -23,12 +23,14 @@ ACCUMULATORS: dict[str, int | None] = {"Add": None, "Sum": None, "ScatterND": 0,
 
 @dataclass
 class Selector:
-    """`node` picks expert `index` of the expert axis `dim` with the constant at input `input_index`."""
+    """`node` picks expert `index` of the expert axis `dim` with the constant at input `input_index`; the
+rewrite renumbers that constant for surviving experts unless the node's own rule does (`by_rule`: Slice)."""
 
     dim: Dim
     index: int
     node: ir.Node
     input_index: int
+    by_rule: bool = False
 
 
 @dataclass

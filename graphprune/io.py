@@ -85,15 +85,14 @@ def prepare(model: ir.Model) -> ir.Model:
     model.meta[DECLARED] = {v.name for node in model.graph for v in node.outputs if v.type is not None}
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     # declared shapes of intermediate values can be stale (jax2onnx leaves NHWC ones on NCHW tensors): infer
-    # without them, and keep a declaration only where inference finds nothing
+    # without them, then keep each declaration that inference does not contradict (its names relate dims)
     declared = {v: v.shape for node in model.graph for v in node.outputs
                 if v.shape is not None and not v.is_graph_output()}
     for value in declared:
         value.shape = None
     infer_shapes(model)
     for value, shape in declared.items():
-        if value.shape is None:
-            value.shape = shape
+        value.shape = _reconciled(shape, value.shape)
     for _ in range(FILL_ROUNDS):  # contrib ops' shapes unlock ONNX inference after them, and so on
         if not fill_unknown_shapes(model):
             break
@@ -119,6 +118,21 @@ def fill_unknown_shapes(model: ir.Model) -> int:
                     value.dtype = dtype
                 filled += 1
     return filled
+
+
+def _reconciled(declared: ir.Shape, inferred: ir.Shape | None) -> ir.Shape:
+    """The declared shape unless inference contradicts it (another rank, another static size), with the
+    static sizes either knows; a contradicted declaration is dropped."""
+    if inferred is None:
+        return declared
+    if len(inferred) != len(declared):
+        return inferred
+    dims = []
+    for mine, theirs in zip(declared.dims, inferred.dims, strict=True):
+        if isinstance(mine, int) and isinstance(theirs, int) and mine != theirs:
+            return inferred
+        dims.append(mine if isinstance(mine, int) or not isinstance(theirs, int) else theirs)
+    return ir.Shape(dims)
 
 
 def _first_dtype(node: ir.Node, skip: tuple[int, ...]) -> ir.DataType | None:

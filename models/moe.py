@@ -1,10 +1,12 @@
 """Reference Mixtral-style sparse MoE decoder blocks, written the ways real MoE ONNX graphs are (needs torch).
 
-Router Linear → Softmax → TopK(k) → renormalise → SwiGLU experts → gate-weighted sum, in four forms:
+Router Linear → Softmax → TopK(k) → renormalise → SwiGLU experts → gate-weighted sum, in six forms:
 `dense` (stacked [E, d, f] expert weights, every expert computes every token, weighted by a sparse gate
 matrix built with scatter), `einsum` (the same written with einsum), `masked` (a loop over separate expert
-Linears, gate weight from `indices == e`) and `scatter` (Hugging Face Mixtral's loop: one_hot, `torch.where`,
-gather the routed tokens, `index_add_`).
+Linears, gate weight from `indices == e`), `scatter` (Hugging Face Mixtral's loop: one_hot, `torch.where`,
+gather the routed tokens, `index_add_`), `sliced` (separate experts, each weighted by its slice
+`g[..., e:e+1]` of the scattered gate) and `stacked` (tokens kept [batch, seq, d]; stacked experts through
+`einsum('bsef,efd->bsed')`, combined by `(g.unsqueeze(-1) * y).sum(-2)`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-FORMS = ("dense", "einsum", "masked", "scatter")
+FORMS = ("dense", "einsum", "masked", "scatter", "sliced", "stacked")
 
 
 class SwiGLU(nn.Module):
@@ -33,7 +35,7 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.experts, self.top_k, self.form = experts, top_k, form
         self.router = nn.Linear(d, experts, bias=False)
-        if form in ("dense", "einsum"):
+        if form in ("dense", "einsum", "stacked"):
             self.w_gate = nn.Parameter(torch.randn(experts, d, f) / d**0.5)
             self.w_up = nn.Parameter(torch.randn(experts, d, f) / d**0.5)
             self.w_down = nn.Parameter(torch.randn(experts, f, d) / f**0.5)
@@ -52,6 +54,15 @@ class SparseMoE(nn.Module):
             gates = torch.zeros_like(probs).scatter(-1, chosen, weights)
             hidden = F.silu(torch.einsum("nd,edf->enf", x, self.w_gate)) * torch.einsum("nd,edf->enf", x, self.w_up)
             return torch.einsum("ne,end->nd", gates, torch.einsum("enf,efd->end", hidden, self.w_down))
+        if self.form == "stacked":  # x: [batch, seq, d]
+            gates = torch.zeros_like(probs).scatter(-1, chosen, weights)  # [b, s, E]
+            hidden = F.silu(torch.einsum("bsd,edf->bsef", x, self.w_gate)) * torch.einsum("bsd,edf->bsef", x,
+                                                                                              self.w_up)
+            y = torch.einsum("bsef,efd->bsed", hidden, self.w_down)
+            return (gates.unsqueeze(-1) * y).sum(-2)
+        if self.form == "sliced":
+            gates = torch.zeros_like(probs).scatter(-1, chosen, weights)
+            return sum(gates[..., e:e + 1] * ffn(x) for e, ffn in enumerate(self.ffns))
         out = torch.zeros_like(x)
         if self.form == "masked":
             for e, ffn in enumerate(self.ffns):
@@ -86,7 +97,9 @@ class MoEDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
-        h = self.proj(x).reshape(batch * seq, -1)
+        h = self.proj(x)
+        if self.moes[0].form != "stacked":
+            h = h.reshape(batch * seq, -1)
         for norm, moe in zip(self.norms, self.moes, strict=True):
             h = h + moe(norm(h))
         return self.head(h).reshape(batch, seq, -1)

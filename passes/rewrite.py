@@ -117,7 +117,7 @@ class _Rewriter:
         for unit, selectors in info.selectors.items():
             if unit in units:
                 continue
-            for sel in selectors:
+            for sel in (s for s in selectors if not s.by_rule):
                 kept = self.kept(sel.dim.value, sel.dim.axis)
                 old = self.const(sel.node.inputs[sel.input_index])
                 new = np.full(old.shape, np.searchsorted(kept, sel.index), dtype=old.dtype)

@@ -68,7 +68,8 @@ class CoupleContext(Protocol):
     def expert(self, dim: Dim) -> bool: ...  # True once `dim` is coupled to a router's expert axis
     def router(self, dim: Dim, top_k: int) -> None: ...  # `dim` is routed over: its units are experts
     def expert_ids(self, value: ir.Value, dim: Dim) -> None: ...  # `value` holds indices into `dim`
-    def selector(self, dim: Dim, index: int, node: ir.Node, input_index: int) -> None: ...  # picks one expert
+    def selector(self, dim: Dim, index: int, node: ir.Node, input_index: int,
+                 by_rule: bool = False) -> None: ...  # picks one expert
     def id_table(self, dim: Dim, node: ir.Node, input_index: int) -> None: ...  # arange(E) input of node → dim
 
 

@@ -141,6 +141,8 @@ class Slice(OpRule):
             ctx.freeze(dim, "Slice with a non-unit step or dynamic size along the channel axis")
             return
         start, end = _clamp(starts[k], size), _clamp(ends[k], size)
+        if end - start == 1 and not port.output and _picks_expert(ctx, node, Dim(x, axis), port, start):
+            return
         ctx.link_pairs(Dim(x, axis), np.arange(start, end), Dim(y, axis), np.arange(end - start))
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
@@ -164,6 +166,17 @@ class Slice(OpRule):
         else:
             ctx.set_input_const(node, 1, np.array(new_starts, dtype=np.int64))
             ctx.set_input_const(node, 2, np.array(new_ends, dtype=np.int64))
+
+
+def _picks_expert(ctx: CoupleContext, node: ir.Node, dim: Dim, port: Port, index: int) -> bool:
+    """A one-wide Slice `[e, e+1)` of an expert axis whose unrouted entries are zero picks expert e's gate
+    (`g[..., e:e+1]` of a scattered gate): its bounds are selectors. True when so (or when deferred)."""
+    if not ctx.expert(dim) and ctx.defer(node, port, dim.axis):
+        return True
+    if "starts" in node.attributes or not masked_zero(ctx, dim.value, dim.axis):
+        return False
+    ctx.selector(dim, index, node, 1, by_rule=True)  # Slice.rewrite recounts its bounds over the survivors
+    return True
 
 
 @register("Gather")

@@ -23,7 +23,7 @@ CASES = [(name, dynamo) for name in MOES for dynamo in (False, True)]
 IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in CASES]
 TOKENS = {"batch": 3, "seq": 7}
 REMOVED = [1, 4, 5]  # not the last experts: indices of the survivors must be renumbered
-STACKED = ("moe_dense", "moe_einsum")  # [E, d, f] expert weights; the others loop over expert Linears
+STACKED = ("moe_dense", "moe_einsum", "moe_stacked")  # [E, d, f] expert weights; the others loop over Linears
 
 
 def expert_groups(analysis) -> list:
@@ -75,6 +75,10 @@ def test_routing_stays_consistent(exported, name, dynamo):
                        if n.op_type in ("Equal", "Gather") and n.inputs[1].const_value is not None
                        and n.inputs[1].const_value.numpy().ndim == 0 and n.inputs[0].producer() is not None
                        and n.inputs[0].producer().op_type in ("TopK", "Transpose"))
+    if name == "moe_sliced":  # the gate slices g[..., e:e+1] of the surviving experts, renumbered
+        selectors = sorted(int(n.inputs[1].const_value.numpy()[0]) for n in pruned.graph
+                           if n.op_type == "Slice" and n.inputs[0].producer() is not None
+                           and n.inputs[0].producer().op_type == "ScatterElements")
     if name not in STACKED:
         assert selectors == sorted(list(range(survivors)) * 2)
     tables = [n.inputs[1].const_value.numpy().tolist() for n in pruned.graph
