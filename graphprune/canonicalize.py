@@ -9,6 +9,8 @@
 - Reshape targets that copy the input's own sizes: `x.view(x.size(0), -1)`, `x.view(b, s, heads, -1)` with b, s
   read from x — the runtime entries read Shape(x)[i] at position i, which Reshape's 0 ("copy this size")
   states as a constant: the target becomes constant and the Reshape rule can prove how axes regroup.
+- Tensordot on N-D inputs (Keras Dense via tf2onnx): `Reshape(x, [-1, d]) → MatMul(W) → Reshape(Concat(Shape(x)[:-1],
+  [F]))` is `MatMul(x, W)`, whose batched form the rules model directly.
 - Transpose sandwiches: the dynamo exporter transposes K in scaled-dot-product attention as
   Reshape([B, H, S, D] → [B·H, S, D]) → Transpose → Reshape(→ [B, H, D, S]); the merged B·H axis has a
   symbolic size, so no rule can map heads through it. When shapes prove the sandwich restores the merged
@@ -242,6 +244,8 @@ def _shape_entries(value: ir.Value, data: ir.Value) -> list[_Entry] | None:
                                                                                 _attr(node, "end", rank)))
         return [("read", i) for i in range(start, end)]
     source = node.inputs[0].producer() if node is not None and node.inputs and node.inputs[0] is not None else None
+    while source is not None and source.op_type == "Cast":  # tf2onnx casts the shape vector to int32 and back
+        source = source.inputs[0].producer()
     if source is None or source.op_type != "Shape" or source.inputs[0] is not data \
             or _attr(source, "start", 0) != 0 or "end" in source.attributes:
         return None
@@ -294,7 +298,7 @@ def _fold_sandwich(model: ir.Model, node: ir.Node) -> bool:
     if match is None:
         return False
     last, perm = match
-    transpose = ir.node("Transpose", [node.inputs[0]], {"perm": perm}, name=f"{last.name}_folded")
+    transpose = ir.node("Transpose", [node.inputs[0]], {"perm": perm}, name=f"{last.outputs[0].name}_folded")
     out = transpose.outputs[0]
     out.name, out.shape, out.type = f"{last.outputs[0].name}_folded", last.outputs[0].shape, last.outputs[0].type
     model.graph.insert_before(last, transpose)
@@ -320,6 +324,40 @@ def fold_pass_throughs(model: ir.Model) -> int:
     return _each_node(model, _bypass_pass_through)
 
 
+def _fold_tensordot(model: ir.Model, node: ir.Node) -> bool:
+    """Replace flatten → MatMul(weight) → unflatten-by-the-input's-own-sizes with one batched MatMul."""
+    matmul = node.inputs[0].producer() if node.op_type == "Reshape" else None
+    flatten = matmul.inputs[0].producer() if matmul is not None and matmul.op_type == "MatMul" else None
+    if flatten is None or flatten.op_type != "Reshape" or len(matmul.outputs[0].uses()) != 1 \
+            or len(flatten.outputs[0].uses()) != 1 or const_of(matmul.inputs[1]) is None:
+        return False
+    x, weight = flatten.inputs[0], const_of(matmul.inputs[1])
+    x_shape, flat_target = shape_of(x), const_of(flatten.inputs[1])
+    if x_shape is None or len(x_shape) < 3 or weight.ndim != 2 or flat_target is None \
+            or flat_target.tolist() != [-1, x_shape[-1]] or x_shape[-1] != weight.shape[0]:
+        return False
+    target = node.inputs[1].producer()
+    while target is not None and target.op_type == "Cast":
+        target = target.inputs[0].producer()
+    if target is None or target.op_type != "Concat":
+        return False
+    entries = [e for piece in target.inputs for e in (_shape_entries(piece, x) or [("bad", 0)])]
+    wanted = [("read", i) for i in range(len(x_shape) - 1)] + [("const", int(weight.shape[1]))]
+    if entries != wanted:
+        return False
+    batched = ir.node("MatMul", [x, matmul.inputs[1]], name=f"{node.outputs[0].name}_batched")
+    out = batched.outputs[0]
+    out.name, out.shape, out.type = f"{node.outputs[0].name}_batched", node.outputs[0].shape, node.outputs[0].type
+    model.graph.insert_before(node, batched)
+    node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+    return True
+
+
+def fold_tensordots(model: ir.Model) -> int:
+    """Flatten → MatMul → unflatten by the input's sizes becomes a batched MatMul; returns how many."""
+    return _each_node(model, _fold_tensordot)
+
+
 def fold_copied_targets(model: ir.Model) -> int:
     """Reshape targets whose runtime entries copy the input's sizes become constants; returns how many."""
     return _each_node(model, _fold_copied_target)
@@ -334,7 +372,7 @@ def canonicalize(model: ir.Model) -> int:
     """Apply every canonicalisation in place; returns how many rewrites (shapes are worth re-inferring after
     any: folded shape arithmetic lets inference reach further, which the next round may use)."""
     count = unshare_constants(model) + fold_static_shapes(model) + fold_constant_layouts(model)
-    count += fold_pass_throughs(model) + fold_copied_targets(model)
+    count += fold_pass_throughs(model) + fold_copied_targets(model) + fold_tensordots(model)
     chains = fold_gather_slices(model) + fold_split_transposes(model)
     if chains:
         RemoveUnusedNodesPass()(model)

@@ -91,8 +91,11 @@ def prepare(model: ir.Model) -> ir.Model:
     for value in declared:
         value.shape = None
     infer_shapes(model)
+    unreached = [value for value in declared if value.shape is None]
     for value, shape in declared.items():
         value.shape = _reconciled(shape, value.shape)
+    if unreached:  # inference stopped before them (a custom op): let it go on from the declarations
+        infer_shapes(model)
     for _ in range(FILL_ROUNDS):  # contrib ops' shapes unlock ONNX inference after them, and so on
         if not fill_unknown_shapes(model):
             break

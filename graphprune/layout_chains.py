@@ -128,7 +128,7 @@ def fold_gather_slices(model: ir.Model) -> int:
             continue
         axis, begin, stop = cut
         sliced = ir.node("Slice", [source, _constant(model, [begin], node), _constant(model, [stop], node),
-                                   _constant(model, [axis], node)], name=f"{node.name or node.outputs[0].name}_slice")
+                                   _constant(model, [axis], node)], name=f"{node.outputs[0].name}_slice")
         out = sliced.outputs[0]
         out.name, out.type, out.shape = f"{node.outputs[0].name}_sliced", node.outputs[0].type, node.outputs[0].shape
         model.graph.insert_before(node, sliced)
@@ -219,10 +219,11 @@ def fold_split_transposes(model: ir.Model) -> int:
         if found is None:
             continue
         target = _target(src, found[0])
-        split = ir.node("Reshape", [first.inputs[0], _constant(model, target, last)], name=f"{last.name}_split")
+        split = ir.node("Reshape", [first.inputs[0], _constant(model, target, last)],
+                        name=f"{last.outputs[0].name}_split")
         split.outputs[0].name, split.outputs[0].shape = f"{last.outputs[0].name}_split", ir.Shape(found[0])
         split.outputs[0].dtype = last.outputs[0].dtype
-        permuted = ir.node("Transpose", [split.outputs[0]], {"perm": found[1]}, name=f"{last.name}_permuted")
+        permuted = ir.node("Transpose", [split.outputs[0]], {"perm": found[1]}, name=f"{last.outputs[0].name}_permuted")
         out = permuted.outputs[0]
         out.name, out.shape, out.type = f"{last.outputs[0].name}_permuted", last.outputs[0].shape, last.outputs[0].type
         model.graph.insert_before(last, split)

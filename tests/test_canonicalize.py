@@ -121,3 +121,25 @@ def test_a_size_read_at_another_position_is_not_a_copy():
     model = from_proto(b.build({"x": ["batch", 4, "height", 8]}, [b.nodes[-1].output[0]], opset=18))
     reshape = next(n for n in model.graph if n.op_type == "Reshape")
     assert reshape.inputs[1].const_value is None
+
+
+def _keras_dense(b: GraphBuilder, x: str, d: int, f: int) -> str:
+    """tf2onnx's Dense on [batch, seq, d]: flatten, MatMul, unflatten by Cast(Concat(Gather(Cast(Shape(x))),
+    [f]))."""
+    sizes = b.op("Gather", [b.op("Cast", [b.op("Shape", [x])], to=TensorProto.INT32),
+                            b.const(np.array([0, 1], dtype=np.int32))], axis=0)
+    target = b.op("Cast", [b.op("Concat", [sizes, b.const(np.array([f], dtype=np.int32))], axis=0)],
+                  to=TensorProto.INT64)
+    flat = b.op("Reshape", [x, b.const(np.array([-1, d]))])
+    return b.op("Reshape", [b.op("MatMul", [flat, b.weight(d, f)]), target])
+
+
+def test_keras_dense_on_sequences_becomes_a_batched_matmul():
+    b = GraphBuilder()
+    hidden = b.op("Relu", [_keras_dense(b, "x", 8, 16)])
+    model = b.build({"x": ["batch", 6, 8]}, [_keras_dense(b, hidden, 16, 4)])
+    loaded = from_proto(model)
+    assert [n.op_type for n in loaded.graph] == ["MatMul", "Relu", "MatMul"]
+    (group,) = analyze(loaded).prunable()
+    assert group.size == 16 and group.kind == "neuron"
+    assert_group_equivalent(model, group)
