@@ -13,6 +13,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from graphprune import ops
 from graphprune.analysis import Analysis
 from graphprune.constants import origin, reshare_constants
+from graphprune.errors import PlanError
 from graphprune.groups import Group
 from graphprune.passes.compensation import BiasDeltas, WeightUpdates, apply_bias_deltas, apply_weight_updates
 from graphprune.plan import PruningPlan
@@ -110,10 +111,24 @@ class _Rewriter:
         """Beyond slicing: removed experts' branches are cut at their accumulations (they become dead), kept
         experts' selector indices and the arange tables compared with routing indices are renumbered."""
         info = group.experts
+        idle: dict[int, set[int]] = {}  # join node → inputs that now contribute nothing
         for unit in units.tolist():
             for join in info.joins.get(unit, []):
-                ir.convenience.replace_all_uses_with(join.node.outputs[0], join.node.inputs[join.accumulator],
-                                                     replace_graph_outputs=True)
+                idle.setdefault(id(join.node), set()).update(
+                    i for i in range(len(join.node.inputs)) if i != join.accumulator)
+        joins = {id(j.node) for js in info.joins.values() for j in js}
+        zero: set[int] = set()  # values that are sums of removed contributions only
+        for node in [n for n in self.model.graph if id(n) in joins]:  # in graph order: sums feed later sums
+            gone = idle.get(id(node), set()) | {i for i, v in enumerate(node.inputs) if v is not None and id(v) in zero}
+            if not gone:
+                continue
+            left = [v for i, v in enumerate(node.inputs) if i not in gone and v is not None]
+            if len(left) > 1:
+                raise PlanError(f"{node.name}: cannot bypass an accumulation with {len(left)} inputs left")
+            if left:
+                ir.convenience.replace_all_uses_with(node.outputs[0], left[0], replace_graph_outputs=True)
+            else:  # `sum(gate_e * expert_e(x))` adds two experts first: both may be gone
+                zero.add(id(node.outputs[0]))
         for unit, selectors in info.selectors.items():
             if unit in units:
                 continue

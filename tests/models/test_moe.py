@@ -171,3 +171,11 @@ def test_any_expert_subset_of_any_layer_equals_never_routing(data):
     result = masked_check(model, remove_experts(removed), dims={"tokens": 64})
     assert result["error"] <= 1e-5, result
     assert result["params"][0] - result["params"][1] == len(removed) * (6 * 6 + 6 + 1)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_removing_the_two_experts_summed_first(exported, dynamo):
+    """`sum(g[..., e:e+1] * expert_e(x) for e)` adds experts 0 and 1 with each other: with both removed that sum
+    contributes nothing, and the next accumulation starts from the surviving experts."""
+    result = masked_check(exported("moe_sliced", dynamo), remove_experts([0, 1, 6]), dims=TOKENS)
+    assert result["error"] <= 1e-5 < result["masking_effect"], result
