@@ -25,8 +25,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from graphprune.constants import fold_constant_layouts, unshare_constants
-from graphprune.layout_chains import fold_gather_slices, fold_split_transposes
+from graphprune.constants import fold_constant_layouts, free_name, unshare_constants
+from graphprune.layout_chains import fold_gather_slices, fold_gather_transposes, fold_split_transposes
 from graphprune.values import const_of, shape_of
 
 _FOLDABLE_ELEMENTS = 64  # shape arithmetic only: never fold weights
@@ -129,10 +129,10 @@ def _fold_static_shape(model: ir.Model, node: ir.Node) -> bool:
     except (ValueError, IndexError, TypeError):
         return False
     output = node.outputs[0] if node.outputs else None
-    if value is None or output is None or output.is_graph_output():
+    if value is None or output is None or output.is_graph_output() or not output.uses():
         return False
     dtype = output.dtype.numpy() if output.dtype is not None else value.dtype
-    name = f"{output.name}_folded"
+    name = free_name(model, f"{output.name}_folded")
     constant = ir.Value(name=name, const_value=ir.tensor(value.astype(dtype), name=name))
     constant.shape, constant.dtype = ir.Shape(value.shape), constant.const_value.dtype
     model.graph.register_initializer(constant)
@@ -373,7 +373,7 @@ def canonicalize(model: ir.Model) -> int:
     any: folded shape arithmetic lets inference reach further, which the next round may use)."""
     count = unshare_constants(model) + fold_static_shapes(model) + fold_constant_layouts(model)
     count += fold_pass_throughs(model) + fold_copied_targets(model) + fold_tensordots(model)
-    chains = fold_gather_slices(model) + fold_split_transposes(model)
+    chains = fold_gather_transposes(model) + fold_gather_slices(model) + fold_split_transposes(model)
     if chains:
         RemoveUnusedNodesPass()(model)
     return count + chains + fold_transpose_sandwiches(model)

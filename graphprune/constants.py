@@ -22,6 +22,15 @@ from graphprune.values import const_of
 CLONE = "__graphprune_copy"  # name infix of a shared constant's per-reader copies
 
 
+def free_name(model: ir.Model, name: str) -> str:
+    """`name`, or `name` with a numeric suffix when an initializer already has it (folds may meet one node
+    twice across canonicalisation rounds)."""
+    candidate, index = name, 1
+    while candidate in model.graph.initializers:
+        candidate, index = f"{name}_{index}", index + 1
+    return candidate
+
+
 def origin(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
     """The tensor a per-reader copy stands for (a tensor is its own origin)."""
     return getattr(tensor, "graphprune_origin", tensor)
@@ -31,8 +40,7 @@ def _copy_of(model: ir.Model, value: ir.Value, name: str) -> ir.Value:
     """A new initializer standing for `value`'s tensor: a lazy view with its own name (onnx-ir keeps a tensor's
     name equal to its value's, so the tensor itself cannot be shared)."""
     source = value.const_value
-    while name in model.graph.initializers:  # a later round of canonicalisation may copy again
-        name += "_"
+    name = free_name(model, name)
     view = ir.LazyTensor(lambda: source, source.dtype, source.shape, name=name)
     view.graphprune_origin = origin(source)
     copy = ir.Value(name=name, shape=value.shape, type=value.type, const_value=view)
@@ -150,6 +158,7 @@ def fold_constant_layouts(model: ir.Model) -> int:
         if node.op_type == "Slice" and len(node.inputs) < 3:
             continue  # opset < 10: bounds as attributes (not seen on weights)
         if fold is None or source is None or source.const_value is None or node.graph is not model.graph \
+                or not any(o.uses() for o in node.outputs) \
                 or any(v is not None and v.const_value is None for v in node.inputs[1:]) \
                 or any(o.is_graph_output() for o in node.outputs):
             continue
@@ -157,10 +166,9 @@ def fold_constant_layouts(model: ir.Model) -> int:
         shapes = [a.shape for a in fold(spec, np.broadcast_to(np.False_, tuple(source.const_value.shape.numpy())))]
         for index, output in enumerate(node.outputs):
             compute = functools.partial(_folded, fold, spec, source.const_value, index)
-            lazy = ir.LazyTensor(compute, source.const_value.dtype, ir.Shape(shapes[index]),
-                                 name=f"{output.name}_folded")
-            value = ir.Value(name=f"{output.name}_folded", shape=ir.Shape(shapes[index]), type=output.type,
-                             const_value=lazy)
+            name = free_name(model, f"{output.name}_folded")
+            lazy = ir.LazyTensor(compute, source.const_value.dtype, ir.Shape(shapes[index]), name=name)
+            value = ir.Value(name=name, shape=ir.Shape(shapes[index]), type=output.type, const_value=lazy)
             model.graph.register_initializer(value)
             output.replace_all_uses_with(value)
         count += 1

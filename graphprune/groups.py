@@ -93,7 +93,8 @@ class Group:
         widths = self.unit_widths()
         if self.kind != "head" or not widths:
             return ""
-        head_dim, widest = widths[0], widths[-1]
+        # per-head tables (Swin's relative position bias: one entry per head) do not tell the head size
+        head_dim, widest = next((w for w in widths if w > 1), widths[0]), widths[-1]
         if "query-slot" in self.tags:
             return f"{self.size} query slots x {widest} channels (one query head of every KV group)"
         # the output projection reads a unit's query heads (a packed QKV weight is wider, but one head each)

@@ -93,19 +93,21 @@ def _chain_to(node: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
     return (value, chain) if len(chain) > 1 else None
 
 
-def _as_slice(start: np.ndarray, end: np.ndarray) -> tuple[int, int, int] | None:
-    """(axis, begin, stop) when `end` is `start` sliced along one axis (other axes whole); else None."""
-    if end.ndim != start.ndim:
-        return None
-    differing = [a for a in range(start.ndim) if start.shape[a] != end.shape[a]]
-    if len(differing) != 1:
-        return None
-    axis = differing[0]
-    begin = int(np.unravel_index(end.flat[0], start.shape)[axis])
-    stop = begin + end.shape[axis]
-    if stop > start.shape[axis] or not np.array_equal(np.take(start, range(begin, stop), axis=axis), end):
-        return None
-    return axis, begin, stop
+def _as_slice(start: np.ndarray, end: np.ndarray) -> tuple[int, int, int, bool] | None:
+    """(axis, begin, stop, regrouped) when `end` is `start` sliced along one axis (other axes whole), then
+    regrouped (row-major reshape) when `regrouped`; else None."""
+    for axis in range(start.ndim):
+        rest = start.size // start.shape[axis]
+        if rest == 0 or end.size % rest:
+            continue
+        begin = int(np.unravel_index(end.flat[0], start.shape)[axis])
+        stop = begin + end.size // rest
+        if stop > start.shape[axis]:
+            continue
+        piece = np.take(start, range(begin, stop), axis=axis)
+        if np.array_equal(piece.ravel(), end.ravel()):
+            return axis, begin, stop, piece.shape != end.shape
+    return None
 
 
 def fold_gather_slices(model: ir.Model) -> int:
@@ -124,15 +126,55 @@ def fold_gather_slices(model: ir.Model) -> int:
             traced = _trace(source, chain, SampleSizes(shift))
             slices.add(None if traced is None else _as_slice(*traced))
         (cut,) = slices if len(slices) == 1 else (None,)
-        if cut is None or not isinstance(shape_of(source)[cut[0]], int):
+        source_shape, result = shape_of(source), node.outputs[0]
+        if cut is None or not isinstance(source_shape[cut[0]], int):
             continue
-        axis, begin, stop = cut
+        axis, begin, stop, regrouped = cut
+        piece_shape = [stop - begin if a == axis else d for a, d in enumerate(source_shape)]
+        target = _target(piece_shape, shape_of(result) or [None]) if regrouped else None
+        if regrouped and target is None:
+            continue
         sliced = ir.node("Slice", [source, _constant(model, [begin], node), _constant(model, [stop], node),
-                                   _constant(model, [axis], node)], name=f"{node.outputs[0].name}_slice")
+                                   _constant(model, [axis], node)], name=f"{result.name}_slice")
         out = sliced.outputs[0]
-        out.name, out.type, out.shape = f"{node.outputs[0].name}_sliced", node.outputs[0].type, node.outputs[0].shape
+        out.name, out.type, out.shape = f"{result.name}_sliced", result.type, ir.Shape(piece_shape)
         model.graph.insert_before(node, sliced)
-        node.outputs[0].replace_all_uses_with(out)
+        if regrouped:
+            regroup = ir.node("Reshape", [out, _constant(model, target, node)], name=f"{result.name}_regrouped")
+            out = regroup.outputs[0]
+            out.name, out.type, out.shape = f"{result.name}_regrouped", result.type, result.shape
+            model.graph.insert_before(node, regroup)
+        result.replace_all_uses_with(out)
+        count += 1
+    return count
+
+
+def fold_gather_transposes(model: ir.Model) -> int:
+    """A scalar Gather after a Transpose gathers before it: Gather(Transpose(x, perm), axis a) is
+    Transpose(Gather(x, axis perm[a]), perm without a) — which lets the gather meet the split it undoes
+    (Swin's `qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)[0]`); returns how many."""
+    count = 0
+    for node in list(model.graph):
+        transpose = node.inputs[0].producer() if node.op_type == "Gather" and node.inputs else None
+        index = const_of(node.inputs[1]) if transpose is not None else None
+        if transpose is None or transpose.op_type != "Transpose" or index is None or index.ndim != 0 \
+                or "perm" not in transpose.attributes or shape_of(transpose.inputs[0]) is None:
+            continue
+        perm = list(transpose.attributes["perm"].as_ints())
+        axis = node.attributes["axis"].as_int() % len(perm) if "axis" in node.attributes else 0
+        inner = perm[axis]
+        shape = [d for a, d in enumerate(shape_of(transpose.inputs[0])) if a != inner]
+        gather = ir.node("Gather", [transpose.inputs[0], node.inputs[1]], {"axis": inner},
+                         name=f"{node.outputs[0].name}_early")
+        gather.outputs[0].name, gather.outputs[0].type = f"{node.outputs[0].name}_early", node.outputs[0].type
+        gather.outputs[0].shape = ir.Shape(shape)
+        rest = [p - (p > inner) for p in perm if p != inner]
+        moved = ir.node("Transpose", [gather.outputs[0]], {"perm": rest}, name=f"{node.outputs[0].name}_moved")
+        out = moved.outputs[0]
+        out.name, out.type, out.shape = f"{node.outputs[0].name}_moved", node.outputs[0].type, node.outputs[0].shape
+        model.graph.insert_before(node, gather)
+        model.graph.insert_before(node, moved)
+        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
         count += 1
     return count
 

@@ -174,6 +174,77 @@ class Llama(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+class WindowAttention(nn.Module):
+    """Swin window attention: packed qkv, per-head relative position bias gathered from a table."""
+
+    def __init__(self, dim, heads, ws):
+        super().__init__()
+        self.heads, self.ws = heads, ws
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * ws - 1) ** 2, heads) * 0.1)
+        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+        self.register_buffer("index", (rel[..., 0] * (2 * ws - 1) + rel[..., 1]).flatten(), persistent=False)
+
+    def forward(self, x):  # x [B*nW, N, C]
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        bias = self.table[self.index].view(n, n, -1).permute(2, 0, 1)
+        attn = F.softmax(attn + bias.unsqueeze(0), dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+class SwinBlock(nn.Module):
+    """Windows partitioned and merged back with view/permute; every other block shifted with torch.roll."""
+
+    def __init__(self, dim, heads, ws, shift):
+        super().__init__()
+        self.ws, self.shift = ws, shift
+        self.norm1, self.attn = nn.LayerNorm(dim), WindowAttention(dim, heads, ws)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):  # [B, H, W, C]
+        b, h, w, c = x.shape
+        y = self.norm1(x)
+        if self.shift:
+            y = torch.roll(y, (-self.shift, -self.shift), (1, 2))
+        ws = self.ws
+        y = y.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        y = self.attn(y)
+        y = y.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        if self.shift:
+            y = torch.roll(y, (self.shift, self.shift), (1, 2))
+        x = x + y
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+class PatchMerging(nn.Module):
+    """Four strided sub-grids concatenated on channels, LayerNorm, Linear 4C → 2C."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm, self.reduction = nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+    def forward(self, x):
+        x0, x1, x2, x3 = x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]
+        return self.reduction(self.norm(torch.cat([x0, x1, x2, x3], -1)))
+
+class Swin(nn.Module):
+    """A two-stage Swin transformer (torchvision's layout: NHWC inside, patch merging between stages)."""
+
+    def __init__(self, dim=16, heads=2, ws=2):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, 4)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.Sequential(SwinBlock(dim, heads, ws, 0), SwinBlock(dim, heads, ws, 1))
+        self.merge = PatchMerging(dim)
+        self.blocks2 = nn.Sequential(SwinBlock(2 * dim, 2 * heads, ws, 0))
+        self.head = nn.Linear(2 * dim, 10)
+    def forward(self, x):
+        x = self.norm(self.patch(x).permute(0, 2, 3, 1))
+        x = self.blocks2(self.merge(self.blocks(x)))
+        return self.head(x.mean((1, 2)))
+
+
 class TorchEncoder(nn.Module):
     """torch's own nn.TransformerEncoder (nn.MultiheadAttention inside: packed in_proj_weight [3d, d])."""
 
@@ -214,10 +285,11 @@ BUILDERS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "torch_encoder": lambda: (TorchEncoder(batch_first=True), (torch.randn(2, 6, 32),)),
     "torch_encoder_seq_first": lambda: (TorchEncoder(batch_first=False), (torch.randn(6, 2, 32),)),
     "torch_cross_attention": lambda: (TorchCrossAttention(), (torch.randn(2, 6, 32), torch.randn(2, 4, 32))),
+    "swin": lambda: (Swin(), (torch.randn(2, 3, 32, 32),)),
 }
 INPUT_NAMES = {"bert": ["input_ids", "attention_mask"], "vit": ["x"], "llama": ["input_ids"],
                "llama_tied": ["input_ids"], "torch_encoder": ["x"], "torch_encoder_seq_first": ["x"],
-               "torch_cross_attention": ["x", "memory"]}
+               "torch_cross_attention": ["x", "memory"], "swin": ["x"]}
 # dynamic axes where not (batch, seq) on every input; torch's legacy exporter writes the key length of
 # nn.MultiheadAttention as a constant, so those models stay valid only with a static sequence
 DYNAMIC = {"torch_encoder": [{0: "batch"}], "torch_encoder_seq_first": [{1: "batch"}],

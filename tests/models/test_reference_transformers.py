@@ -125,3 +125,18 @@ def test_pruned_torch_attention_keeps_its_head_count_at_any_length(exported, seq
 
     result = masked_check(path, half_the_heads, dims={"batch": 2, "seq": seq})
     assert result["error"] <= 1e-5 < result["masking_effect"]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_swin_heads_and_mlp_neurons_prune_exactly(exported, dynamo):
+    """Swin: windows partitioned with view/permute, shifted with torch.roll, qkv split after a permute, a
+    relative position bias table per head, patch merging between stages: heads and MLP neurons of both
+    stages are found and prune exactly (the stage widths are the hidden dimension, approximate)."""
+    path = exported("swin", dynamo)
+    analysis = analyze(load_model(path))
+    heads = prunable_by_kind(analysis, "head")
+    assert [g.size for g in heads] == [2, 2, 4] and {g.detail() for g in heads} == {
+        "2 heads x head_dim 8", "4 heads x head_dim 8"}
+    assert [g.size for g in prunable_by_kind(analysis, "neuron")] == [32, 32, 64]
+    for group in analysis.prunable():
+        assert_group_equivalent(path, group)
