@@ -67,19 +67,14 @@ def test_routing_stays_consistent(exported, name, dynamo):
     """The router emits one logit per surviving expert; selector indices and arange tables are renumbered to
     0..survivors-1, so every surviving branch still answers to its own router column."""
     analysis = analyze(load_model(exported(name, dynamo)))
+    chosen = [s for g in expert_groups(analysis) for unit, sels in g.experts.selectors.items()
+              if unit not in REMOVED for s in sels]  # the selectors of surviving experts, kept before the rewrite
     pruned = apply_plan(analysis, remove_experts(REMOVED)(analysis))
     survivors = 8 - len(REMOVED)
     topk_inputs = [n.inputs[0] for n in pruned.graph if n.op_type == "TopK"]
     assert [v.shape[-1] for v in topk_inputs] == [survivors] * 2
-    selectors = sorted(int(n.inputs[1].const_value.numpy()) for n in pruned.graph
-                       if n.op_type in ("Equal", "Gather") and n.inputs[1].const_value is not None
-                       and n.inputs[1].const_value.numpy().ndim == 0 and n.inputs[0].producer() is not None
-                       and n.inputs[0].producer().op_type in ("TopK", "Transpose"))
-    if name == "moe_sliced":  # the gate slices g[..., e:e+1] of the surviving experts, renumbered
-        selectors = sorted(int(n.inputs[1].const_value.numpy()[0]) for n in pruned.graph
-                           if n.op_type == "Slice" and n.inputs[0].producer() is not None
-                           and n.inputs[0].producer().op_type == "ScatterElements")
-    if name not in STACKED:
+    selectors = sorted(int(s.node.inputs[s.input_index].const_value.numpy().reshape(-1)[0]) for s in chosen)
+    if name not in STACKED:  # `indices == e`, `expert_mask[e]`, `g[..., e:e+1]`: renumbered to the survivors
         assert selectors == sorted(list(range(survivors)) * 2)
     tables = [n.inputs[1].const_value.numpy().tolist() for n in pruned.graph
               if n.op_type == "Equal" and n.inputs[1].const_value is not None and n.inputs[1].const_value.size > 1]
