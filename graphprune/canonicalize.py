@@ -25,7 +25,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from graphprune.constants import fold_constant_layouts, free_name, unshare_constants
+from graphprune.constants import fold_constant_layouts, unshare_constants
+from graphprune.edits import add_constant, insert_node
 from graphprune.layout_chains import fold_gather_slices, fold_gather_transposes, fold_split_transposes
 from graphprune.values import const_of, shape_of
 
@@ -63,42 +64,46 @@ def _fill_value(node: ir.Node) -> np.ndarray:
     return attr.value.numpy().reshape(()) if attr is not None else np.float32(0)
 
 
+def _covered(shape_node: ir.Node, rank: int) -> range:
+    """The axes of its input whose sizes a Shape node returns (its start/end attributes, clamped)."""
+    start, end = (max(0, min(rank, v + rank if v < 0 else v))
+                  for v in (_attr(shape_node, "start", 0), _attr(shape_node, "end", rank)))
+    return range(start, end)
+
+
+def _picked(node: ir.Node, length: int) -> np.ndarray | None:
+    """Positions a Gather (axis 0, constant indices) or Slice (constant bounds) takes from a vector of `length`
+    entries, shaped like its output (a scalar Gather picks a 0-d position); None for anything else."""
+    positions = np.arange(length)
+    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
+        return np.take(positions, const_of(node.inputs[1]))
+    if node.op_type == "Slice" and len(node.inputs) >= 3 and all(const_of(v) is not None for v in node.inputs[1:]):
+        start, end = (int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3])
+        step = int(const_of(node.inputs[4]).reshape(-1)[0]) if len(node.inputs) > 4 else 1
+        return positions[start:end:step]
+    return None
+
+
 def _static_shape_entries(node: ir.Node) -> np.ndarray | None:
     """The value of a Shape node's output when every entry it covers is static."""
     shape = shape_of(node.inputs[0])
     if shape is None:
         return None
-    rank = len(shape)
-    start, end = _attr(node, "start", 0), _attr(node, "end", rank)
-    start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
-    entries = shape[start:end]
+    entries = [shape[i] for i in _covered(node, len(shape))]
     return np.array(entries, dtype=np.int64) if all(isinstance(d, int) for d in entries) else None
 
 
 def _fold_shape_read(node: ir.Node) -> np.ndarray | None:
     """Gather or Slice of a Shape vector that selects only static entries."""
     source = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    if source is None or source.op_type != "Shape":
-        return None
-    shape = shape_of(source.inputs[0])
+    shape = shape_of(source.inputs[0]) if source is not None and source.op_type == "Shape" else None
     if shape is None:
         return None
-    rank = len(shape)
-    start = _attr(source, "start", 0)
-    start = max(0, min(rank, start + rank if start < 0 else start))
-    end = _attr(source, "end", rank)
-    end = max(0, min(rank, end + rank if end < 0 else end))
-    entries = shape[start:end]
-    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
-        index = const_of(node.inputs[1])
-        picked = np.take(np.arange(len(entries)), index)
-    elif node.op_type == "Slice" and all(const_of(v) is not None for v in node.inputs[1:]):
-        bounds = [int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3]]
-        step = int(const_of(node.inputs[4]).reshape(-1)[0]) if len(node.inputs) > 4 else 1
-        picked = np.arange(len(entries))[slice(bounds[0], bounds[1], step)]
-    else:
+    covered = _covered(source, len(shape))
+    picked = _picked(node, len(covered))
+    if picked is None:
         return None
-    values = [entries[i] for i in np.atleast_1d(picked)]
+    values = [shape[covered[i]] for i in np.atleast_1d(picked)]
     if not all(isinstance(v, int) for v in values):
         return None
     return np.array(values, dtype=np.int64).reshape(np.shape(picked))
@@ -132,11 +137,7 @@ def _fold_static_shape(model: ir.Model, node: ir.Node) -> bool:
     if value is None or output is None or output.is_graph_output() or not output.uses():
         return False
     dtype = output.dtype.numpy() if output.dtype is not None else value.dtype
-    name = free_name(model, f"{output.name}_folded")
-    constant = ir.Value(name=name, const_value=ir.tensor(value.astype(dtype), name=name))
-    constant.shape, constant.dtype = ir.Shape(value.shape), constant.const_value.dtype
-    model.graph.register_initializer(constant)
-    output.replace_all_uses_with(constant)
+    output.replace_all_uses_with(add_constant(model, f"{output.name}_folded", value.astype(dtype)))
     return True
 
 
@@ -240,24 +241,15 @@ def _shape_entries(value: ir.Value, data: ir.Value) -> list[_Entry] | None:
         node = node.inputs[0].producer()
     rank = len(shape_of(data) or [])
     if node is not None and node.op_type == "Shape" and node.inputs[0] is data:
-        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (_attr(node, "start", 0),
-                                                                                _attr(node, "end", rank)))
-        return [("read", i) for i in range(start, end)]
+        return [("read", i) for i in _covered(node, rank)]
     source = node.inputs[0].producer() if node is not None and node.inputs and node.inputs[0] is not None else None
     while source is not None and source.op_type == "Cast":  # tf2onnx casts the shape vector to int32 and back
         source = source.inputs[0].producer()
-    if source is None or source.op_type != "Shape" or source.inputs[0] is not data \
-            or _attr(source, "start", 0) != 0 or "end" in source.attributes:
+    if source is None or source.op_type != "Shape" or source.inputs[0] is not data:
         return None
-    positions = np.arange(rank)
-    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
-        picked = np.atleast_1d(positions[const_of(node.inputs[1])])
-    elif node.op_type == "Slice" and len(node.inputs) <= 4 and all(const_of(v) is not None for v in node.inputs[1:]):
-        start, end = (int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3])
-        picked = positions[start:end]
-    else:
-        return None
-    return [("read", int(i)) for i in picked]
+    covered = _covered(source, rank)
+    picked = _picked(node, len(covered))
+    return None if picked is None else [("read", covered[int(i)]) for i in np.atleast_1d(picked)]
 
 
 def _copied_target(node: ir.Node) -> np.ndarray | None:
@@ -284,11 +276,7 @@ def _fold_copied_target(model: ir.Model, node: ir.Node) -> bool:
     target = _copied_target(node)
     if target is None:
         return False
-    name = f"{node.outputs[0].name}_target"
-    constant = ir.Value(name=name, const_value=ir.tensor(target, name=name))
-    constant.shape, constant.dtype = ir.Shape(target.shape), ir.DataType.INT64
-    model.graph.register_initializer(constant)
-    node.replace_input_with(1, constant)
+    node.replace_input_with(1, add_constant(model, f"{node.outputs[0].name}_target", target))
     return True
 
 
@@ -298,11 +286,9 @@ def _fold_sandwich(model: ir.Model, node: ir.Node) -> bool:
     if match is None:
         return False
     last, perm = match
-    transpose = ir.node("Transpose", [node.inputs[0]], {"perm": perm}, name=f"{last.outputs[0].name}_folded")
-    out = transpose.outputs[0]
-    out.name, out.shape, out.type = f"{last.outputs[0].name}_folded", last.outputs[0].shape, last.outputs[0].type
-    model.graph.insert_before(last, transpose)
-    last.outputs[0].replace_all_uses_with(out)
+    result = last.outputs[0]
+    result.replace_all_uses_with(insert_node(model, last, "Transpose", [node.inputs[0]], f"{result.name}_folded",
+                                             result, {"perm": perm}))
     return True
 
 
@@ -345,11 +331,9 @@ def _fold_tensordot(model: ir.Model, node: ir.Node) -> bool:
     wanted = [("read", i) for i in range(len(x_shape) - 1)] + [("const", int(weight.shape[1]))]
     if entries != wanted:
         return False
-    batched = ir.node("MatMul", [x, matmul.inputs[1]], name=f"{node.outputs[0].name}_batched")
-    out = batched.outputs[0]
-    out.name, out.shape, out.type = f"{node.outputs[0].name}_batched", node.outputs[0].shape, node.outputs[0].type
-    model.graph.insert_before(node, batched)
-    node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+    result = node.outputs[0]
+    batched = insert_node(model, node, "MatMul", [x, matmul.inputs[1]], f"{result.name}_batched", result)
+    result.replace_all_uses_with(batched, replace_graph_outputs=True)
     return True
 
 

@@ -17,18 +17,10 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.edits import free_name
 from graphprune.values import const_of
 
 CLONE = "__graphprune_copy"  # name infix of a shared constant's per-reader copies
-
-
-def free_name(model: ir.Model, name: str) -> str:
-    """`name`, or `name` with a numeric suffix when an initializer already has it (folds may meet one node
-    twice across canonicalisation rounds)."""
-    candidate, index = name, 1
-    while candidate in model.graph.initializers:
-        candidate, index = f"{name}_{index}", index + 1
-    return candidate
 
 
 def origin(tensor: ir.TensorProtocol) -> ir.TensorProtocol:

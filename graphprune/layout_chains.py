@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.edits import add_constant, insert_node
 from graphprune.values import const_of, shape_of
 
 _LAYOUT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather"}
@@ -134,16 +135,11 @@ def fold_gather_slices(model: ir.Model) -> int:
         target = _target(piece_shape, shape_of(result) or [None]) if regrouped else None
         if regrouped and target is None:
             continue
-        sliced = ir.node("Slice", [source, _constant(model, [begin], node), _constant(model, [stop], node),
-                                   _constant(model, [axis], node)], name=f"{result.name}_slice")
-        out = sliced.outputs[0]
-        out.name, out.type, out.shape = f"{result.name}_sliced", result.type, ir.Shape(piece_shape)
-        model.graph.insert_before(node, sliced)
+        bounds = [_constant(model, [v], result) for v in (begin, stop, axis)]
+        out = insert_node(model, node, "Slice", [source, *bounds], f"{result.name}_sliced", result, shape=piece_shape)
         if regrouped:
-            regroup = ir.node("Reshape", [out, _constant(model, target, node)], name=f"{result.name}_regrouped")
-            out = regroup.outputs[0]
-            out.name, out.type, out.shape = f"{result.name}_regrouped", result.type, result.shape
-            model.graph.insert_before(node, regroup)
+            out = insert_node(model, node, "Reshape", [out, _constant(model, target, result)],
+                              f"{result.name}_regrouped", result)
         result.replace_all_uses_with(out)
         count += 1
     return count
@@ -162,29 +158,19 @@ def fold_gather_transposes(model: ir.Model) -> int:
             continue
         perm = list(transpose.attributes["perm"].as_ints())
         axis = node.attributes["axis"].as_int() % len(perm) if "axis" in node.attributes else 0
-        inner = perm[axis]
+        inner, result = perm[axis], node.outputs[0]
         shape = [d for a, d in enumerate(shape_of(transpose.inputs[0])) if a != inner]
-        gather = ir.node("Gather", [transpose.inputs[0], node.inputs[1]], {"axis": inner},
-                         name=f"{node.outputs[0].name}_early")
-        gather.outputs[0].name, gather.outputs[0].type = f"{node.outputs[0].name}_early", node.outputs[0].type
-        gather.outputs[0].shape = ir.Shape(shape)
+        early = insert_node(model, node, "Gather", [transpose.inputs[0], node.inputs[1]], f"{result.name}_early",
+                            result, {"axis": inner}, shape)
         rest = [p - (p > inner) for p in perm if p != inner]
-        moved = ir.node("Transpose", [gather.outputs[0]], {"perm": rest}, name=f"{node.outputs[0].name}_moved")
-        out = moved.outputs[0]
-        out.name, out.type, out.shape = f"{node.outputs[0].name}_moved", node.outputs[0].type, node.outputs[0].shape
-        model.graph.insert_before(node, gather)
-        model.graph.insert_before(node, moved)
-        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+        moved = insert_node(model, node, "Transpose", [early], f"{result.name}_moved", result, {"perm": rest})
+        result.replace_all_uses_with(moved, replace_graph_outputs=True)
         count += 1
     return count
 
 
-def _constant(model: ir.Model, values: list[int], near: ir.Node) -> ir.Value:
-    name = f"{near.outputs[0].name}_bound_{len(model.graph.initializers)}"
-    value = ir.Value(name=name, const_value=ir.tensor(np.array(values, dtype=np.int64), name=name))
-    value.shape, value.dtype = ir.Shape([len(values)]), ir.DataType.INT64
-    model.graph.register_initializer(value)
-    return value
+def _constant(model: ir.Model, values: list[int], near: ir.Value) -> ir.Value:
+    return add_constant(model, f"{near.name}_bound", np.array(values, dtype=np.int64))
 
 
 def _splits_and_perms(src: list, dst: list) -> Iterator[tuple[list, list[int]]]:
@@ -260,17 +246,12 @@ def fold_split_transposes(model: ir.Model) -> int:
                       if _target(src, c[0]) is not None and _same_map(first.inputs[0], chain, c)), None)
         if found is None:
             continue
-        target = _target(src, found[0])
-        split = ir.node("Reshape", [first.inputs[0], _constant(model, target, last)],
-                        name=f"{last.outputs[0].name}_split")
-        split.outputs[0].name, split.outputs[0].shape = f"{last.outputs[0].name}_split", ir.Shape(found[0])
-        split.outputs[0].dtype = last.outputs[0].dtype
-        permuted = ir.node("Transpose", [split.outputs[0]], {"perm": found[1]}, name=f"{last.outputs[0].name}_permuted")
-        out = permuted.outputs[0]
-        out.name, out.shape, out.type = f"{last.outputs[0].name}_permuted", last.outputs[0].shape, last.outputs[0].type
-        model.graph.insert_before(last, split)
-        model.graph.insert_before(last, permuted)
-        last.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+        result = last.outputs[0]
+        split = insert_node(model, last, "Reshape", [first.inputs[0], _constant(model, _target(src, found[0]), result)],
+                            f"{result.name}_split", result, shape=found[0])
+        permuted = insert_node(model, last, "Transpose", [split], f"{result.name}_permuted", result,
+                               {"perm": found[1]})
+        result.replace_all_uses_with(permuted, replace_graph_outputs=True)
         count += 1
     return count
 

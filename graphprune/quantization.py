@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _index(ndim: int, axis: int, positions: np.ndarray) -> tuple:
+def axis_index(ndim: int, axis: int, positions: np.ndarray) -> tuple:
+    """The index selecting `positions` along `axis` of an `ndim`-dimensional array (other axes whole)."""
     index: list = [slice(None)] * ndim
     index[axis] = positions
     return tuple(index)
@@ -58,7 +59,7 @@ class Affine(Encoding):
 
     def zeroed(self, stored: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
         out = stored.copy()
-        index = _index(stored.ndim, axis, positions)
+        index = axis_index(stored.ndim, axis, positions)
         out[index] = np.broadcast_to(self.zero_point, stored.shape)[index]
         return out
 
@@ -73,7 +74,7 @@ def _expand(param: np.ndarray, shape: tuple[int, ...], axis: int, block: int) ->
     if param.ndim == 0 or param.size == 1:
         return param.reshape(())
     if block:
-        return np.repeat(param, block, axis=axis)[_index(len(shape), axis, np.arange(shape[axis]))]
+        return np.repeat(param, block, axis=axis)[axis_index(len(shape), axis, np.arange(shape[axis]))]
     view = [1] * len(shape)
     view[axis] = param.size
     return param.reshape(view)
@@ -104,7 +105,7 @@ class NBits(Encoding):
 
     def zeroed(self, stored: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
         q = unpack(stored, self.bits, self.block)
-        index = _index(q.ndim, axis, positions)
+        index = axis_index(q.ndim, axis, positions)
         q[index] = np.broadcast_to(self._zero()[..., None], q.shape)[index]
         return pack(q, self.bits).reshape(stored.shape)
 

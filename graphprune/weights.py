@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from graphprune import ops
 from graphprune.groups import Member
-from graphprune.quantization import Encoding
+from graphprune.quantization import Encoding, axis_index
 from graphprune.values import shape_of
 
 
@@ -38,9 +38,7 @@ class StoredWeight:
         array = self.stored()
         if self.encoding is None:
             array = array.copy()
-            index: list = [slice(None)] * array.ndim
-            index[axis] = positions
-            array[tuple(index)] = 0
+            array[axis_index(array.ndim, axis, positions)] = 0
         else:
             array = self.encoding.zeroed(array, axis, positions)
         self.value.const_value = ir.tensor(array, name=self.value.name)
@@ -104,15 +102,17 @@ class ConsumerView:
         return np.flatnonzero(np.isin(self.unit_of, units))
 
     def dense_from(self, rows: np.ndarray) -> np.ndarray:
-        """Real values on the stored tensor's axes from `rows` laid out as `rows()` gives them."""
-        shape = self.weight.dense().shape
+        """Real values on the stored tensor's axes from `rows` laid out as `rows()` gives them (their shape is
+        the stored one; block-wise storage holds a block's values where it stores their packed bytes)."""
+        shape = list(self.weight.value.const_value.shape)
         if self.block == 1:
-            moved = tuple(np.moveaxis(np.empty(shape, dtype=bool), self.axis, 0).shape)
+            moved = [shape[self.axis], *(n for a, n in enumerate(shape) if a != self.axis)]
             return np.moveaxis(rows.reshape(moved), 0, self.axis)
-        moved = tuple(np.moveaxis(np.empty(shape, dtype=bool), (self.axis, -1), (0, 1)).shape)
-        padded = np.zeros((moved[0] * moved[1], rows.shape[1]))
+        shape[-1] = self.block
+        rest = [n for a, n in enumerate(shape) if a not in (self.axis, len(shape) - 1)]
+        padded = np.zeros((shape[self.axis] * self.block, rows.shape[1]))
         padded[: self.channels] = rows
-        return np.moveaxis(padded.reshape(moved), (0, 1), (self.axis, -1))
+        return np.moveaxis(padded.reshape([shape[self.axis], self.block, *rest]), (0, 1), (self.axis, -1))
 
 
 def consumer_view(member: Member) -> ConsumerView:

@@ -32,9 +32,9 @@ def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration)
             view = consumer_view(member)
             positions = view.positions(units)
             mean = calibration.of(member.reads.value, member.reads.axis).mean[positions]
-            rows = np.moveaxis(view.weight.dense(), member.axis, 0).astype(np.float64)
-            if view.block != 1:  # block-wise storage: rows per read channel, one column per output
-                rows = view.rows()
+            # block-wise storage: rows per read channel, one column per output (else the weight's own layout)
+            rows = view.rows() if view.block != 1 else np.moveaxis(view.weight.dense(), member.axis, 0).astype(
+                np.float64)
             contribution = np.tensordot(mean, rows[positions], axes=(0, 0))
             delta = _per_output(member.node, contribution)
             if delta is not None:

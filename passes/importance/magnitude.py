@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from graphprune.analysis import Analysis
-from graphprune.groups import Group, Member
+from graphprune.groups import Group
 from graphprune.passes.importance.registry import Criterion, register_criterion
 from graphprune.weights import stored_weight
 
 BLOCK = 1 << 22  # elements converted to float64 at a time: bounded memory on multi-GB weights
 
 
-def position_norms(member: Member, power: int) -> np.ndarray:
-    """Σ|w|^power over each position of the member's axis (in float64, a block of positions at a time), on
-    the real values of quantized weights."""
-    array = np.moveaxis(stored_weight(member.value).dense(), member.axis, 0)
+def position_norms(weight: np.ndarray, axis: int, power: int) -> np.ndarray:
+    """Σ|w|^power over each position along `axis` of a weight's real values (in float64, a block of positions
+    at a time)."""
+    array = np.moveaxis(weight, axis, 0)
     rows = array.reshape(array.shape[0], -1)
     norms = np.empty(rows.shape[0])
     step = max(1, BLOCK // max(rows.shape[1], 1))
@@ -36,9 +36,10 @@ class _Norm(Criterion):
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
         total = np.zeros(group.size)
         for member in group.param_members():
-            if stored_weight(member.value) is None:
+            weight = stored_weight(member.value)
+            if weight is None:
                 continue  # a quantization scale or zero point
-            total += per_unit(member.unit_of, position_norms(member, self.power), group.size)
+            total += per_unit(member.unit_of, position_norms(weight.dense(), member.axis, self.power), group.size)
         return total
 
 
