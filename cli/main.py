@@ -22,6 +22,7 @@ from graphprune.passes.importance import criteria_for, needs_data
 from graphprune.passes.optimize import model_types
 from graphprune.passes.pipeline import (
     EXPERT_CRITERION,
+    STRATEGIES,
     Allocation,
     CalibrationSpec,
     Output,
@@ -67,7 +68,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     result = prune_file(args.model, output_of(args), args.criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
                         {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
-                        args.expert_merge)
+                        args.expert_merge, args.sequential)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
@@ -277,12 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaged by gate weight; approximate) instead of dropping them")
     p.add_argument("--criterion", choices=criteria_for(False), default="l2",
                    help=f"how channels, heads and neurons are ranked (default l2): {_criteria_help(False)}")
+    p.add_argument("--sequential", action="store_true",
+                   help="prune stage by stage along the graph: each stage re-picks its units on the pruned "
+                        "model's own activations and refits its layers by ridge least squares to the dense "
+                        "model's outputs (replaces --compensate; needs --calib or --data-free)")
     p.add_argument("--round-to", type=options.positive_int, default=1,
                    help="keep widths that are multiples of N: the kept width is rounded down to a multiple of "
                         "N, never below N; groups narrower than N are not rounded (default 1)")
-    p.add_argument("--allocation", choices=["uniform", "global", "adaptive"], default="uniform",
+    p.add_argument("--allocation", choices=STRATEGIES, default="uniform",
                    help="uniform: the same ratio per group; global: one threshold over normalised scores; "
-                        "adaptive: FLAP-style by parameter cost (default uniform)")
+                        "adaptive: FLAP-style by parameter cost; measured: the uniform plan's parameters (or "
+                        "the target) spent where the model's outputs, measured in ONNX Runtime on the "
+                        "calibration data, move least per parameter (default uniform)")
     p.add_argument("--max-layer-ratio", type=options.kept_fraction, default=0.99,
                    help="never remove more than this fraction of one group, in (0, 1] (default 0.99)")
     target = p.add_mutually_exclusive_group()

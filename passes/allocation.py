@@ -3,7 +3,9 @@
 - uniform: the same ratio in every group (per kind where given);
 - global: scores normalised by each group's mean, one threshold over all units;
 - adaptive (FLAP): scores standardised per group, units weighted by their parameter cost, removed until
-  `ratio` of the prunable parameters is gone.
+  `ratio` of the prunable parameters is gone;
+- measured: the parameters the uniform plan would remove (per kind), spent along a ranking of measured output
+  error per parameter (see passes/sensitivity.py).
 Every strategy keeps at least one unit per group, honours `max_group_ratio`, rounds kept widths down to a
 multiple of `round_to`. A target (`params` or `flops`, a fraction of the original) is met exactly by bisection
 over how many units of the global or adaptive ranking go, on the projected cost of the plan.
@@ -137,12 +139,38 @@ def ranked(analysis: Analysis, scores: Scores, ratio: float, round_to: RoundTo =
     return _plan_from_counts(groups, scores, _removals(ranking, count), round_to, max_group_ratio, meta)
 
 
+Ranking = list[tuple[float, int, float]]  # (value, group id, parameter cost) per unit, least important first
+
+
+def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float, round_to: RoundTo = 1,
+             kind_ratios: dict[str, float] | None = None, max_group_ratio: float = 0.99) -> PruningPlan:
+    """Remove, kind by kind, as many parameters as the uniform plan at these ratios would, taking units in
+    `ranking` order (measured error per parameter) instead of the same fraction of every group."""
+    kind_ratios = kind_ratios or {}
+    _check(ratio, *kind_ratios.values())
+    groups = _strategy_groups(analysis)
+    budget: dict[str, float] = {}
+    for group in groups:
+        count = int(np.floor(group.size * kind_ratios.get(group.kind, ratio) + 1e-9))
+        lowest = np.argsort(scores[group.id], kind="stable")[:count]
+        budget[group.kind] = budget.get(group.kind, 0.0) + float(group.params_per_unit[lowest].sum())
+    spent = dict.fromkeys(budget, 0.0)
+    removals: dict[int, int] = {}
+    for _, gid, cost in ranking:
+        kind = analysis.group(gid).kind
+        if spent[kind] + cost <= budget[kind] + 1e-6:
+            spent[kind] += cost
+            removals[gid] = removals.get(gid, 0) + 1
+    meta = {"allocation": "measured", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
+    return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
+
+
 def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: RoundTo = 1,
               strategy: str = "adaptive", max_group_ratio: float = 0.99,
-              dims: dict[str, int] | None = None) -> PruningPlan:
-    """The smallest removal along the `strategy` ranking whose projected `metric` ("params" or "flops", the
-    latter with symbolic sizes from `dims`) is at most `target` times the original; an error when even the
-    most the limits allow is not enough."""
+              dims: dict[str, int] | None = None, ranking: Ranking | None = None) -> PruningPlan:
+    """The smallest removal along the `strategy` ranking (or the given `ranking`) whose projected `metric`
+    ("params" or "flops", the latter with symbolic sizes from `dims`) is at most `target` times the original;
+    an error when even the most the limits allow is not enough."""
     if not 0.0 < target <= 1.0:
         raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
     groups = _strategy_groups(analysis)
@@ -160,7 +188,7 @@ def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, ro
             removals = {g.id: int(np.floor(g.size * ratio + 1e-9)) for g in groups}
             return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
     else:
-        ranking = _ranking(analysis, scores, strategy)
+        ranking = ranking if ranking is not None else _ranking(analysis, scores, strategy)
         steps = len(ranking)
 
         def build(step: int) -> PruningPlan:

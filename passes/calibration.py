@@ -19,7 +19,7 @@ import onnx_ir as ir
 from graphprune import ops, progress, runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError, first_line
-from graphprune.groups import Group
+from graphprune.groups import Group, Member
 from graphprune.io import load_model
 from graphprune.passes.routing import RoutingStats, routing_plans, update
 
@@ -125,36 +125,40 @@ def observed_axes(analysis: Analysis) -> dict[str, set[int]]:
 Decoder = tuple[np.ndarray | str, np.ndarray | str]  # scale and zero point: constants or tensors to read
 
 
-def quantized_reads(analysis: Analysis) -> dict[str, Decoder]:
-    """Observed tensors that hold quantized integers → how to read their real values: the constant scale and
-    zero point of the QLinear op reading them, or the per-call ones of the DynamicQuantizeLinear making them."""
+def consumers(groups: Iterable[Group]) -> list[Member]:
+    """The consumer members (weights reading channels) of `groups`."""
+    return [member for group in groups for member in group.members if member.reads is not None]
+
+
+def quantized_reads(members: Iterable[Member]) -> dict[str, Decoder]:
+    """Tensors read by consumer `members` that hold quantized integers → how to read their real values: the
+    constant scale and zero point of the QLinear op reading them, or the per-call ones of the
+    DynamicQuantizeLinear making them."""
     decoders: dict[str, Decoder] = {}
-    for group in analysis.prunable():
-        for member in group.members:
-            if member.reads is None:
-                continue
-            value = member.reads.value
-            producer = value.producer()
-            rule = ops.lookup(producer) if producer is not None else None
-            if rule is not None and rule.quantizes:
-                decoders[value.name] = (producer.outputs[1].name, producer.outputs[2].name)
-                continue
-            rule = ops.lookup(member.node)
-            index = next((i for i, v in enumerate(member.node.inputs) if v is value), -1)
-            encoding = rule.activation_encoding(member.node, index) if rule is not None else None
-            if encoding is not None:
-                decoders[value.name] = (encoding.scale, encoding.zero_point)
+    for member in members:
+        value = member.reads.value
+        producer = value.producer()
+        rule = ops.lookup(producer) if producer is not None else None
+        if rule is not None and rule.quantizes:
+            decoders[value.name] = (producer.outputs[1].name, producer.outputs[2].name)
+            continue
+        rule = ops.lookup(member.node)
+        index = next((i for i, v in enumerate(member.node.inputs) if v is value), -1)
+        encoding = rule.activation_encoding(member.node, index) if rule is not None else None
+        if encoding is not None:
+            decoders[value.name] = (encoding.scale, encoding.zero_point)
     return decoders
 
 
-def _decoded(array: np.ndarray, decoder: Decoder | None, outputs: dict[str, np.ndarray]) -> np.ndarray:
+def decoded(array: np.ndarray, decoder: Decoder | None, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The real values `array` holds: dequantized by its decoder (constants, or tensors among `outputs`)."""
     if decoder is None:
         return array
     scale, zero = (outputs[p] if isinstance(p, str) else p for p in decoder)
     return ((array.astype(np.float64) - zero) * scale).astype(np.float32)
 
 
-def _session_exposing(model: ir.Model, names: list[str]):
+def session_exposing(model: ir.Model, names: list[str]):
     """An ORT session over `model` whose outputs also include the tensors `names` (the model is restored)."""
     values = {v.name: v for node in model.graph for v in node.outputs} | {v.name: v for v in model.graph.inputs}
     original = list(model.graph.outputs)
@@ -171,11 +175,11 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
     """Run `analysis.model` (before any rewrite) on `batches`; collect statistics for every observed axis,
     and the channel Gram matrix XᵀX (for second-order criteria) of axes with at most `gram_limit` channels."""
     wanted = observed_axes(analysis)
-    decoders = quantized_reads(analysis)
+    decoders = quantized_reads(consumers(analysis.prunable()))
     routers = routing_plans(analysis)
     per_call = {p for decoder in decoders.values() for p in decoder if isinstance(p, str)}
     names = sorted(set(wanted).union(per_call, *(plan.tensors() for plan in routers)))
-    sess = _session_exposing(analysis.model, names)
+    sess = session_exposing(analysis.model, names)
     source = getattr(batches, "source", "")
     result = Calibration(source=source)
     input_names = [i.name for i in sess.get_inputs()]
@@ -192,7 +196,7 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
                 result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
             for name, array in outputs.items():
                 if name in wanted:
-                    array = _decoded(array, decoders.get(name), outputs)
+                    array = decoded(array, decoders.get(name), outputs)
                 for axis in wanted.get(name, ()):
                     gram = array.shape[axis] <= gram_limit
                     result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)
@@ -281,7 +285,10 @@ def _encode(lines: list[str], tokenizer: str | os.PathLike) -> list[np.ndarray]:
 
 
 def _token_feeds(sequences: list[np.ndarray], input_names: list[str], batch_size: int) -> Iterator[Feeds]:
+    """Batches of sequences of similar length (sorted, stable): padding positions are computed but mean
+    nothing, so the fewer there are, the less they weigh in the statistics."""
     ids_name = "input_ids" if "input_ids" in input_names else input_names[0]
+    sequences = sorted(sequences, key=len)
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
         width = max(len(s) for s in chunk)

@@ -36,13 +36,13 @@ def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration)
             rows = view.rows() if view.block != 1 else np.moveaxis(view.weight.dense(), member.axis, 0).astype(
                 np.float64)
             contribution = np.tensordot(mean, rows[positions], axes=(0, 0))
-            delta = _per_output(member.node, contribution)
+            delta = per_output(member.node, contribution)
             if delta is not None:
                 deltas[member.node] = deltas.get(member.node, 0) + delta
     return deltas
 
 
-def _per_output(node: ir.Node, contribution: np.ndarray) -> np.ndarray | None:
+def per_output(node: ir.Node, contribution: np.ndarray) -> np.ndarray | None:
     """Reduce a weight-shaped contribution (input axis summed out) to one value per output channel."""
     if node.op_type in ("Conv", "QLinearConv"):
         return contribution.reshape(contribution.shape[0], -1).sum(axis=1)
@@ -59,10 +59,7 @@ def apply_bias_deltas(model: ir.Model, deltas: BiasDeltas,
     value)` hears of created biases (the rewrite slices them with the node's output channels). A quantized
     bias is requantized with its own scale; a quantized node without one gets none (there is no scale)."""
     for node, delta in deltas.items():
-        bias = _bias_of(node)
-        if bias is not None:
-            dense = bias.dense()
-            bias.store(dense + (delta / _bias_scale(node)).reshape(dense.shape))
+        if add_to_bias(node, delta):
             continue
         if node.op_type not in _FLOAT_BIAS:
             continue
@@ -76,6 +73,16 @@ def apply_bias_deltas(model: ir.Model, deltas: BiasDeltas,
         on_new_bias(node, created)
 
 
+def add_to_bias(node: ir.Node, delta: np.ndarray) -> bool:
+    """Add `delta` to the bias `node` has (requantized with its own scale where quantized); False if none."""
+    bias = bias_of(node)
+    if bias is None:
+        return False
+    dense = bias.dense()
+    bias.store(dense + (delta / _bias_scale(node)).reshape(dense.shape))
+    return True
+
+
 def _bias_scale(node: ir.Node) -> float:
     if node.op_type == "Gemm" and "beta" in node.attributes:
         return float(node.attributes["beta"].as_float())
@@ -86,7 +93,7 @@ _FLOAT_BIAS = ("Conv", "ConvTranspose", "Gemm", "Attention", "MatMul")  # may be
 _BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "Attention": 2, "QLinearConv": 8, "QGemm": 6}
 
 
-def _bias_of(node: ir.Node) -> StoredWeight | None:
+def bias_of(node: ir.Node) -> StoredWeight | None:
     """The constant bias (maybe quantized) a node's output gets: its own bias input, or a MatMul's sole
     following Add."""
     if node.op_type in _BIAS_INPUT:

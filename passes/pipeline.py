@@ -18,10 +18,11 @@ from graphprune.groups import Group
 from graphprune.io import StagedModel, load_model, source_files
 from graphprune.metrics import Cost, cost, projected_cost
 from graphprune.outputs import check_outputs
-from graphprune.passes.allocation import RoundTo, experts, ranked, to_target, uniform
+from graphprune.passes.allocation import RoundTo, experts, measured, ranked, to_target, uniform
 from graphprune.passes.calibration import (
     Batches,
     Calibration,
+    Feeds,
     ImageSpec,
     calibrate,
     file_batches,
@@ -36,11 +37,14 @@ from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.latency import LatencyProbe, search
 from graphprune.passes.latency_table import load_or_measure, table_key
 from graphprune.passes.optimize import fuse
+from graphprune.passes.reconstruction import reconstruct
 from graphprune.passes.rewrite import apply_plan
+from graphprune.passes.sensitivity import measure
 from graphprune.plan import PruningPlan, check_made_for, fingerprint
 
 log = logging.getLogger("graphprune")
 
+STRATEGIES = ("uniform", "global", "adaptive", "measured")
 EXPERT_CRITERION = "router-similarity"  # weights only, so expert pruning needs no data by default
 
 
@@ -83,6 +87,7 @@ class Allocation:
     latency_table: str | None = None
     threads: int | None = None  # ONNX Runtime threads when timing (latency target, latency table)
     latency: LatencyProbe | None = None  # set by prune_file for a latency target
+    batches: list[Feeds] | None = None  # calibration inputs the measured strategy runs the model on
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -92,8 +97,10 @@ class Allocation:
         return plan
 
     def _strategy_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
-        if self.strategy not in ("uniform", "global", "adaptive"):
-            raise GraphpruneError(f"unknown allocation {self.strategy!r}: uniform, global or adaptive")
+        if self.strategy not in STRATEGIES:
+            raise GraphpruneError(f"unknown allocation {self.strategy!r}: {', '.join(STRATEGIES)}")
+        if self.strategy == "measured":
+            return self._measured_plan(analysis, scores)
         if self.target is not None and self.target[0] == "latency":
             if self.latency is None:
                 raise GraphpruneError("a latency target needs the model file to time: use prune_file")
@@ -105,6 +112,26 @@ class Allocation:
         if self.strategy == "uniform":
             return uniform(analysis, scores, self.ratio, self.round_to, self.kind_ratios, self.max_group_ratio)
         return ranked(analysis, scores, self.ratio, self.round_to, self.strategy, self.max_group_ratio)
+
+    def _measured_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        if self.batches is None:
+            raise GraphpruneError("allocation 'measured' runs the model on calibration data: pass --calib FILE or "
+                                  "--data-free")
+        if self.target is not None and self.target[0] == "latency":
+            raise GraphpruneError("allocation 'measured' takes --ratio, per-kind ratios, --target-params or "
+                                  "--target-flops (not a latency target)")
+        groups = [g for g in analysis.prunable() if g.kind != "expert"]
+        sensitivity = measure(analysis, scores, groups, self.batches, max_group_ratio=self.max_group_ratio)
+        ranking = sensitivity.ranking(analysis, scores)
+        if self.target is not None:
+            plan = to_target(analysis, scores, *self.target, self.round_to, "measured", self.max_group_ratio,
+                             self.dims, ranking)
+        else:
+            plan = measured(analysis, scores, ranking, self.ratio, self.round_to, self.kind_ratios,
+                            self.max_group_ratio)
+        plan.meta["sensitivity"] = {str(gid): [round(float(e), 6) for e in errors]
+                                    for gid, errors in sensitivity.errors.items()}
+        return plan
 
 
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
@@ -228,31 +255,45 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
                prune_hidden: bool = False, calibration: CalibrationSpec | None = None,
                compensate: bool | None = None, allocation: Allocation | None = None,
                options: dict | None = None, gqa_units: str = "kv-group",
-               expert_criterion: str = EXPERT_CRITERION, expert_merge: bool = False) -> PruneResult:
+               expert_criterion: str = EXPERT_CRITERION, expert_merge: bool = False,
+               sequential: bool = False) -> PruneResult:
     """Prune `source` into `target` (a path, or an `Output`: plan file, dry run, verification inputs); the
     model is written only once it passed the checks the original passes, and nothing the input reads is
     ever written. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
     Criteria that need data, and compensation (default: on for flap (bias) and obs (weights)), calibrate first.
     `expert_merge` folds removed experts into their nearest survivors (weighted by calibration gate weight
-    when there is calibration data, else equally) instead of dropping them."""
+    when there is calibration data, else equally) instead of dropping them. `sequential` prunes stage by
+    stage on the pruned model's own activations and refits the affected layers by least squares (its
+    compensation, replacing bias and OBS compensation)."""
     source, output = Path(source), target if isinstance(target, Output) else Output(target)
-    compensate = criterion in ("flap", "obs") if compensate is None else compensate
+    compensate = criterion in ("flap", "obs") and not sequential if compensate is None else compensate
     spec = calibration or CalibrationSpec()
     removes_experts = allocation is not None and allocation.expert_ratio > 0
+    measures = allocation is not None and allocation.strategy == "measured"
+    if measures and not spec.wanted():
+        raise GraphpruneError("allocation 'measured' runs the model on calibration data: pass --calib FILE or "
+                              "--data-free")
+    if sequential and (compensate or expert_merge or removes_experts):
+        raise GraphpruneError("--sequential refits layers itself: it does not combine with --compensate, "
+                              "--expert-ratio or --expert-merge")
     for name in [criterion] + ([expert_criterion] if removes_experts else []):
-        if (needs_data(name) or compensate) and not spec.wanted():
-            raise GraphpruneError(f"{'bias compensation' if compensate else f'criterion {name!r}'} needs "
-                                  "calibration data: pass --calib FILE or --data-free")
+        if (needs_data(name) or compensate or sequential) and not spec.wanted():
+            need = "bias compensation" if compensate else "--sequential" if sequential else f"criterion {name!r}"
+            raise GraphpruneError(f"{need} needs calibration data: pass --calib FILE or --data-free")
     if spec.wanted():
         spec.check()
     model = _load(source, output, spec.path)
     batches = spec.open(model, seed) if spec.wanted() else None
+    kept_batches = list(batches) if sequential or measures else None
     before = cost(model, source, output.dims)
     model_fingerprint = fingerprint(model)
     analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
     _check_prunable(analysis, ratio, kind_ratios, allocation)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
-    stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
+    one_shot = batches is not None and not (sequential and not needs_data(criterion))
+    stats = calibrate(analysis, kept_batches or batches, gram_limit) if one_shot else None
+    if measures:
+        allocation = replace(allocation, batches=kept_batches)
     if allocation is not None:
         allocation = _timed(allocation, analysis, source, output, model_fingerprint,
                             lambda: run_analysis(load_model(source), allow_approximate=prune_hidden,
@@ -266,7 +307,14 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
     if expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
-    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
+    if sequential and not output.dry_run:
+        def rescore(stage: Calibration) -> Callable[[Group], np.ndarray]:
+            scorer = get_criterion(criterion, stage, seed, options)
+            return lambda group: scorer.score(analysis, group)
+
+        report = reconstruct(analysis, plan, kept_batches, rescore)
+        plan.meta["reconstruction"] = report.as_meta()
+    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before, refit=sequential)
 
 
 def _requested(ratio: float, kind_ratios: dict[str, float] | None, allocation: Allocation | None) -> bool:
@@ -322,6 +370,7 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     source, output = Path(source), target if isinstance(target, Output) else Output(target)
     probe = PruningPlan.read_meta(plan_path)
     compensate = bool(probe.get("compensation")) if compensate is None else compensate
+    refit = compensate and probe.get("compensation") == "refit"
     spec = calibration or CalibrationSpec()
     if compensate and not spec.wanted():
         raise GraphpruneError("this plan compensates removed channels: pass --calib FILE or --data-free to "
@@ -341,18 +390,22 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     analysis = run_analysis(model, allow_approximate=bool(probe.get("prune_hidden")),
                         gqa_units=probe.get("gqa_units") or "kv-group")
     plan = PruningPlan.load(plan_path, analysis.groups)
+    if refit:
+        reconstruct(analysis, plan, list(batches))
+        return _rewrite_and_save(source, output, analysis, plan, None, False, before, refit=True)
     gram_limit = GRAM_LIMIT if compensate and plan.meta.get("criterion") == "obs" else 0
     stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
     return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
 
 
 def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: PruningPlan,
-                      stats: Calibration | None, compensate: bool, before: Cost) -> PruneResult:
+                      stats: Calibration | None, compensate: bool, before: Cost, refit: bool = False) -> PruneResult:
     """Merge experts if the plan says so, compensate, rewrite, write the result once (staged), verify that
     file against the original's checks, then move it into place — or, for a dry run, only project the costs.
-    The plan file, if asked for, is written last."""
+    `refit`: the layers were already refit in place (sequential reconstruction). The plan file, if asked for,
+    is written last."""
     by_weights = plan.meta.get("criterion") == "obs"
-    plan.meta["compensation"] = ("obs-weights" if by_weights else "bias") if compensate else None
+    plan.meta["compensation"] = "refit" if refit else ("obs-weights" if by_weights else "bias") if compensate else None
     if output.dry_run:
         result = PruneResult(plan, before, projected_cost(analysis, plan, output.dims), analysis.groups, None)
     else:

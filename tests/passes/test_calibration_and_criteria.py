@@ -173,8 +173,9 @@ def test_cli_flap_with_calibration_file(tmp_path, capsys):
 def test_token_files_pad_and_mask(tmp_path, exported):
     (tmp_path / "ids.txt").write_text("5 6 7\n8 9\n\n10 11 12 13\n")
     batches = list(token_batches(tmp_path / "ids.txt", ["input_ids", "attention_mask"], batch_size=2))
-    assert [b["input_ids"].shape for b in batches] == [(2, 3), (1, 4)]
-    np.testing.assert_array_equal(batches[0]["attention_mask"], [[1, 1, 1], [1, 1, 0]])
+    assert [b["input_ids"].shape for b in batches] == [(2, 3), (1, 4)]  # shortest first: least padding
+    np.testing.assert_array_equal(batches[0]["input_ids"], [[8, 9, 0], [5, 6, 7]])
+    np.testing.assert_array_equal(batches[0]["attention_mask"], [[1, 1, 0], [1, 1, 1]])
     code = main(["prune", str(exported("bert", True)), "-o", str(tmp_path / "o.onnx"), "--criterion", "flap",
                  "--calib", str(tmp_path / "ids.txt"), "--ratio", "0.25", "--batch-size", "2"])
     assert code == 0

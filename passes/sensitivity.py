@@ -1,0 +1,131 @@
+"""Measured sensitivity: how much the model's outputs move when one group alone loses its lowest-scored units,
+at a few removal fractions, measured in ONNX Runtime on calibration inputs (the group's consumer rows masked).
+
+The measurements become a ranking of single units for the allocator: each group's error curve (error against
+parameters removed) is replaced by its lower convex hull, and every unit is valued by the hull slope of the
+segment it falls in — the error it costs per parameter it saves. Spending a budget in that order is the greedy
+knapsack over measured errors (optimal on convex curves), not over scores normalised across layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphprune import progress, runtime
+from graphprune.analysis import Analysis
+from graphprune.errors import GraphpruneError, first_line
+from graphprune.groups import Group
+from graphprune.passes.calibration import Feeds
+from graphprune.weights import stored_weight
+
+log = logging.getLogger("graphprune")
+
+GRID = (0.125, 0.25, 0.375, 0.5, 0.75)  # fractions of a group measured (the largest is also the most removed)
+
+
+@dataclass
+class Sensitivity:
+    """Per group id: units removed at each measured point (0 first) and the relative output error there."""
+
+    counts: dict[int, np.ndarray]
+    errors: dict[int, np.ndarray]
+
+    def ranking(self, analysis: Analysis, scores: dict[int, np.ndarray]) -> list[tuple[float, int, float]]:
+        """(error per parameter, group id, parameter cost) of every unit the measurements cover, cheapest first;
+        a group's units come in its score order, valued by the convex hull of its error curve."""
+        ranked = []
+        for gid, counts in self.counts.items():
+            group = analysis.group(gid)
+            order = np.argsort(scores[gid], kind="stable")
+            params = np.concatenate([[0.0], np.cumsum(group.params_per_unit[order])])[counts]
+            for start, end, slope in _hull_segments(params, self.errors[gid]):
+                for unit in order[counts[start]:counts[end]]:
+                    ranked.append((slope, gid, float(group.params_per_unit[unit])))
+        ranked.sort(key=lambda item: item[0])
+        return ranked
+
+
+def _hull_segments(x: np.ndarray, y: np.ndarray) -> list[tuple[int, int, float]]:
+    """(start index, end index, slope) of the lower convex hull of the points (x, y), left to right."""
+    hull = [0]
+    for index in range(1, len(x)):
+        while len(hull) >= 2 and _slope(x, y, hull[-2], hull[-1]) >= _slope(x, y, hull[-2], index):
+            hull.pop()
+        hull.append(index)
+    return [(a, b, _slope(x, y, a, b)) for a, b in zip(hull, hull[1:], strict=False)]
+
+
+def _slope(x: np.ndarray, y: np.ndarray, a: int, b: int) -> float:
+    return (y[b] - y[a]) / max(x[b] - x[a], 1e-12)
+
+
+def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Group], batches: list[Feeds],
+            grid: tuple[float, ...] = GRID, max_group_ratio: float = 0.99) -> Sensitivity:
+    """Output error of `analysis.model` with each group's lowest-scored units masked, one group at a time, at
+    each fraction of `grid` (capped by `max_group_ratio`, always leaving one unit); the model is restored."""
+    if not batches:
+        raise GraphpruneError("measuring sensitivity needs calibration inputs")
+    dense = _outputs(analysis.model, batches)
+    counts, errors = {}, {}
+    points = [(g, c) for g in groups for c in _counts(g.size, grid, max_group_ratio)]
+    with progress.step("measuring sensitivity"), progress.bar(len(points), "sensitivity", "point") as bar:
+        for group in groups:
+            order = np.argsort(scores[group.id], kind="stable")
+            counts[group.id] = np.array([0, *_counts(group.size, grid, max_group_ratio)])
+            measured = [0.0]
+            for count in counts[group.id][1:]:
+                with _masked(group, order[:count]):
+                    measured.append(_relative_error(dense, _outputs(analysis.model, batches)))
+                bar.update(1)
+            errors[group.id] = np.array(measured)
+    log.info("sensitivity measured at %d points over %d groups", len(points), len(groups))
+    return Sensitivity(counts, errors)
+
+
+def _counts(size: int, grid: tuple[float, ...], max_group_ratio: float) -> list[int]:
+    """Distinct unit counts the grid asks of a group of `size`, each removing at least one and leaving one."""
+    most = min(size - 1, int(np.floor(size * max_group_ratio + 1e-9)))
+    return sorted({min(most, max(1, int(round(size * fraction)))) for fraction in grid} - {0}) if most > 0 else []
+
+
+class _masked:
+    """Context: the group's consumer rows reading `units` zeroed in place, restored on exit."""
+
+    def __init__(self, group: Group, units: np.ndarray) -> None:
+        self.members = [m for m in group.members if m.consumer]
+        self.units = units
+        self.saved: list = []
+
+    def __enter__(self) -> None:
+        for member in self.members:
+            weight = stored_weight(member.value)
+            self.saved.append((weight.value, weight.value.const_value))
+            weight.zero(member.axis, member.positions(self.units))
+
+    def __exit__(self, *exc) -> None:
+        for value, tensor in reversed(self.saved):
+            value.const_value = tensor
+
+
+def _outputs(model, batches: list[Feeds]) -> list[list[np.ndarray]]:
+    try:
+        sess = runtime.session(model)
+        names = [i.name for i in sess.get_inputs()]
+        return [sess.run(None, {k: v for k, v in feeds.items() if k in names}) for feeds in batches]
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types
+        raise GraphpruneError(f"measuring sensitivity: ONNX Runtime cannot run the model ({first_line(exc)[:200]})") \
+            from exc
+
+
+def _relative_error(dense: list[list[np.ndarray]], masked: list[list[np.ndarray]]) -> float:
+    """Σ‖y − ŷ‖² / Σ‖y‖² over every floating-point output of every batch."""
+    num = den = 0.0
+    for reference, actual in zip(dense, masked, strict=True):
+        for y, y_hat in zip(reference, actual, strict=True):
+            if np.issubdtype(y.dtype, np.floating):
+                num += float(np.sum((y.astype(np.float64) - y_hat) ** 2))
+                den += float(np.sum(y.astype(np.float64) ** 2))
+    return num / max(den, 1e-30)

@@ -1,0 +1,79 @@
+"""Measured sensitivity allocation: the output error of each group's removal, measured in ONNX Runtime, decides
+where the budget goes — a group whose removal provably changes nothing goes first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphprune import runtime
+from graphprune.analysis import analyze
+from graphprune.errors import GraphpruneError
+from graphprune.passes import CalibrationSpec, prune_file
+from graphprune.passes.allocation import measured
+from graphprune.passes.pipeline import Allocation
+from graphprune.passes.sensitivity import _hull_segments, measure
+from tests.graphs import GraphBuilder
+from tests.harness import load
+
+RNG = np.random.default_rng(0)
+
+
+def two_branch_mlp():
+    """y = Relu(x·a + bias_a)·c + Relu(x·b + bias_b)·d, 8 neurons per branch, equal parameters per neuron; every
+    neuron of the first branch is dead (its bias −100: Relu gives 0 on these inputs), the second is alive."""
+    b = GraphBuilder()
+    dead = b.op("Relu", [b.op("Add", [b.op("MatMul", ["x", b.weight(4, 8)]), b.const(np.full(8, -100, np.float32))])])
+    alive = b.op("Relu", [b.op("Add", [b.op("MatMul", ["x", b.weight(4, 8)]), b.weight(8, positive=True)])])
+    y = b.op("Add", [b.op("MatMul", [dead, b.weight(8, 3)]), b.op("MatMul", [alive, b.weight(8, 3)])])
+    return b.build({"x": ["batch", 4]}, {y: ["batch", 3]})
+
+
+def feeds(count: int = 2) -> list[dict[str, np.ndarray]]:
+    return [{"x": RNG.standard_normal((16, 4)).astype(np.float32)} for _ in range(count)]
+
+
+def branch_ids(analysis):
+    groups = sorted(analysis.prunable(), key=lambda g: g.id)
+    dead = next(g for g in groups if any(m.value.const_value is not None and m.value.const_value.numpy().min() == -100
+                                         for m in g.members))
+    return dead.id, next(g.id for g in groups if g.id != dead.id)
+
+
+def test_a_group_whose_removal_changes_nothing_goes_first():
+    analysis = analyze(load(two_branch_mlp()))
+    dead, alive = branch_ids(analysis)
+    scores = {g.id: RNG.random(g.size) for g in analysis.prunable()}
+    sensitivity = measure(analysis, scores, analysis.prunable(), feeds())
+    assert np.all(sensitivity.errors[dead] == 0) and np.all(sensitivity.errors[alive][1:] > 0)
+    plan = measured(analysis, scores, sensitivity.ranking(analysis, scores), 0.5)
+    # the budget is 4 + 4 neurons' parameters: the most the grid measures of the dead branch (6), then alive
+    assert len(plan.removed[dead]) == 6 and len(plan.removed[alive]) == 2
+    weights = [v.const_value.numpy() for v in load(two_branch_mlp()).graph.initializers.values()]
+    restored = [v.const_value.numpy() for v in analysis.model.graph.initializers.values()]
+    assert all(np.array_equal(a, b) for a, b in zip(weights, restored, strict=True))  # masks were undone
+
+
+def test_error_curves_are_valued_by_their_lower_convex_hull():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    y = np.array([0.0, 3.0, 3.5, 9.0])  # the point at 1 lies above the chord from 0 to 2
+    assert _hull_segments(x, y) == [(0, 2, 1.75), (2, 3, 5.5)]
+
+
+def test_measured_allocation_meets_a_params_target_through_the_pipeline(tmp_path):
+    source = tmp_path / "mlp.onnx"
+    source.write_bytes(two_branch_mlp().SerializeToString())
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([f["x"] for f in feeds(4)]))
+    result = prune_file(source, tmp_path / "o.onnx", "l2", allocation=Allocation("measured", target=("params", 0.7)),
+                        calibration=CalibrationSpec(str(tmp_path / "calib.npz")))
+    assert result.after.params <= 0.7 * result.before.params
+    dead, _ = branch_ids(analyze(load(two_branch_mlp())))
+    assert max(result.plan.removed, key=lambda gid: len(result.plan.removed[gid])) == dead
+    runtime.run(runtime.session(tmp_path / "o.onnx"), feeds(1)[0])
+
+
+def test_measured_allocation_needs_data(tmp_path):
+    source = tmp_path / "mlp.onnx"
+    source.write_bytes(two_branch_mlp().SerializeToString())
+    with pytest.raises(GraphpruneError, match="runs the model on calibration data"):
+        prune_file(source, tmp_path / "o.onnx", "l2", allocation=Allocation("measured", 0.5))
