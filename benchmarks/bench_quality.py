@@ -1,16 +1,24 @@
-"""Quality of every criterion at several ratios, without fine-tuning, measured in one run:
-- the shipped digits CNN: accuracy on held-out digits (calibration on 120 other held-out images);
-- the real all-MiniLM-L6-v2: mean cosine of sentence embeddings to the dense model's on real sentences
-  (calibration on other sentences); head and neuron ratio both = ratio, the hidden size kept.
-Each row also gives the wall time of the whole prune (calibration included).
+"""Quality without fine-tuning, every criterion × ratio × {one-shot, sequential}, plus measured allocation and
+depth against width; calibration data always disjoint from evaluation data. Each run is one `graphprune prune`
+process: its wall time and peak RSS (its own VmHWM) are measured.
 
-    python benchmarks/bench_quality.py [--models digits minilm] [--ratios 0.2 0.3 0.5]
-MiniLM needs graphprune[hf].
+- digits CNN with BatchNorm (sklearn's bundled digits, trained here, seeded), legacy and dynamo exports:
+  accuracy on the 360 test images; calibration on 128 training images;
+- all-MiniLM-L6-v2 (real, legacy export): mean cosine of sentence embeddings to the dense model's on 256
+  standard-library docstring sentences; calibration on 128 others (models.minilm.corpus_sentences); head and
+  neuron ratio both = ratio, the hidden size kept.
+
+    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm] [--ratios 0.2 0.3 0.5]
+        [--criteria l1 l2 ...] [--modes one-shot sequential]
+MiniLM needs graphprune[hf]; the CNNs need torch and scikit-learn.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,60 +26,116 @@ from pathlib import Path
 import numpy as np
 
 from graphprune.cli.table import render
-from graphprune.passes import CalibrationSpec, prune_file
-from graphprune.passes.importance import criteria
+from graphprune.passes.importance import criteria_for
 
-VARIANTS = [(c, False) for c in criteria()] + [("l2", True), ("wanda-sp", True)]  # flap compensates by default
-
-
-def digits_rows(ratios: list[float], folder: Path) -> list[list]:
-    from graphprune.models.demo import DEMO_MODEL, accuracy, digits_test_set
-
-    x, y = digits_test_set()
-    np.savez(folder / "calib.npz", x=x[:120])
-    x_eval, y_eval = x[120:], y[120:]
-    rows = [["digits", "-", "dense", f"{accuracy(DEMO_MODEL, x_eval, y_eval):.4f}", ""]]
-    for ratio in ratios:
-        for criterion, compensate in VARIANTS:
-            start = time.perf_counter()
-            prune_file(DEMO_MODEL, folder / "d.onnx", criterion, ratio, round_to=8, compensate=compensate or None,
-                       calibration=CalibrationSpec(str(folder / "calib.npz"), samples=120, batch_size=40))
-            seconds = time.perf_counter() - start
-            label = criterion + ("+comp" if compensate else "")
-            quality = accuracy(folder / "d.onnx", x_eval, y_eval)
-            rows.append(["digits", ratio, label, f"{quality:.4f}", f"{seconds:.2f}"])
-    return rows
+EXTRAS = [("obs", "measured", ["--allocation", "measured"]),
+          ("obs", "measured+depth", ["--allocation", "measured", "--depth"])]
 
 
-def minilm_rows(ratios: list[float], folder: Path) -> list[list]:
-    from graphprune.models.minilm import CALIBRATION_SENTENCES, export_minilm, mean_cosine, tokenize
+CHILD = """import re, sys
+from pathlib import Path
+from graphprune.cli.main import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    status = Path("/proc/self/status").read_text()
+    print(re.search(r"VmHWM:\\s+(\\d+)", status).group(1), file=sys.stderr)
+sys.exit(code)
+"""
 
-    dense = export_minilm(folder / "minilm.onnx", dynamo=False)
-    np.savez(folder / "tokens.npz", **tokenize(CALIBRATION_SENTENCES))
-    rows = []
-    for ratio in ratios:
-        for criterion, compensate in VARIANTS:
-            start = time.perf_counter()
-            prune_file(dense, folder / "m.onnx", criterion, 0.0, kind_ratios={"head": ratio, "neuron": ratio},
-                       compensate=compensate or None,
-                       calibration=CalibrationSpec(str(folder / "tokens.npz"), samples=len(CALIBRATION_SENTENCES)))
-            seconds = time.perf_counter() - start
-            label = criterion + ("+comp" if compensate else "")
-            rows.append(["minilm", ratio, label, f"{mean_cosine(dense, folder / 'm.onnx'):.4f}", f"{seconds:.2f}"])
-    return rows
+
+def prune(model: Path, output: Path, arguments: list[str]) -> tuple[dict, float, float]:
+    """(the run's JSON report, wall seconds, peak RSS in MiB: the process's own VmHWM) of one `graphprune
+    prune` process."""
+    command = [sys.executable, "-c", CHILD, "prune", str(model), "-o", str(output), "--json", "-q", *arguments]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    lines = done.stderr.strip().splitlines()
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[3:])} failed: {lines[-2] if len(lines) > 1 else lines}")
+    return json.loads(done.stdout), seconds, int(lines[-1]) / 1024
+
+
+class Subject:
+    """A model, its calibration arguments and its quality measure."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name, self.folder = name, folder
+        if name.startswith("digits"):
+            from graphprune.models.digits import export_both, load_split
+
+            x_train, self.x_test, _, self.y_test = load_split()
+            np.savez(folder / "calib.npz", x=x_train[:128])
+            self.model = export_both(folder)[name.split("-")[1]]
+            self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
+        else:
+            from graphprune.models.minilm import corpus_sentences, export_minilm, model_dir
+
+            calibration, self.sentences = corpus_sentences()
+            (folder / "calib.txt").write_text("\n".join(calibration[:128]) + "\n")
+            self.sentences = self.sentences[:256]
+            self.model = export_minilm(folder / "minilm.onnx", dynamo=False)
+            self.calibration = ["--calib", str(folder / "calib.txt"), "--tokenizer",
+                                str(model_dir() / "tokenizer.json")]
+
+    def ratios(self, ratio: float) -> list[str]:
+        if self.name.startswith("digits"):
+            return ["--ratio", str(ratio)]
+        return ["--ratio", "0", "--head-ratio", str(ratio), "--neuron-ratio", str(ratio)]
+
+    def quality(self, path: Path) -> float:
+        if self.name.startswith("digits"):
+            from graphprune.models.demo import accuracy
+
+            return accuracy(path, self.x_test, self.y_test)
+        from graphprune.models.minilm import mean_cosine
+
+        return mean_cosine(self.model, path, self.sentences)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["digits", "minilm"], choices=["digits", "minilm"])
+    parser.add_argument("--models", nargs="+", default=["digits-legacy", "digits-dynamo", "minilm"],
+                        choices=["digits-legacy", "digits-dynamo", "minilm"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5])
+    parser.add_argument("--criteria", nargs="+", default=criteria_for(False))
+    parser.add_argument("--modes", nargs="+", default=["one-shot", "sequential"], choices=["one-shot", "sequential"])
+    parser.add_argument("--no-extras", action="store_true", help="skip measured allocation and depth rows")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += (digits_rows if name == "digits" else minilm_rows)(args.ratios, Path(tmp))
-    print("digits: accuracy (round-to 8); minilm: embedding cosine to dense; no fine-tuning")
-    print(render(["model", "ratio", "criterion", "quality", "prune s"], rows))
+            folder = Path(tmp) / name
+            folder.mkdir()
+            subject = Subject(name, folder)
+            rows.append([name, "-", "dense", "-", f"{subject.quality(subject.model):.4f}", "1.000", "", ""])
+            for ratio in args.ratios:
+                runs = [(c, mode, ["--sequential"] if mode == "sequential" else []) for c in args.criteria
+                        for mode in args.modes]
+                runs += [] if args.no_extras else [(c, label + mode, extra + (["--sequential"] if seq else []))
+                                                   for c, label, extra in EXTRAS
+                                                   for mode, seq in ((" one-shot", False), (" sequential", True))]
+                for criterion, mode, extra in runs:
+                    target = folder / "pruned.onnx"
+                    report, seconds, peak = prune(subject.model, target, ["--criterion", criterion,
+                                                                          *subject.ratios(ratio),
+                                                                          *subject.calibration, *extra])
+                    params = report["after"]["params"] / report["before"]["params"]
+                    rows.append([name, ratio, criterion, mode, f"{subject.quality(target):.4f}", f"{params:.3f}",
+                                 f"{seconds:.1f}", f"{peak:.0f}"])
+                    print(render(["model", "ratio", "criterion", "mode", "quality", "params", "wall s", "peak MiB"],
+                                 rows[-1:]), flush=True)
+                if name == "minilm" and not args.no_extras:  # the digits CNN has a single residual block
+                    depth = ["--criterion", "l2", "--ratio", "0", "--block-ratio", str(ratio), *subject.calibration]
+                    report, seconds, peak = prune(subject.model, folder / "pruned.onnx", depth)
+                    params = report["after"]["params"] / report["before"]["params"]
+                    rows.append([name, ratio, "block influence", "depth only",
+                                 f"{subject.quality(folder / 'pruned.onnx'):.4f}", f"{params:.3f}", f"{seconds:.1f}",
+                                 f"{peak:.0f}"])
+    print("\nquality: digits accuracy on held-out test images; minilm embedding cosine to dense on held-out "
+          "sentences; no fine-tuning")
+    print(render(["model", "ratio", "criterion", "mode", "quality", "params", "wall s", "peak MiB"], rows))
 
 
 if __name__ == "__main__":

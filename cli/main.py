@@ -27,13 +27,15 @@ from graphprune.passes.pipeline import (
     CalibrationSpec,
     Output,
     apply_file,
+    default_method,
     prune_file,
     run_analysis,
 )
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    analysis = run_analysis(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units)
+    analysis = run_analysis(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units,
+                            depth=args.depth)
     if args.json:
         print(json.dumps([g.summary() for g in analysis.groups], indent=1))
         return 0
@@ -58,21 +60,28 @@ def print_groups(analysis: Analysis) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in KINDS if getattr(args, f"{kind}_ratio") is not None}
+    kind_ratios = {kind: getattr(args, f"{kind}_ratio") for kind in (*KINDS, "block")
+                   if getattr(args, f"{kind}_ratio") is not None}
     targets = {"params": args.target_params, "flops": args.target_flops, "latency": args.target_latency}
     target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
     allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
                             threads=args.threads)
-    result = prune_file(args.model, output_of(args), args.criterion, args.ratio, args.round_to, args.seed,
+    criterion, sequential, picked = args.criterion, args.sequential, None
+    if criterion is None:
+        criterion, by_default, picked = default_method(calibration_spec(args))
+        sequential = sequential or (by_default and args.compensate is None and not args.expert_ratio
+                                    and not args.expert_merge)
+    result = prune_file(args.model, output_of(args), criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
                         {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
-                        args.expert_merge, args.sequential)
+                        args.expert_merge, sequential, args.depth or args.block_ratio is not None)
     ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
-    report(result, args, f"{args.criterion}, {ratios}")
+    method = criterion + (" refit sequentially" if sequential else "") + (f" ({picked})" if picked else "")
+    report(result, args, f"{method}, {ratios}")
     return 0
 
 
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model file (external data beside it is found automatically)")
     p.add_argument("--json", action="store_true", help="machine-readable output (one entry per group)")
     p.add_argument("--prune-hidden", action="store_true", help="treat approximate (hidden) groups as prunable")
+    p.add_argument("--depth", action="store_true", help="also list the residual blocks (one group of kind block)")
     add_gqa_argument(p)
 
     p = command("prune", "remove the least important units and write a smaller, verified model", cmd_prune)
@@ -268,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"fraction of each {kind} group to remove (default: --ratio)")
     p.add_argument("--prune-hidden", action="store_true",
                    help="also prune the hidden dimension (approximate: normalisation statistics change)")
+    p.add_argument("--depth", action="store_true",
+                   help="also offer whole residual blocks x + f(x) (removing one leaves x), ranked by how little "
+                        "they change their input on the calibration data; removed by --block-ratio or "
+                        "--allocation measured (depth against width); needs --calib or --data-free")
+    p.add_argument("--block-ratio", type=options.fraction, default=None,
+                   help="fraction of the residual blocks to remove (implies --depth; default 0)")
     add_gqa_argument(p)
     p.add_argument("--expert-ratio", type=options.fraction, default=0.0,
                    help="fraction of each MoE layer's experts to remove (default 0: keep all experts)")
@@ -276,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-merge", action="store_true",
                    help="fold removed experts into their nearest surviving expert (router rows and weights "
                         "averaged by gate weight; approximate) instead of dropping them")
-    p.add_argument("--criterion", choices=criteria_for(False), default="l2",
-                   help=f"how channels, heads and neurons are ranked (default l2): {_criteria_help(False)}")
+    p.add_argument("--criterion", choices=criteria_for(False), default=None,
+                   help="how channels, heads and neurons are ranked (default: obs refit sequentially with --calib, "
+                        f"obs with --data-free, l2 without data; the summary says which): {_criteria_help(False)}")
     p.add_argument("--sequential", action="store_true",
                    help="prune stage by stage along the graph: each stage re-picks its units on the pruned "
                         "model's own activations and refits its layers by ridge least squares to the dense "

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune import ops
+from graphprune.blocks import block_group, find_blocks
 from graphprune.experts import ExpertInfo, IdTable, Selector, branch_weights, find_join
 from graphprune.groups import Group, Member
 from graphprune.ops.registry import Dim, Port, ShapeDims
@@ -340,13 +341,20 @@ def _notes(notes: dict[Dim, list[str]], dims: list[Dim]) -> list[str]:
 GQA_UNITS = ("kv-group", "query-slot")
 
 
-def analyze(model: ir.Model, allow_approximate: bool = False, gqa_units: str = "kv-group") -> Analysis:
+def analyze(model: ir.Model, allow_approximate: bool = False, gqa_units: str = "kv-group",
+            depth: bool = False) -> Analysis:
     """Find every group of `model` and which of them are frozen, and why. Groups whose removal is only
     approximate (the hidden dimension under LayerNorm/RMSNorm) stay frozen unless `allow_approximate`.
     `gqa_units`: under grouped-query attention a head unit is a KV group (its KV head and every query head
-    reading it) or, with "query-slot", the same query slot in every KV group (KV heads then stay whole)."""
+    reading it) or, with "query-slot", the same query slot in every KV group (KV heads then stay whole).
+    `depth` adds one group of kind "block" whose units are the model's residual blocks."""
     if gqa_units not in GQA_UNITS:
         raise ValueError(f"gqa_units must be one of {GQA_UNITS}, got {gqa_units!r}")
     propagator = _Propagator(model, allow_approximate, gqa_units)
     propagator.run()
-    return Analysis(model, propagator.groups())
+    groups = propagator.groups()
+    if depth:
+        blocks = find_blocks(model)
+        if blocks:
+            groups.append(block_group(len(groups), blocks))
+    return Analysis(model, groups)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from graphprune.experts import ExpertInfo
 from graphprune.ops.registry import Dim
+
+if TYPE_CHECKING:
+    from graphprune.blocks import Block
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Group:
     approximate: list[str] = field(default_factory=list)
     tags: set[str] = field(default_factory=set)  # structural facts rules noted ("head", "query-slot")
     experts: ExpertInfo | None = None  # kind "expert": routing facts the rewrite needs
+    blocks: list[Block] | None = None  # kind "block": the residual blocks its units remove
 
     @property
     def frozen(self) -> bool:
@@ -57,6 +62,8 @@ class Group:
 
     @property
     def label(self) -> str:
+        if self.blocks is not None:
+            return f"{len(self.blocks)} residual blocks"
         anchor = self.members[0]
         return f"{anchor.tensor}[{anchor.axis}]"
 
@@ -90,6 +97,8 @@ class Group:
         """What one unit is, for people: heads and head_dim (and queries per KV head under GQA)."""
         if self.experts is not None:
             return f"MoE layer: {self.size} experts, top-{self.experts.top_k}"
+        if self.blocks is not None:
+            return f"depth: {self.size} residual blocks x + f(x), one unit removes one branch f"
         widths = self.unit_widths()
         if self.kind != "head" or not widths:
             return ""
@@ -118,7 +127,8 @@ class Group:
             "reasons": self.frozen_reasons,
             "approximate": self.approximate,
             "members": [f"{m.tensor}[{m.axis}]" for m in self.members],
-        } | ({"top_k": self.experts.top_k, "expert_branches": len(self.experts.joins)} if self.experts else {})
+        } | ({"top_k": self.experts.top_k, "expert_branches": len(self.experts.joins)} if self.experts else {}) \
+            | ({"blocks": [layer_name(b.add) for b in self.blocks]} if self.blocks is not None else {})
 
 
 def layer_name(node: ir.Node) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis import Analysis
+from graphprune.blocks import removed_nodes
 from graphprune.constants import origin
 from graphprune.plan import PruningPlan
 from graphprune.polynomial import Poly
@@ -160,12 +161,16 @@ def kept_fractions(analysis: Analysis, plan: PruningPlan) -> dict[tuple[int, int
     """(id(value), axis) → fraction of positions a plan keeps, for every tensor axis it shrinks."""
     removed: dict[tuple[int, int], set[int]] = {}
     sizes: dict[tuple[int, int], int] = {}
+    fractions: dict[tuple[int, int], float] = {}
     for gid, units in plan.removed.items():
-        for member in analysis.group(gid).members:
+        group = analysis.group(gid)
+        for member in group.members:
             key = (id(member.value), member.axis)
             removed.setdefault(key, set()).update(member.positions(units).tolist())
             sizes[key] = len(member.unit_of)
-    return {key: 1.0 - len(positions) / sizes[key] for key, positions in removed.items()}
+        for unit in units.tolist() if group.blocks is not None else []:
+            fractions.update({(id(weight), 0): 0.0 for weight in group.blocks[unit].weights})
+    return {key: 1.0 - len(positions) / sizes[key] for key, positions in removed.items()} | fractions
 
 
 def _fraction(fractions: dict[tuple[int, int], float], value: ir.Value | None, rank: int) -> float:
@@ -179,6 +184,8 @@ def projected_cost(analysis: Analysis, plan: PruningPlan, dims: dict[str, int] |
     weights shrink by the kept fraction of each pruned axis; a layer's MACs by its weight's (or, for products
     of activations, its output's) fraction."""
     fractions = kept_fractions(analysis, plan)
+    dead = set().union(*(removed_nodes(analysis.group(gid), units) for gid, units in plan.removed.items()
+                         if analysis.group(gid).blocks is not None))
     model = analysis.model
     params = 0.0
     for value in _distinct_initializers(model):
@@ -187,7 +194,7 @@ def projected_cost(analysis: Analysis, plan: PruningPlan, dims: dict[str, int] |
             params += elements * _fraction(fractions, value, value.const_value.shape.rank())
     total = 0.0
     for node in model.graph:
-        base = node_macs(node).evaluate(dims)
+        base = node_macs(node).evaluate(dims) if id(node) not in dead else 0
         if not base:
             continue
         index = _COUNTERS[node.op_type][2]

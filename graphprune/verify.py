@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from graphprune import runtime
 from graphprune.analysis import Analysis
+from graphprune.blocks import Block
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
 from graphprune.io import as_file, to_proto, uses_external_data
@@ -115,12 +116,34 @@ def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
         group = analysis.group(gid)
         if group.experts is not None:
             _mask_experts(analysis.model, group, units)
+        for unit in units.tolist() if group.blocks is not None else []:
+            mask_block(analysis.model, group.blocks[unit])
         for member in group.members:
             if member.consumer:
                 stored_weight(member.value).zero(member.axis, member.positions(units))
             elif not member.is_param:
                 _mask_ranges(analysis.model, member.value, member.axis, member.positions(units))
     return analysis.model
+
+
+def mask_block(model: ir.Model, block: Block) -> ir.Node:
+    """Multiply the block's branch by 0 before it joins the stream (x + 0·f(x)); returns the inserted Mul."""
+    branch = block.branch
+    zero = ir.Value(name=f"{branch.name}_block_zero", const_value=ir.tensor(np.zeros((), branch.dtype.numpy())))
+    model.graph.register_initializer(zero)
+    masked = ir.node("Mul", [branch, zero], name=f"{branch.name}_mask_block")
+    masked.outputs[0].shape, masked.outputs[0].type = branch.shape, branch.type
+    model.graph.insert_before(block.add, masked)
+    block.add.replace_input_with(1 - block.stream_index, masked.outputs[0])
+    return masked
+
+
+def unmask_block(model: ir.Model, block: Block, masked: ir.Node) -> None:
+    """Undo `mask_block`."""
+    zero = masked.inputs[1]
+    block.add.replace_input_with(1 - block.stream_index, masked.inputs[0])
+    model.graph.remove(masked, safe=True)
+    model.graph.initializers.pop(zero.name)
 
 
 def _mask_ranges(model: ir.Model, value: ir.Value, axis: int, positions: np.ndarray) -> None:

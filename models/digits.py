@@ -60,6 +60,14 @@ def train(epochs: int = 30, seed: int = 0) -> tuple[DigitsNet, np.ndarray, np.nd
     return model.eval(), x_test, y_test
 
 
+def export_both(folder: Path) -> dict[str, Path]:
+    """Train the demo network (seeded) and export it with each torch exporter: "legacy" folds BatchNorm into
+    the convolutions, "dynamo" keeps BatchNormalization nodes (what data-free BN statistics can read)."""
+    model, x_test, _ = train()
+    return {name: export(model, torch.from_numpy(x_test[:2]), Path(folder) / f"digits_{name}.onnx",
+                         dynamo=name == "dynamo", opset=17) for name in ("legacy", "dynamo")}
+
+
 def main() -> None:
     model, x_test, y_test = train()
     with torch.no_grad():

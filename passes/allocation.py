@@ -45,9 +45,10 @@ def _check(*ratios: float) -> None:
             raise GraphpruneError(f"ratios must be in [0, 1), got {value}")
 
 
-def _strategy_groups(analysis: Analysis) -> list[Group]:
-    """Groups the strategies allocate: every prunable group but MoE experts (see `experts`)."""
-    return [g for g in analysis.prunable() if g.kind != "expert"]
+def _strategy_groups(analysis: Analysis, blocks: bool = False) -> list[Group]:
+    """Groups the strategies allocate: every prunable group but MoE experts (see `experts`) and, unless
+    `blocks`, residual blocks (depth is removed only when asked: a block ratio or a measured allocation)."""
+    return [g for g in analysis.prunable() if g.kind != "expert" and (blocks or g.blocks is None)]
 
 
 def _removal_counts(groups: list[Group], ratio_of: Callable[[Group], float]) -> dict[int, int]:
@@ -90,7 +91,7 @@ def uniform(analysis: Analysis, scores: Scores, ratio: float, round_to: RoundTo 
     """Remove the lowest-scored `ratio` of every prunable group (`kind_ratios[group.kind]` where given)."""
     kind_ratios = kind_ratios or {}
     _check(ratio, *kind_ratios.values())
-    groups = _strategy_groups(analysis)
+    groups = _strategy_groups(analysis, blocks="block" in kind_ratios)
     removals = _removal_counts(groups, lambda group: kind_ratios.get(group.kind, ratio))
     meta = {"allocation": "uniform", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
     return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
@@ -145,19 +146,22 @@ Ranking = list[tuple[float, int, float]]  # (value, group id, parameter cost) pe
 def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float, round_to: RoundTo = 1,
              kind_ratios: dict[str, float] | None = None, max_group_ratio: float = 0.99) -> PruningPlan:
     """Remove, kind by kind, as many parameters as the uniform plan at these ratios would, taking units in
-    `ranking` order (measured error per parameter) instead of the same fraction of every group."""
+    `ranking` order (measured error per parameter) instead of the same fraction of every group. With residual
+    blocks in the ranking, one budget is pooled over every kind: depth competes with width."""
     kind_ratios = kind_ratios or {}
     _check(ratio, *kind_ratios.values())
-    groups = _strategy_groups(analysis)
+    groups = _strategy_groups(analysis, blocks=True)
+    pooled = any(g.blocks is not None for g in groups)
     budget: dict[str, float] = {}
     for group in groups:
-        count = int(np.floor(group.size * kind_ratios.get(group.kind, ratio) + 1e-9))
+        count = int(np.floor(group.size * kind_ratios.get(group.kind, 0.0 if group.blocks else ratio) + 1e-9))
         lowest = np.argsort(scores[group.id], kind="stable")[:count]
-        budget[group.kind] = budget.get(group.kind, 0.0) + float(group.params_per_unit[lowest].sum())
+        kind = "all" if pooled else group.kind
+        budget[kind] = budget.get(kind, 0.0) + float(group.params_per_unit[lowest].sum())
     spent = dict.fromkeys(budget, 0.0)
     removals: dict[int, int] = {}
     for _, gid, cost in ranking:
-        kind = analysis.group(gid).kind
+        kind = "all" if pooled else analysis.group(gid).kind
         if spent[kind] + cost <= budget[kind] + 1e-6:
             spent[kind] += cost
             removals[gid] = removals.get(gid, 0) + 1
@@ -173,7 +177,7 @@ def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, ro
     an error when even the most the limits allow is not enough."""
     if not 0.0 < target <= 1.0:
         raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
-    groups = _strategy_groups(analysis)
+    groups = _strategy_groups(analysis, blocks=ranking is not None)
     meta = {"allocation": strategy, "target": {metric: target}, "round_to": round_to}
 
     def measure(plan: PruningPlan) -> int:

@@ -90,6 +90,26 @@ class ChannelStats:
 
 
 @dataclass
+class BlockStats:
+    """Per residual block, Σ over samples of cos(x, x + f(x)) (each sample flattened) and the sample count."""
+
+    cosines: np.ndarray
+    count: int = 0
+
+    def update(self, unit: int, stream: np.ndarray, output: np.ndarray) -> None:
+        x, y = (a.reshape(a.shape[0], -1).astype(np.float64) for a in (stream, output))
+        norms = np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-30)
+        self.cosines[unit] += float(np.sum(np.sum(x * y, axis=1) / norms))
+        if unit == 0:
+            self.count += len(x)
+
+    @property
+    def influence(self) -> np.ndarray:
+        """ShortGPT's block influence, 1 − mean cos(x, x + f(x)): how much each block changes its input."""
+        return 1.0 - self.cosines / max(self.count, 1)
+
+
+@dataclass
 class Calibration:
     """Statistics per (tensor name, axis), and how many samples produced them."""
 
@@ -97,6 +117,7 @@ class Calibration:
     samples: int = 0
     source: str = ""
     routing: dict[str, RoutingStats] = field(default_factory=dict)  # MoE router logits name → statistics
+    blocks: dict[int, BlockStats] = field(default_factory=dict)  # depth group id → how much each block moves x
 
     def routing_of(self, group: Group) -> RoutingStats:
         """Routing statistics of an expert group."""
@@ -177,8 +198,10 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
     wanted = observed_axes(analysis)
     decoders = quantized_reads(consumers(analysis.prunable()))
     routers = routing_plans(analysis)
+    depth = [g for g in analysis.prunable() if g.blocks is not None]
+    block_names = {v.name for g in depth for b in g.blocks for v in (b.stream, b.output)}
     per_call = {p for decoder in decoders.values() for p in decoder if isinstance(p, str)}
-    names = sorted(set(wanted).union(per_call, *(plan.tensors() for plan in routers)))
+    names = sorted(set(wanted).union(per_call, block_names, *(plan.tensors() for plan in routers)))
     sess = session_exposing(analysis.model, names)
     source = getattr(batches, "source", "")
     result = Calibration(source=source)
@@ -194,6 +217,10 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
             outputs = dict(zip(names, arrays, strict=True))
             for plan in routers:
                 result.routing[plan.logits[0]] = update(result.routing.get(plan.logits[0]), plan, outputs)
+            for group in depth:
+                stats = result.blocks.setdefault(group.id, BlockStats(np.zeros(group.size)))
+                for unit, block in enumerate(group.blocks):
+                    stats.update(unit, outputs[block.stream.name], outputs[block.output.name])
             for name, array in outputs.items():
                 if name in wanted:
                     array = decoded(array, decoders.get(name), outputs)

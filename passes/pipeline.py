@@ -33,6 +33,7 @@ from graphprune.passes.calibration import (
 from graphprune.passes.compensation import apply_weight_updates, bias_deltas, obs_weight_updates
 from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion, needs_data
+from graphprune.passes.importance.depth import block_influence
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.latency import LatencyProbe, search
 from graphprune.passes.latency_table import load_or_measure, table_key
@@ -134,6 +135,18 @@ class Allocation:
         return plan
 
 
+def default_method(spec: CalibrationSpec) -> tuple[str, bool, str]:
+    """(criterion, sequential, why) for a run that names no criterion: with calibration data, obs refit stage by
+    stage on the pruned model's activations (the best measured on MiniLM and the digits CNN); data-free, obs
+    one-shot with its compensation (synthetic inputs are good for second-order scores, not for refitting);
+    without data, l2."""
+    if spec.path is not None:
+        return "obs", True, "default with calibration data"
+    if spec.data_free:
+        return "obs", False, "default with --data-free"
+    return "l2", False, "default without calibration data"
+
+
 def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
               seed: int = 0, kind_ratios: dict[str, float] | None = None,
               calibration: Calibration | None = None, allocation: Allocation | None = None,
@@ -144,9 +157,14 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
     scorer = get_criterion(criterion, calibration, seed, options)
     expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if allocation.expert_ratio else None
     groups = [g for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None]
+
+    def score(group: Group) -> np.ndarray:
+        if group.blocks is not None:
+            return block_influence(calibration, group)
+        return (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
+
     with progress.step(f"scoring ({criterion})"):
-        scores = {group.id: (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
-                  for group in progress.iterate(groups, "scoring", "group")}
+        scores = {group.id: score(group) for group in progress.iterate(groups, "scoring", "group")}
     plan = allocation.plan(analysis, scores)
     log.info("plan: %d units from %d groups", sum(len(u) for u in plan.removed.values()), len(plan.removed))
     plan.meta["criterion"] = criterion
@@ -256,7 +274,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
                compensate: bool | None = None, allocation: Allocation | None = None,
                options: dict | None = None, gqa_units: str = "kv-group",
                expert_criterion: str = EXPERT_CRITERION, expert_merge: bool = False,
-               sequential: bool = False) -> PruneResult:
+               sequential: bool = False, depth: bool = False) -> PruneResult:
     """Prune `source` into `target` (a path, or an `Output`: plan file, dry run, verification inputs); the
     model is written only once it passed the checks the original passes, and nothing the input reads is
     ever written. `prune_hidden` allows approximate groups (the hidden dimension under normalisation).
@@ -264,12 +282,16 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     `expert_merge` folds removed experts into their nearest survivors (weighted by calibration gate weight
     when there is calibration data, else equally) instead of dropping them. `sequential` prunes stage by
     stage on the pruned model's own activations and refits the affected layers by least squares (its
-    compensation, replacing bias and OBS compensation)."""
+    compensation, replacing bias and OBS compensation). `depth` also offers whole residual blocks (kind
+    "block", removed by the "block" kind ratio or a measured allocation; ranked on calibration data)."""
     source, output = Path(source), target if isinstance(target, Output) else Output(target)
     compensate = criterion in ("flap", "obs") and not sequential if compensate is None else compensate
     spec = calibration or CalibrationSpec()
     removes_experts = allocation is not None and allocation.expert_ratio > 0
     measures = allocation is not None and allocation.strategy == "measured"
+    if depth and not spec.wanted():
+        raise GraphpruneError("depth pruning ranks residual blocks on calibration data: pass --calib FILE or "
+                              "--data-free")
     if measures and not spec.wanted():
         raise GraphpruneError("allocation 'measured' runs the model on calibration data: pass --calib FILE or "
                               "--data-free")
@@ -287,24 +309,24 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     kept_batches = list(batches) if sequential or measures else None
     before = cost(model, source, output.dims)
     model_fingerprint = fingerprint(model)
-    analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units)
+    analysis = run_analysis(model, allow_approximate=prune_hidden, gqa_units=gqa_units, depth=depth)
     _check_prunable(analysis, ratio, kind_ratios, allocation)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
-    one_shot = batches is not None and not (sequential and not needs_data(criterion))
+    one_shot = batches is not None and not (sequential and not needs_data(criterion) and not depth)
     stats = calibrate(analysis, kept_batches or batches, gram_limit) if one_shot else None
     if measures:
         allocation = replace(allocation, batches=kept_batches)
     if allocation is not None:
         allocation = _timed(allocation, analysis, source, output, model_fingerprint,
                             lambda: run_analysis(load_model(source), allow_approximate=prune_hidden,
-                                                 gqa_units=gqa_units))
+                                                 gqa_units=gqa_units, depth=depth))
     plan = make_plan(analysis, criterion, ratio, round_to, seed, kind_ratios, stats, allocation, options,
                      expert_criterion)
     if not plan.removed and _requested(ratio, kind_ratios, allocation):
         raise GraphpruneError("the requested ratios remove no unit: every prunable group is too small for them "
                               "(see the warnings above); nothing was written")
     plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
-    plan.meta["prune_hidden"], plan.meta["gqa_units"] = prune_hidden, gqa_units
+    plan.meta["prune_hidden"], plan.meta["gqa_units"], plan.meta["depth"] = prune_hidden, gqa_units, depth
     if expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
     if sequential and not output.dry_run:
@@ -388,7 +410,7 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
     batches = spec.open(model) if needs_stats else None
     before = cost(model, source, output.dims)
     analysis = run_analysis(model, allow_approximate=bool(probe.get("prune_hidden")),
-                        gqa_units=probe.get("gqa_units") or "kv-group")
+                            gqa_units=probe.get("gqa_units") or "kv-group", depth=bool(probe.get("depth")))
     plan = PruningPlan.load(plan_path, analysis.groups)
     if refit:
         reconstruct(analysis, plan, list(batches))
@@ -405,6 +427,7 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
     `refit`: the layers were already refit in place (sequential reconstruction). The plan file, if asked for,
     is written last."""
     by_weights = plan.meta.get("criterion") == "obs"
+    compensate = compensate and any(analysis.group(gid).experts is None for gid in plan.removed)  # else vacuous
     plan.meta["compensation"] = "refit" if refit else ("obs-weights" if by_weights else "bias") if compensate else None
     if output.dry_run:
         result = PruneResult(plan, before, projected_cost(analysis, plan, output.dims), analysis.groups, None)

@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from graphprune import progress
 from graphprune.analysis import Analysis
+from graphprune.blocks import bypass
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group, Member
 from graphprune.passes.calibration import (
@@ -154,9 +155,10 @@ def mixing_matrix(equations: NormalEquations, stats: PairStats) -> np.ndarray:
     return equations.solve(stats.cross + pull, stats.dense_sum)
 
 
-def plan_layers(analysis: Analysis, plan: PruningPlan) -> list[Layer]:
+def plan_layers(analysis: Analysis, plan: PruningPlan, bypassed: frozenset[int] = frozenset()) -> list[Layer]:
     """Every weight that reads removed channels or whose inputs change, with its stage: the number of such
-    weights on the longest path before it (graph order)."""
+    weights on the longest path before it (graph order). `bypassed`: ids of nodes whose output changes before
+    any stage (the Adds of removed residual blocks)."""
     layers: dict[tuple[int, int], Layer] = {}
     for member in consumers(analysis.groups):
         layers.setdefault((id(member.value), member.axis), Layer(member))
@@ -171,6 +173,7 @@ def plan_layers(analysis: Analysis, plan: PruningPlan) -> list[Layer]:
     chosen = []
     for node in analysis.model.graph:
         out = max((level.get(id(v), 0) for v in node.inputs if v is not None), default=0)
+        out = max(out, 1) if id(node) in bypassed else out
         for layer in by_node.get(id(node), []):
             read = level.get(id(layer.member.reads.value), 0)
             if layer.removed.size or read and layer.mixing():
@@ -224,12 +227,18 @@ def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], res
         raise GraphpruneError("sequential reconstruction does not remove MoE experts yet: drop --sequential or "
                               "--expert-ratio")
     start, report = time.perf_counter(), ReconstructionReport()
-    layers = plan_layers(analysis, plan)
+    blocks = [analysis.group(gid).blocks[unit] for gid, units in plan.removed.items()
+              if analysis.group(gid).blocks is not None for unit in units.tolist()]
+    dead = {id(node) for block in blocks for node in block.nodes}
+    bypassed = frozenset(id(block.add) for block in blocks)
+    layers = [layer for layer in plan_layers(analysis, plan, bypassed) if id(layer.member.node) not in dead]
     stages = sorted({layer.stage for layer in layers})
     decoders = quantized_reads([layer.member for layer in layers])
     streams = {layer.residual.name for layer in layers if layer.residual is not None}
     reads = sorted({layer.read_key[0] for layer in layers} | streams)
     dense = _Runner(session_exposing(analysis.model, _with_decoders(reads, decoders)), decoders)
+    for block in blocks:  # removed residual blocks leave their stream, as the rewrite will
+        bypass(block)
     with progress.step("reconstructing"), progress.bar(len(stages), "reconstructing", "stage") as bar:
         for stage in stages:
             members = [layer for layer in layers if layer.stage == stage]

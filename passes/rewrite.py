@@ -12,6 +12,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune import ops
 from graphprune.analysis import Analysis
+from graphprune.blocks import bypass
 from graphprune.constants import origin, reshare_constants
 from graphprune.errors import PlanError
 from graphprune.groups import Group
@@ -38,6 +39,8 @@ class _Rewriter:
         self._slices: dict[tuple, ir.LazyTensor] = {}  # copies of one shared tensor sliced alike share the slice
         self.experts = [(analysis.group(gid), units) for gid, units in plan.removed.items()
                         if analysis.group(gid).experts is not None]
+        self.blocks = [(analysis.group(gid), units) for gid, units in plan.removed.items()
+                       if analysis.group(gid).blocks is not None]
         for gid, units in plan.removed.items():
             for member in analysis.group(gid).members:
                 positions = member.positions(units)
@@ -89,6 +92,9 @@ class _Rewriter:
 
     # the pass ------------------------------------------------------------------------------
     def run(self) -> None:
+        for group, units in self.blocks:
+            for unit in units.tolist():
+                bypass(group.blocks[unit])
         for group, units in self.experts:
             self._remove_experts(group, units)
         apply_weight_updates(self.weights)  # on the full-size tensors, read with their original encodings

@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
-from graphprune import progress, runtime
+from graphprune import progress, runtime, verify
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group
@@ -77,7 +78,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
             counts[group.id] = np.array([0, *_counts(group.size, grid, max_group_ratio)])
             measured = [0.0]
             for count in counts[group.id][1:]:
-                with _masked(group, order[:count]):
+                with _masked(analysis.model, group, order[:count]):
                     measured.append(_relative_error(dense, _outputs(analysis.model, batches)))
                 bar.update(1)
             errors[group.id] = np.array(measured)
@@ -92,22 +93,28 @@ def _counts(size: int, grid: tuple[float, ...], max_group_ratio: float) -> list[
 
 
 class _masked:
-    """Context: the group's consumer rows reading `units` zeroed in place, restored on exit."""
+    """Context: the group's consumer rows reading `units` zeroed (residual blocks: their branches multiplied by
+    0) in `model`, in place, restored on exit."""
 
-    def __init__(self, group: Group, units: np.ndarray) -> None:
-        self.members = [m for m in group.members if m.consumer]
-        self.units = units
+    def __init__(self, model: ir.Model, group: Group, units: np.ndarray) -> None:
+        self.model, self.group, self.units = model, group, units
         self.saved: list = []
+        self.masks: list = []
 
     def __enter__(self) -> None:
-        for member in self.members:
+        for member in (m for m in self.group.members if m.consumer):
             weight = stored_weight(member.value)
             self.saved.append((weight.value, weight.value.const_value))
             weight.zero(member.axis, member.positions(self.units))
+        for unit in self.units.tolist() if self.group.blocks is not None else []:
+            block = self.group.blocks[unit]
+            self.masks.append((block, verify.mask_block(self.model, block)))
 
     def __exit__(self, *exc) -> None:
         for value, tensor in reversed(self.saved):
             value.const_value = tensor
+        for block, mask in reversed(self.masks):
+            verify.unmask_block(self.model, block, mask)
 
 
 def _outputs(model, batches: list[Feeds]) -> list[list[np.ndarray]]:
