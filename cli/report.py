@@ -60,6 +60,7 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
         "groups_total": len(result.groups),
         "frozen": frozen_summary(result),
         "latency": result.plan.meta.get("latency"),
+        "reconstruction": result.plan.meta.get("reconstruction"),
         "fusion": result.fusion,
         "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
                                                     "drift": check.drift, "inputs": check.inputs},
@@ -110,6 +111,11 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
         probes = ", ".join(f"{p['flops']:.2f}→{p['latency']:.2f}" for p in latency["probes"])
         print(f"latency: {latency['measured']:.3f}x the dense model's, measured (target {latency['target']:g}); "
               f"probes, FLOPs→latency: {probes}")
+    rebuilt = result.plan.meta.get("reconstruction")
+    if rebuilt:
+        print(f"reconstruction: {rebuilt['stages']} stages, {rebuilt['layers refit']} layers refit, "
+              f"{rebuilt['groups re-picked']} groups re-picked, {rebuilt['seconds']} s, statistics "
+              f"{rebuilt['statistics MiB']} MiB at most")
     if getattr(args, "save_plan", None):
         print(f"plan: {args.save_plan}")
     if check is None:

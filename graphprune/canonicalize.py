@@ -11,6 +11,8 @@
   states as a constant: the target becomes constant and the Reshape rule can prove how axes regroup.
 - Tensordot on N-D inputs (Keras Dense via tf2onnx): `Reshape(x, [-1, d]) → MatMul(W) → Reshape(Concat(Shape(x)[:-1],
   [F]))` is `MatMul(x, W)`, whose batched form the rules model directly.
+- Batched attention over merged axes (graphprune.batch_merges): runtime Reshape targets with one unknown entry
+  become constants (-1), and batch·heads merges around batched MatMuls are dropped (Keras MultiHeadAttention).
 - Transpose sandwiches: the dynamo exporter transposes K in scaled-dot-product attention as
   Reshape([B, H, S, D] → [B·H, S, D]) → Transpose → Reshape(→ [B, H, D, S]); the merged B·H axis has a
   symbolic size, so no rule can map heads through it. When shapes prove the sandwich restores the merged
@@ -25,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from graphprune.batch_merges import fold_batch_merges, fold_inferred_targets
 from graphprune.constants import fold_constant_layouts, unshare_constants
 from graphprune.edits import add_constant, insert_node
 from graphprune.layout_chains import fold_gather_slices, fold_gather_transposes, fold_split_transposes
@@ -354,10 +357,15 @@ def fold_transpose_sandwiches(model: ir.Model) -> int:
 
 def canonicalize(model: ir.Model) -> int:
     """Apply every canonicalisation in place; returns how many rewrites (shapes are worth re-inferring after
-    any: folded shape arithmetic lets inference reach further, which the next round may use)."""
+    any: folded shape arithmetic lets inference reach further, which the next round may use). The batched
+    attention folds run in a round of their own, once the others have nothing left to do."""
     count = unshare_constants(model) + fold_static_shapes(model) + fold_constant_layouts(model)
     count += fold_pass_throughs(model) + fold_copied_targets(model) + fold_tensordots(model)
     chains = fold_gather_transposes(model) + fold_gather_slices(model) + fold_split_transposes(model)
     if chains:
         RemoveUnusedNodesPass()(model)
-    return count + chains + fold_transpose_sandwiches(model)
+    count += chains + fold_transpose_sandwiches(model)
+    if count:
+        return count
+    # only once the rest has settled: a constant -1 target loses the symbolic size inference related to it
+    return fold_inferred_targets(model) + fold_batch_merges(model)

@@ -127,7 +127,15 @@ def _slice(spec: _Spec, array: np.ndarray) -> list[np.ndarray]:
     return [array[tuple(index)]]
 
 
+def _reshape(spec: _Spec, array: np.ndarray) -> list[np.ndarray]:
+    target = [int(t) for t in spec.const(1)]
+    if not spec.attr("allowzero", 0):  # 0 copies the input's size at that position
+        target = [array.shape[i] if t == 0 else t for i, t in enumerate(target)]
+    return [np.reshape(array, target)]
+
+
 _LAYOUTS: dict[str, Callable[[_Spec, np.ndarray], list[np.ndarray]]] = {
+    "Reshape": _reshape,
     "Slice": _slice,
     "Transpose": lambda spec, a: [np.transpose(a, spec.attr("perm", None))],
     "Split": _split,
@@ -141,8 +149,8 @@ def _folded(fold: Callable, spec: _Spec, tensor: ir.TensorProtocol, index: int) 
 
 
 def fold_constant_layouts(model: ir.Model) -> int:
-    """Outputs of Transpose, Split, Slice, Squeeze, Unsqueeze of a constant (with constant axes, sizes and
-    bounds; opset 10+ Slice) become lazily computed constants; returns how many nodes."""
+    """Outputs of Transpose, Split, Slice, Squeeze, Unsqueeze, Reshape of a constant (with constant axes, sizes,
+    bounds and targets; opset 10+ Slice) become lazily computed constants; returns how many nodes."""
     count = 0
     for node in list(model.graph):
         fold = _LAYOUTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None

@@ -75,7 +75,7 @@ def source_files(model: ir.Model) -> list[Path]:
 
 
 FILL_ROUNDS = 4
-CANONICAL_ROUNDS = 3  # canonicalise ↔ re-infer shapes, while something changes
+CANONICAL_ROUNDS = 5  # canonicalise ↔ re-infer shapes, while something changes
 _SAME_SHAPE_CONTRIB = ("QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu")
 _FLOAT_MATMUL_CONTRIB = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")  # A @ B → float
 
