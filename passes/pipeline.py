@@ -46,6 +46,7 @@ from graphprune.plan import PruningPlan, check_made_for, fingerprint
 log = logging.getLogger("graphprune")
 
 STRATEGIES = ("uniform", "global", "adaptive", "measured")
+MEASURED_NEEDS_DATA = "allocation 'measured' runs the model on calibration data: pass --calib FILE or --data-free"
 EXPERT_CRITERION = "router-similarity"  # weights only, so expert pruning needs no data by default
 
 
@@ -116,8 +117,7 @@ class Allocation:
 
     def _measured_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         if self.batches is None:
-            raise GraphpruneError("allocation 'measured' runs the model on calibration data: pass --calib FILE or "
-                                  "--data-free")
+            raise GraphpruneError(MEASURED_NEEDS_DATA)
         if self.target is not None and self.target[0] == "latency":
             raise GraphpruneError("allocation 'measured' takes --ratio, per-kind ratios, --target-params or "
                                   "--target-flops (not a latency target)")
@@ -293,8 +293,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
         raise GraphpruneError("depth pruning ranks residual blocks on calibration data: pass --calib FILE or "
                               "--data-free")
     if measures and not spec.wanted():
-        raise GraphpruneError("allocation 'measured' runs the model on calibration data: pass --calib FILE or "
-                              "--data-free")
+        raise GraphpruneError(MEASURED_NEEDS_DATA)
     if sequential and (compensate or expert_merge or removes_experts):
         raise GraphpruneError("--sequential refits layers itself: it does not combine with --compensate, "
                               "--expert-ratio or --expert-merge")

@@ -243,7 +243,8 @@ def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], res
         for stage in stages:
             members = [layer for layer in layers if layer.stage == stage]
             stats, drifts = _stage_stats(analysis.model, members, batches, dense, decoders, first=stage == 0)
-            report.peak_bytes = max(report.peak_bytes, sum(s.nbytes for s in stats.values()))
+            held = sum(s.nbytes for s in stats.values()) + sum(d.cross.nbytes for d in drifts.values())
+            report.peak_bytes = max(report.peak_bytes, held)
             if rescore is not None:
                 report.repicked += _repick(analysis, plan, members, stats, rescore)
             for layer in members:
