@@ -333,7 +333,8 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
             scorer = get_criterion(criterion, stage, seed, options)
             return lambda group: scorer.score(analysis, group)
 
-        report = reconstruct(analysis, plan, kept_batches, rescore)
+        # criteria that read weights only (l1, l2, random, policy) rank the same on any activations
+        report = reconstruct(analysis, plan, kept_batches, rescore if needs_data(criterion) else None)
         plan.meta["reconstruction"] = report.as_meta()
     return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before, refit=sequential)
 

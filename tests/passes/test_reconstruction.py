@@ -125,6 +125,7 @@ def test_sequential_rescues_magnitude_pruning_of_the_digits_cnn(tmp_path):
         kept[sequential] = accuracy(target, x[120:], y[120:])
     assert kept[False] < 0.6 and kept[True] > 0.95, kept
     assert result.plan.meta["compensation"] == "refit" and result.plan.meta["reconstruction"]["layers refit"] > 0
+    assert result.plan.meta["reconstruction"]["groups re-picked"] == 0  # l2 reads weights only: nothing to re-score
 
 
 def test_a_sequential_plan_replays_to_the_same_model(tmp_path, capsys):
