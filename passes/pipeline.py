@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -37,6 +37,7 @@ from graphprune.passes.importance.depth import block_influence
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.passes.latency import LatencyProbe, search
 from graphprune.passes.latency_table import load_or_measure, table_key
+from graphprune.passes.norm_moments import use_norm_moments
 from graphprune.passes.optimize import fuse
 from graphprune.passes.reconstruction import reconstruct
 from graphprune.passes.rewrite import apply_plan
@@ -221,7 +222,15 @@ class CalibrationSpec:
 def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gram_limit: int = 0) -> Calibration:
     """Collect statistics for `analysis` from the source `spec` names (Gram matrices up to `gram_limit`)."""
     spec.check()
-    return calibrate(analysis, spec.open(analysis.model, seed), gram_limit=gram_limit)
+    return _calibrated(analysis, spec.open(analysis.model, seed), gram_limit, spec)
+
+
+def _calibrated(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int, spec: CalibrationSpec) -> Calibration:
+    """Calibration statistics; data-free, BatchNormalization outputs take the moments the BN's parameters imply."""
+    stats = calibrate(analysis, batches, gram_limit)
+    if spec.data_free and not spec.path:
+        log.info("data-free: %d tensors take their BatchNormalization's moments", use_norm_moments(analysis, stats))
+    return stats
 
 
 @dataclass
@@ -312,7 +321,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     _check_prunable(analysis, ratio, kind_ratios, allocation)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     one_shot = batches is not None and not (sequential and not needs_data(criterion) and not depth)
-    stats = calibrate(analysis, kept_batches or batches, gram_limit) if one_shot else None
+    stats = _calibrated(analysis, kept_batches or batches, gram_limit, spec) if one_shot else None
     if measures:
         allocation = replace(allocation, batches=kept_batches)
     if allocation is not None:
@@ -416,7 +425,7 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
         reconstruct(analysis, plan, list(batches))
         return _rewrite_and_save(source, output, analysis, plan, None, False, before, refit=True)
     gram_limit = GRAM_LIMIT if compensate and plan.meta.get("criterion") == "obs" else 0
-    stats = calibrate(analysis, batches, gram_limit) if batches is not None else None
+    stats = _calibrated(analysis, batches, gram_limit, spec) if batches is not None else None
     return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
 
 
