@@ -19,15 +19,10 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphprune.edits import add_constant
-from graphprune.values import const_of, shape_of
+from graphprune.values import attr_int, const_of, covered_axes, picked_positions, shape_of
 
 Size = tuple[int, tuple]  # a size as a monomial: constant factor × symbolic factors (dim names, sorted)
 _VIEWS = ("Cast", "Identity", "Squeeze", "Unsqueeze")
-
-
-def _attr(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
 
 
 def _dim(value: ir.Value, axis: int, dim) -> Size:
@@ -55,11 +50,8 @@ def sizes(value: ir.Value, depth: int = 0) -> list[Size | None] | None:
         shape = shape_of(node.inputs[0])
         if shape is None:
             return None
-        rank = len(shape)
-        start, end = (max(0, min(rank, v + rank if v < 0 else v))
-                      for v in (_attr(node, "start", 0), _attr(node, "end", rank)))
         dims = node.inputs[0].shape.dims
-        return [_dim(node.inputs[0], axis, dims[axis]) for axis in range(start, end)]
+        return [_dim(node.inputs[0], axis, dims[axis]) for axis in covered_axes(node, len(shape))]
     inputs = [sizes(v, depth + 1) if v is not None else None for v in node.inputs]
     if node.op_type in _VIEWS:
         return inputs[0]
@@ -71,7 +63,8 @@ def sizes(value: ir.Value, depth: int = 0) -> list[Size | None] | None:
             product = None if product is None or entry is None else _times(product, entry)
         return [product]
     if node.op_type in ("Gather", "Slice") and inputs[0] is not None:
-        return _picked(node, inputs[0])
+        picked = picked_positions(node, len(inputs[0]))
+        return None if picked is None else [inputs[0][i] for i in np.atleast_1d(picked)]
     if node.op_type in ("Max", "Min", "Mul") and len(inputs) == 2 and None not in (inputs[0], inputs[1]):
         a, b = inputs
         if len(a) != len(b) and 1 not in (len(a), len(b)):
@@ -93,17 +86,6 @@ def _combined(op: str, a: Size | None, b: Size | None) -> Size | None:
     return (max if op == "Max" else min)(a, b)
 
 
-def _picked(node: ir.Node, vector: list) -> list | None:
-    positions = np.arange(len(vector))
-    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
-        return [vector[i] for i in np.atleast_1d(np.take(positions, const_of(node.inputs[1])))]
-    if node.op_type == "Slice" and len(node.inputs) >= 3 and all(const_of(v) is not None for v in node.inputs[1:]):
-        start, end = (int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3])
-        step = int(const_of(node.inputs[4]).reshape(-1)[0]) if len(node.inputs) > 4 else 1
-        return [vector[i] for i in positions[start:end:step]]
-    return None
-
-
 def _constant(entry: Size | None) -> int | None:
     return entry[0] if entry is not None and not entry[1] else None
 
@@ -111,7 +93,7 @@ def _constant(entry: Size | None) -> int | None:
 def _inferred_target(node: ir.Node) -> np.ndarray | None:
     """The constant form of a Reshape target whose entries are all static but at most one (that one is -1)."""
     if node.op_type != "Reshape" or len(node.inputs) < 2 or const_of(node.inputs[1]) is not None \
-            or _attr(node, "allowzero", 0):
+            or attr_int(node, "allowzero", 0):
         return None
     values = sizes(node.inputs[1])
     if values is None:
@@ -149,7 +131,7 @@ def _merge(reshape: ir.Node | None) -> tuple[int, np.ndarray] | None:
     """(L, rest) when a Reshape merges its input's first L axes into its first output axis and lays out the
     others as the constant entries `rest` (at most one -1): its target's first entry is the product of
     those sizes, read with Shape or static."""
-    if reshape is None or reshape.op_type != "Reshape" or _attr(reshape, "allowzero", 0):
+    if reshape is None or reshape.op_type != "Reshape" or attr_int(reshape, "allowzero", 0):
         return None
     target, data = sizes(reshape.inputs[1]), reshape.inputs[0]
     if target is None or data.shape is None or len(target) < 2 or target[0] is None:
@@ -199,7 +181,7 @@ def _unmerge(model: ir.Model, matmul: ir.Node) -> bool:
     operands = [_operand(v, matmul) for v in matmul.inputs]
     split = _only_use(matmul.outputs[0])
     target = const_of(split.inputs[1]) if split is not None and split.op_type == "Reshape" else None
-    if None in operands or target is None or np.any(target == 0) or _attr(split, "allowzero", 0):
+    if None in operands or target is None or np.any(target == 0) or attr_int(split, "allowzero", 0):
         return False
     merges = [_merge(reshape) for reshape, _ in operands]
     lead = merges[0][0]

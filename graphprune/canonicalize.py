@@ -31,7 +31,7 @@ from graphprune.batch_merges import fold_batch_merges, fold_inferred_targets
 from graphprune.constants import fold_constant_layouts, unshare_constants
 from graphprune.edits import add_constant, insert_node
 from graphprune.layout_chains import fold_gather_slices, fold_gather_transposes, fold_split_transposes
-from graphprune.values import const_of, shape_of
+from graphprune.values import const_of, covered_axes, picked_positions, shape_of
 
 _FOLDABLE_ELEMENTS = 64  # shape arithmetic only: never fold weights
 
@@ -67,32 +67,12 @@ def _fill_value(node: ir.Node) -> np.ndarray:
     return attr.value.numpy().reshape(()) if attr is not None else np.float32(0)
 
 
-def _covered(shape_node: ir.Node, rank: int) -> range:
-    """The axes of its input whose sizes a Shape node returns (its start/end attributes, clamped)."""
-    start, end = (max(0, min(rank, v + rank if v < 0 else v))
-                  for v in (_attr(shape_node, "start", 0), _attr(shape_node, "end", rank)))
-    return range(start, end)
-
-
-def _picked(node: ir.Node, length: int) -> np.ndarray | None:
-    """Positions a Gather (axis 0, constant indices) or Slice (constant bounds) takes from a vector of `length`
-    entries, shaped like its output (a scalar Gather picks a 0-d position); None for anything else."""
-    positions = np.arange(length)
-    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and _attr(node, "axis", 0) == 0:
-        return np.take(positions, const_of(node.inputs[1]))
-    if node.op_type == "Slice" and len(node.inputs) >= 3 and all(const_of(v) is not None for v in node.inputs[1:]):
-        start, end = (int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3])
-        step = int(const_of(node.inputs[4]).reshape(-1)[0]) if len(node.inputs) > 4 else 1
-        return positions[start:end:step]
-    return None
-
-
 def _static_shape_entries(node: ir.Node) -> np.ndarray | None:
     """The value of a Shape node's output when every entry it covers is static."""
     shape = shape_of(node.inputs[0])
     if shape is None:
         return None
-    entries = [shape[i] for i in _covered(node, len(shape))]
+    entries = [shape[i] for i in covered_axes(node, len(shape))]
     return np.array(entries, dtype=np.int64) if all(isinstance(d, int) for d in entries) else None
 
 
@@ -102,8 +82,8 @@ def _fold_shape_read(node: ir.Node) -> np.ndarray | None:
     shape = shape_of(source.inputs[0]) if source is not None and source.op_type == "Shape" else None
     if shape is None:
         return None
-    covered = _covered(source, len(shape))
-    picked = _picked(node, len(covered))
+    covered = covered_axes(source, len(shape))
+    picked = picked_positions(node, len(covered))
     if picked is None:
         return None
     values = [shape[covered[i]] for i in np.atleast_1d(picked)]
@@ -244,14 +224,14 @@ def _shape_entries(value: ir.Value, data: ir.Value) -> list[_Entry] | None:
         node = node.inputs[0].producer()
     rank = len(shape_of(data) or [])
     if node is not None and node.op_type == "Shape" and node.inputs[0] is data:
-        return [("read", i) for i in _covered(node, rank)]
+        return [("read", i) for i in covered_axes(node, rank)]
     source = node.inputs[0].producer() if node is not None and node.inputs and node.inputs[0] is not None else None
     while source is not None and source.op_type == "Cast":  # tf2onnx casts the shape vector to int32 and back
         source = source.inputs[0].producer()
     if source is None or source.op_type != "Shape" or source.inputs[0] is not data:
         return None
-    covered = _covered(source, rank)
-    picked = _picked(node, len(covered))
+    covered = covered_axes(source, rank)
+    picked = picked_positions(node, len(covered))
     return None if picked is None else [("read", covered[int(i)]) for i in np.atleast_1d(picked)]
 
 

@@ -22,3 +22,29 @@ def const_of(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
         return None
     return value.const_value.numpy()
+
+
+def attr_int(node: ir.Node, name: str, default: int) -> int:
+    """An integer attribute of `node`, or `default` where it is absent."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_int()
+
+
+def covered_axes(shape_node: ir.Node, rank: int) -> range:
+    """The axes of its input whose sizes a Shape node returns (its start/end attributes, clamped)."""
+    start, end = (max(0, min(rank, v + rank if v < 0 else v))
+                  for v in (attr_int(shape_node, "start", 0), attr_int(shape_node, "end", rank)))
+    return range(start, end)
+
+
+def picked_positions(node: ir.Node, length: int) -> np.ndarray | None:
+    """Positions a Gather (axis 0, constant indices) or Slice (constant bounds) takes from a vector of `length`
+    entries, shaped like its output (a scalar Gather picks a 0-d position); None for anything else."""
+    positions = np.arange(length)
+    if node.op_type == "Gather" and const_of(node.inputs[1]) is not None and attr_int(node, "axis", 0) == 0:
+        return np.take(positions, const_of(node.inputs[1]))
+    if node.op_type == "Slice" and len(node.inputs) >= 3 and all(const_of(v) is not None for v in node.inputs[1:]):
+        start, end = (int(const_of(v).reshape(-1)[0]) for v in node.inputs[1:3])
+        step = int(const_of(node.inputs[4]).reshape(-1)[0]) if len(node.inputs) > 4 else 1
+        return positions[start:end:step]
+    return None

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.quantization import Encoding
+from graphprune.values import attr_int  # noqa: F401 - op rules read attributes through the registry
 
 MS = "com.microsoft"  # ONNX Runtime's contrib op domain
 
@@ -171,11 +172,6 @@ def int_list(ctx: CoupleContext | RewriteContext, node: ir.Node, attr: str, inpu
         array = ctx.const(node.inputs[input_index])
         return None if array is None else [int(v) for v in np.atleast_1d(array)]
     return None
-
-
-def attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_int()
 
 
 def attr_ints(node: ir.Node, name: str) -> list[int] | None:
