@@ -7,6 +7,7 @@ import logging
 import mmap
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -58,7 +59,8 @@ def provider_name() -> str:
 def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = None,
             threads: int | None = None, timing: bool = False) -> ort.InferenceSession:
     """An InferenceSession for a model file or an in-memory model. An in-memory model whose weights live in
-    external data files is handed over with those files memory-mapped, never copied to disk. Sessions for
+    external data files is read in place: ONNX Runtime maps those files itself (the graph is written beside
+    them for a moment), or, where their folder is read-only, copies them from our maps. Sessions for
     checks and calibration skip weight prepacking (a copy of every MatMul/Conv weight, seconds per GB);
     `timing` sessions keep ONNX Runtime's defaults, as users run them."""
     options = ort.SessionOptions()
@@ -71,7 +73,9 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     if isinstance(model, ir.Model) and not uses_external_data(model):
         sess = ort.InferenceSession(to_bytes(model), options, providers=providers)
     elif isinstance(model, ir.Model) and (files := _external_files(model)) is not None:
-        sess = _session_over_mapped_files(to_proto(model).SerializeToString(), files, options, providers)
+        proto = to_proto(model).SerializeToString()
+        sess = (_session_beside_data(proto, model, options, providers)
+                or _session_over_mapped_files(proto, files, options, providers))
     else:
         with as_file(model) as path:
             sess = ort.InferenceSession(str(path), options, providers=providers)
@@ -116,6 +120,27 @@ def _external_files(model: ir.Model) -> dict[str, Path] | None:
         elif tensor is not None:
             inline += tensor.nbytes
     return files if inline < PROTOBUF_LIMIT // 2 else None
+
+
+def _session_beside_data(proto: bytes, model: ir.Model, options: ort.SessionOptions,
+                         providers: list[str]) -> ort.InferenceSession | None:
+    """ORT maps the external data files it finds beside a model file: the graph is written, for as long as the
+    session takes to open, as a hidden temporary file in the folder the data's locations are relative to
+    (nothing of the input is written or linked); None where that folder cannot be written."""
+    folders = {tensor.base_dir for tensor in (v.const_value for v in model.graph.initializers.values())
+               if isinstance(tensor, ir.ExternalTensor)}
+    if len(folders) != 1:
+        return None
+    try:
+        handle, name = tempfile.mkstemp(prefix=".graphprune-", suffix=".onnx", dir=folders.pop())
+    except OSError:
+        return None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(proto)
+        return ort.InferenceSession(name, options, providers=providers)
+    finally:
+        os.unlink(name)
 
 
 def _session_over_mapped_files(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,

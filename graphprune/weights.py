@@ -14,6 +14,8 @@ from graphprune.groups import Member
 from graphprune.quantization import Encoding, axis_index
 from graphprune.values import shape_of
 
+NORM_BLOCK = 1 << 22  # elements converted to float64 at a time by position_norms
+
 
 @dataclass
 class StoredWeight:
@@ -78,6 +80,18 @@ def is_weight(value: ir.Value | None) -> bool:
     return value is not None and stored_weight(value) is not None
 
 
+def position_norms(weight: np.ndarray, axis: int, power: int) -> np.ndarray:
+    """Σ|w|^power over each position along `axis` of a weight's real values (in float64, a block of positions
+    at a time: bounded memory on multi-GB weights)."""
+    array = np.moveaxis(weight, axis, 0)
+    rows = array.reshape(array.shape[0], -1)
+    norms = np.empty(rows.shape[0])
+    step = max(1, NORM_BLOCK // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], step):
+        norms[start:start + step] = (np.abs(rows[start:start + step].astype(np.float64)) ** power).sum(axis=1)
+    return norms
+
+
 @dataclass
 class ConsumerView:
     """A consumer weight seen from the channels it reads: one row per read channel, the unit owning it. Where
@@ -97,6 +111,28 @@ class ConsumerView:
             return rows.reshape(rows.shape[0], -1)
         rows = np.moveaxis(dense, (self.axis, -1), (0, 1))
         return rows.reshape(rows.shape[0] * rows.shape[1], -1)[: self.channels]
+
+    def row_norms(self, power: int, mean: bool = False) -> np.ndarray:
+        """Σ|w|^power over each row of `rows()` (or its mean), without a float64 copy of the whole weight."""
+        if self.block != 1:
+            rows = np.abs(self.rows()) ** power
+            return rows.mean(axis=1) if mean else rows.sum(axis=1)
+        dense = self.weight.dense()
+        norms = position_norms(dense, self.axis, power)
+        return norms / max(1, dense.size // max(dense.shape[self.axis], 1)) if mean else norms
+
+    def row_combination(self, positions: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """Σ_p coefficients[p] · (the weight's slice at read channel positions[p]), in float64 a block of
+        slices at a time; shaped as the weight without the read axis (block-wise storage: as a row)."""
+        if self.block != 1:
+            return np.tensordot(coefficients, self.rows()[positions], axes=(0, 0))
+        slices = np.moveaxis(self.weight.dense(), self.axis, 0)
+        total = np.zeros(slices.shape[1:])
+        step = max(1, NORM_BLOCK // max(total.size, 1))
+        for start in range(0, len(positions), step):
+            part = slices[positions[start:start + step]].astype(np.float64)
+            total += np.tensordot(coefficients[start:start + step], part, axes=(0, 0))
+        return total
 
     def positions(self, units: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(self.unit_of, units))

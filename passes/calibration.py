@@ -62,12 +62,16 @@ class ChannelStats:
     count: int = 0
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None  # Σ (x - mean)², merged across batches
-    gram: np.ndarray | None = None  # Σ x xᵀ over positions (channels x channels), when asked for
+    gram: np.ndarray | None = None  # Σ x xᵀ over positions (channels x channels, float32), when asked for
+    hessian_inverse: np.ndarray | None = None  # OBS's damped inverse, replacing the Gram once computed
 
     def update(self, x: np.ndarray, axis: int, gram: bool = False) -> None:
-        rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
+        rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
         if gram:
-            self.gram = rows.T @ rows + (self.gram if self.gram is not None else 0)
+            single = rows.astype(np.float32, copy=False)
+            batch = single.T @ single
+            self.gram = batch if self.gram is None else np.add(self.gram, batch, out=self.gram)
+        rows = rows.astype(np.float64)
         n, mean = rows.shape[0], rows.mean(axis=0)
         m2 = ((rows - mean) ** 2).sum(axis=0)
         if self.count == 0:

@@ -5,6 +5,7 @@ over space (exact away from zero-padded borders)."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -32,10 +33,7 @@ def bias_deltas(analysis: Analysis, plan: PruningPlan, calibration: Calibration)
             view = consumer_view(member)
             positions = view.positions(units)
             mean = calibration.of(member.reads.value, member.reads.axis).mean[positions]
-            # block-wise storage: rows per read channel, one column per output (else the weight's own layout)
-            rows = view.rows() if view.block != 1 else np.moveaxis(view.weight.dense(), member.axis, 0).astype(
-                np.float64)
-            contribution = np.tensordot(mean, rows[positions], axes=(0, 0))
+            contribution = view.row_combination(positions, mean)
             delta = per_output(member.node, contribution)
             if delta is not None:
                 deltas[member.node] = deltas.get(member.node, 0) + delta
@@ -139,9 +137,12 @@ def _add_after(model: ir.Model, node: ir.Node, bias: ir.Value) -> None:
     model.graph.insert_after(node, add)
 
 
-def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibration) -> WeightUpdates:
+def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibration,
+                       release: bool = False) -> WeightUpdates:
     """OBS compensation: for each consumer weight, the jointly optimal change to the surviving input channels
-    when the removed set P goes, W ← W − H⁻¹[:, P] (H⁻¹[P, P])⁻¹ W[P, :] (W as [input channel, outputs])."""
+    when the removed set P goes, W ← W − H⁻¹[:, P] (H⁻¹[P, P])⁻¹ W[P, :] (W as [input channel, outputs]).
+    `release`: drop each tensor's inverse Hessian once its last reader is compensated (when this is their last
+    use), so the inverses still needed and the updates made are never all held at once."""
     removed: dict[tuple[ir.Value, int], tuple[ConsumerView, list[np.ndarray], Member]] = {}
     for gid, units in plan.removed.items():
         for member in analysis.group(gid).members:
@@ -149,14 +150,21 @@ def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calib
                 view = consumer_view(member)
                 entry = removed.setdefault((member.value, member.axis), (view, [], member))
                 entry[1].append(entry[0].positions(units))
+    readers = Counter((m.reads.value.name, m.reads.axis) for _, _, m in removed.values())
     updates: WeightUpdates = {}
     for view, parts, member in removed.values():
         positions = np.concatenate(parts)
         hinv = inverse_hessian(calibration, member)
         flat = view.rows()
-        flat = flat - hinv[:, positions] @ np.linalg.solve(hinv[np.ix_(positions, positions)], flat[positions])
+        block = hinv[np.ix_(positions, positions)].astype(np.float64)
+        flat -= hinv[:, positions].astype(np.float64) @ np.linalg.solve(block, flat[positions])
         flat[positions] = 0.0
-        updates[view.weight.value] = view.dense_from(flat)
+        real = np.result_type(view.weight.stored().dtype, np.float32)
+        updates[view.weight.value] = view.dense_from(flat).astype(real)
+        key = (member.reads.value.name, member.reads.axis)
+        readers[key] -= 1
+        if release and readers[key] == 0:
+            calibration.stats[key].hessian_inverse = None
     return updates
 
 

@@ -50,6 +50,6 @@ def use_norm_moments(analysis: Analysis, calibration: Calibration) -> int:
         mean, variance = moments
         stats.mean, stats.m2 = mean, variance * stats.count
         if stats.gram is not None:
-            stats.gram = stats.count * (np.diag(variance) + np.outer(mean, mean))
+            stats.gram = (stats.count * (np.diag(variance) + np.outer(mean, mean))).astype(np.float32)
         replaced.add(key)
     return len(replaced)

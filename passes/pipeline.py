@@ -447,7 +447,7 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
                 apply_weight_updates(merge_updates(analysis, plan, gate_stats))
             deltas, weights = None, None
             if plan.meta["compensation"] == "obs-weights":
-                weights = obs_weight_updates(analysis, plan, stats)
+                weights = obs_weight_updates(analysis, plan, stats, release=True)
             elif compensate:
                 deltas = bias_deltas(analysis, plan, stats)
             pruned = apply_plan(analysis, plan, deltas, weights)

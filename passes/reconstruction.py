@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -84,24 +84,27 @@ class Layer:
 @dataclass
 class PairStats:
     """Moments of one tensor axis in the pruned model (x̂: count, mean, Σx̂x̂ᵀ) and its cross moments with
-    the dense model's (Σx̂xᵀ, Σx), accumulated batch by batch over the same inputs."""
+    the dense model's (Σx̂xᵀ, Σx), accumulated batch by batch over the same inputs, in float64 (one stage's
+    worth at a time: the least-squares refit is solved to the last digit)."""
 
     hat: ChannelStats = field(default_factory=ChannelStats)
+    gram: np.ndarray | None = None
     cross: np.ndarray | None = None
     dense_sum: np.ndarray | None = None
 
     def update(self, hat: np.ndarray, dense: np.ndarray, axis: int) -> None:
-        self.hat.update(hat, axis, gram=True)
+        self.hat.update(hat, axis)
         rows_hat, rows = (np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).astype(np.float64)
                           for a in (hat, dense))
-        cross = rows_hat.T @ rows
+        gram, cross = rows_hat.T @ rows_hat, rows_hat.T @ rows
+        self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
         total = rows.sum(axis=0)
         self.dense_sum = total if self.dense_sum is None else self.dense_sum + total
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.hat.gram, self.cross) if a is not None)
+        return sum(a.nbytes for a in (self.gram, self.cross) if a is not None)
 
 
 @dataclass
@@ -133,7 +136,7 @@ class NormalEquations:
 
     @classmethod
     def of(cls, stats: PairStats, kept: np.ndarray, intercept: bool, ridge: float = RIDGE) -> "NormalEquations":
-        gram = stats.hat.gram[np.ix_(kept, kept)]
+        gram = stats.gram[np.ix_(kept, kept)]
         diagonal = np.diag(gram)
         damping = ridge * (float(diagonal.mean()) if diagonal.size and diagonal.mean() > 0 else 1.0)
         lhs = gram + damping * np.eye(len(kept))
@@ -314,7 +317,8 @@ def _repick(analysis: Analysis, plan: PruningPlan, members: list[Layer],
     """Re-pick the removed units of the planned groups whose consumers all sit in this stage, from scores on
     the pruned activations; update the stage's layers' removed rows. Returns how many groups changed."""
     here = {(id(layer.member.value), layer.member.axis) for layer in members}
-    calibration = Calibration(stats={key: pair.hat for key, pair in stats.items()}, source="reconstruction")
+    calibration = Calibration(stats={key: replace(pair.hat, gram=pair.gram) for key, pair in stats.items()},
+                              source="reconstruction")
     scorer, changed = None, 0
     for gid in sorted(plan.removed):
         group = analysis.group(gid)

@@ -77,18 +77,26 @@ def test_incomplete_shape_inference_writes_nothing_to_the_working_directory(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writable", [True, False], ids=["beside-data", "read-only-folder"])
+def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monkeypatch, writable):
     """An in-memory model whose weights live in external data (calibration of the original) gets its ORT
-    session from memory-mapped data files: nothing is copied to disk, and the outputs are the file's."""
+    session over the data files themselves — ORT maps them from their folder, where the graph sits for a
+    moment, or, where that folder is read-only, copies them from our memory maps: nothing is spilled,
+    nothing is left behind, and the outputs are the file's."""
     source = tmp_path / "ext.onnx"
     onnx.save(onnx.load(DEMO_MODEL), source, save_as_external_data=True, all_tensors_to_one_file=True,
               location="weights.bin", size_threshold=0)
     model = load_model(source)
 
-    def no_spill(*args, **kwargs):
+    def fail(*args, **kwargs):
         raise AssertionError("the model was spilled to disk")
 
-    monkeypatch.setattr("graphprune.runtime.as_file", no_spill)
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("graphprune.runtime.as_file", fail)
+    monkeypatch.setattr("graphprune.runtime._session_over_mapped_files" if writable else "tempfile.mkstemp",
+                        fail if writable else read_only)
     feeds = {"x": np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)}
     in_memory = runtime.run(runtime.session(model), feeds)
     monkeypatch.undo()

@@ -42,7 +42,7 @@ class WandaSP(_Activation):
 
     def per_position(self, member: Member, view: ConsumerView) -> np.ndarray:
         stats = self.calibration.of(member.reads.value, member.reads.axis)
-        return np.abs(view.rows()).mean(axis=1) * np.sqrt(stats.mean_square)
+        return view.row_norms(1, mean=True) * np.sqrt(stats.mean_square)
 
 
 @register_criterion("flap")
@@ -51,7 +51,7 @@ class Flap(_Activation):
 
     def per_position(self, member: Member, view: ConsumerView) -> np.ndarray:
         stats = self.calibration.of(member.reads.value, member.reads.axis)
-        return stats.variance * (view.rows() ** 2).sum(axis=1)
+        return stats.variance * view.row_norms(2)
 
     def unit_norm(self, view: ConsumerView, group: Group) -> np.ndarray:
         owned = view.unit_of[view.unit_of >= 0]

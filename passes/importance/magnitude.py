@@ -7,21 +7,7 @@ import numpy as np
 from graphprune.analysis import Analysis
 from graphprune.groups import Group
 from graphprune.passes.importance.registry import Criterion, register_criterion
-from graphprune.weights import stored_weight
-
-BLOCK = 1 << 22  # elements converted to float64 at a time: bounded memory on multi-GB weights
-
-
-def position_norms(weight: np.ndarray, axis: int, power: int) -> np.ndarray:
-    """Σ|w|^power over each position along `axis` of a weight's real values (in float64, a block of positions
-    at a time)."""
-    array = np.moveaxis(weight, axis, 0)
-    rows = array.reshape(array.shape[0], -1)
-    norms = np.empty(rows.shape[0])
-    step = max(1, BLOCK // max(rows.shape[1], 1))
-    for start in range(0, rows.shape[0], step):
-        norms[start:start + step] = (np.abs(rows[start:start + step].astype(np.float64)) ** power).sum(axis=1)
-    return norms
+from graphprune.weights import position_norms, stored_weight
 
 
 def per_unit(unit_of: np.ndarray, per_position: np.ndarray, size: int) -> np.ndarray:

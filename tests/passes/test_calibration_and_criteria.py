@@ -23,6 +23,7 @@ from graphprune.passes.calibration import (
     token_batches,
 )
 from graphprune.passes.compensation import bias_deltas, obs_weight_updates
+from graphprune.passes.importance.obs import inverse_hessian
 from tests.graphs import GraphBuilder
 from tests.harness import load, masked_check, random_subset_plan
 
@@ -144,6 +145,44 @@ def test_obs_compensation_removes_a_dependent_unit_exactly(monkeypatch):
         if criterion == "obs":
             assert next(iter(plan.removed.values())).tolist() in ([1], [5])
     assert errors["obs"] <= 1e-4 < errors["l1"], errors
+
+
+def test_gram_matrices_accumulate_in_float32_to_float64_accuracy():
+    batches = [RNG.standard_normal((n, 6, 5)).astype(np.float32) * 3 + 1 for n in (40, 7, 13)]
+    stats = ChannelStats()
+    for batch in batches:
+        stats.update(batch, axis=1, gram=True)
+    rows = np.concatenate([np.moveaxis(b, 1, -1).reshape(-1, 6) for b in batches]).astype(np.float64)
+    assert stats.gram.dtype == np.float32
+    np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-5)
+
+
+@pytest.mark.parametrize("damping, kept_as", [(0.01, np.float32), (1e-9, np.float64)])
+def test_inverse_hessians_are_computed_once_as_precise_as_their_conditioning_needs(monkeypatch, damping, kept_as):
+    """Unit 5 of the dependent MLP is twice unit 1, so H is singular but for the damping: with 1 % it is well
+    conditioned and H⁻¹ is kept in float32; with 1e-9 (κ ~ 1e9) it stays float64. Either way it is inverted
+    once, replaces the Gram matrix, and is the damped inverse."""
+    monkeypatch.setattr("graphprune.passes.importance.obs.DAMPING", damping)
+    analysis = analyze(load(dependent_mlp()))
+    stats = calibrate(analysis, [data(256)], gram_limit=64)
+    member = next(m for g in analysis.prunable() for m in g.members if m.consumer)
+    channel = stats.of(member.reads.value, member.reads.axis)
+    h = 2 * channel.gram.astype(np.float64) / channel.count
+    h += damping * np.mean(np.diag(h)) * np.eye(len(h))
+    first = inverse_hessian(stats, member)
+    assert inverse_hessian(stats, member) is first and channel.gram is None and first.dtype == kept_as
+    np.testing.assert_allclose(first @ h, np.eye(len(h)), atol=1e-4)
+
+
+def test_compensation_releases_the_inverse_hessians_it_used_last():
+    analysis = analyze(load(dependent_mlp()))
+    stats = calibrate(analysis, [data(256)], gram_limit=64)
+    plan = make_plan(analysis, "obs", 1 / 6, calibration=stats)
+    kept = obs_weight_updates(analysis, plan, stats)
+    assert all(s.hessian_inverse is not None for s in stats.stats.values())
+    released = obs_weight_updates(analysis, plan, stats, release=True)
+    assert all(s.hessian_inverse is None and s.gram is None for s in stats.stats.values())
+    assert all(np.array_equal(kept[v], released[v]) for v in kept)
 
 
 def test_criteria_that_need_data_say_so(tmp_path, capsys):

@@ -128,11 +128,12 @@ def test_sequential_rescues_magnitude_pruning_of_the_digits_cnn(tmp_path):
     assert result.plan.meta["reconstruction"]["groups re-picked"] == 0  # l2 reads weights only: nothing to re-score
 
 
-def test_a_sequential_plan_replays_to_the_same_model(tmp_path, capsys):
+@pytest.mark.parametrize("criterion", ["flap", "obs"])  # obs re-scores each stage from its own Gram matrices
+def test_a_sequential_plan_replays_to_the_same_model(tmp_path, capsys, criterion):
     x, _ = digits_test_set()
     np.savez(tmp_path / "calib.npz", x=x[:64])
     common = ["--calib", str(tmp_path / "calib.npz"), "-q"]
-    assert main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "a.onnx"), "--criterion", "flap", "--sequential",
+    assert main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "a.onnx"), "--criterion", criterion, "--sequential",
                  "--ratio", "0.4", "--save-plan", str(tmp_path / "plan.json"), *common]) == 0
     assert "reconstruction: 4 stages, 4 layers refit" in capsys.readouterr().out
     assert main(["apply", str(DEMO_MODEL), str(tmp_path / "plan.json"), "-o", str(tmp_path / "b.onnx"),
