@@ -22,6 +22,7 @@ from graphprune.errors import GraphpruneError, ModelLoadError
 PROTOBUF_LIMIT = 2**31 - 1
 SOURCE_FILES = "graphprune.source_files"  # model.meta: every file the loaded model reads
 DECLARED = "graphprune.declared"  # model.meta: names of intermediate values whose type the file declared
+MAPPED = "graphprune.mapped"  # model.meta: the external tensors loaded from the file (memory-mapped when read)
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
@@ -44,6 +45,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
             raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         ir.external_data.set_base_dir(model.graph, path.parent)
         model.meta[SOURCE_FILES] = [path, *external_data_files(proto.graph, path.parent)]
+        model.meta[MAPPED] = [v.const_value for v in model.graph.initializers.values()
+                              if isinstance(v.const_value, ir.ExternalTensor)]
     with progress.step("inferring shapes"):
         return prepare(model)
 
@@ -291,7 +294,8 @@ class StagedModel:
             raise GraphpruneError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
         try:
             with written_form(model):
-                ir.save(model, self.path, external_data=self.files[1].name if external_data else None)
+                ir.save(model, self.path, external_data=self.files[1].name if external_data else None,
+                        callback=lambda tensor, info: unmap(model))
         except BaseException as exc:
             shutil.rmtree(self.folder, ignore_errors=True)
             if isinstance(exc, OSError):
@@ -314,6 +318,16 @@ class StagedModel:
 
     def __exit__(self, *exc_info) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def unmap(model: ir.Model) -> None:
+    """Close the memory maps of the source's external tensors read so far: their pages leave this process's
+    resident set (a tensor read again is mapped again). Called between tensors while writing, so reading
+    the whole input never keeps it all resident; a map something still views is left open."""
+    for tensor in model.meta.get(MAPPED, ()):
+        if tensor.raw is not None:
+            with contextlib.suppress(BufferError):
+                tensor.release()
 
 
 @contextlib.contextmanager

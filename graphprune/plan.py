@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from graphprune.errors import PlanError
 from graphprune.groups import Group
+from graphprune.io import unmap
 
 SAMPLE_BYTES = 1 << 16  # bytes of each weight that enter a fingerprint
 
@@ -32,6 +33,7 @@ def fingerprint(model: ir.Model) -> str:
         digest.update(repr((name, str(tensor.dtype) if tensor else None, tensor.shape if tensor else None)).encode())
         if tensor is not None:
             digest.update(_sample(tensor.numpy()))
+    unmap(model)  # a sample per page touches every page: release them
     return digest.hexdigest()
 
 

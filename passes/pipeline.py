@@ -15,7 +15,7 @@ from graphprune import progress, verify
 from graphprune.analysis import Analysis, analyze
 from graphprune.errors import GraphpruneError
 from graphprune.groups import Group
-from graphprune.io import StagedModel, load_model, source_files
+from graphprune.io import StagedModel, load_model, source_files, unmap
 from graphprune.metrics import Cost, cost, projected_cost
 from graphprune.outputs import check_outputs
 from graphprune.passes.allocation import RoundTo, experts, measured, ranked, to_target, uniform
@@ -162,7 +162,9 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
     def score(group: Group) -> np.ndarray:
         if group.blocks is not None:
             return block_influence(calibration, group)
-        return (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
+        scores = (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
+        unmap(analysis.model)  # the weights read stay on disk, not resident
+        return scores
 
     with progress.step(f"scoring ({criterion})"):
         scores = {group.id: score(group) for group in progress.iterate(groups, "scoring", "group")}

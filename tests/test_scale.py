@@ -33,6 +33,9 @@ def test_a_model_over_2gib_prunes_writing_only_its_output(tmp_path, criterion):
     assert 0.09 < cost["output_bytes"] / cost["model_bytes"] < 0.12  # 90 % of the FFN neurons removed
     assert cost["written_bytes"] < 1.05 * cost["output_bytes"]  # one write of the output, nothing else
     assert cost["peak_anonymous_bytes"] < 0.25 * cost["model_bytes"], cost
+    # mapped pages too: weights read (fingerprint, scores, the write) are unmapped once read; what stays is
+    # ONNX Runtime running the original once, for the reported drift (2.06x before unmapping)
+    assert cost["peak_rss_bytes"] < 1.25 * cost["model_bytes"], cost
 
 
 ANALYZE = """
