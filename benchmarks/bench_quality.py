@@ -6,11 +6,13 @@ process: its wall time and peak RSS (its own VmHWM) are measured.
   accuracy on the 360 test images; calibration on 128 training images;
 - all-MiniLM-L6-v2 (real, legacy export): mean cosine of sentence embeddings to the dense model's on 256
   standard-library docstring sentences; calibration on 128 others (models.minilm.corpus_sentences); head and
-  neuron ratio both = ratio, the hidden size kept.
+  neuron ratio both = ratio, the hidden size kept;
+- the PP-OCR-style text recognizer trained and exported by Paddle (models/data/ocr_recognizer.onnx):
+  character agreement with the dense model's reading of 256 rendered words; calibration on 128 others.
 
-    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm] [--ratios 0.2 0.3 0.5]
-        [--criteria l1 l2 ...] [--modes one-shot sequential]
-MiniLM needs graphprune[hf]; the CNNs need torch and scikit-learn.
+    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm ocr] [--ratios 0.2 0.3 0.5]
+        [--criteria l1 l2 ...] [--modes one-shot sequential data-free]
+MiniLM needs graphprune[hf]; the CNNs need torch and scikit-learn; the recognizer Pillow.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from graphprune.cli.table import render
-from graphprune.passes.importance import criteria_for
+from graphprune.passes.importance import criteria_for, needs_data
 
+MODELS = ["digits-legacy", "digits-dynamo", "minilm", "ocr"]
+MODES = {"one-shot": [], "sequential": ["--sequential"], "data-free": ["--data-free"]}
 EXTRAS = [("obs", "measured", ["--allocation", "measured"]),
           ("obs", "measured+depth", ["--allocation", "measured", "--depth"])]
 
@@ -69,6 +73,14 @@ class Subject:
             np.savez(folder / "calib.npz", x=x_train[:128])
             self.model = export_both(folder)[name.split("-")[1]]
             self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
+        elif name == "ocr":
+            from graphprune.models.ocr import RECOGNIZER, read
+            from graphprune.models.ocr import render as render_words
+
+            np.savez(folder / "calib.npz", x=render_words(128, seed=11)[0])
+            self.x_test = render_words(256, seed=12)[0]
+            self.model, self.reference = RECOGNIZER, read(RECOGNIZER, self.x_test)
+            self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
         else:
             from graphprune.models.minilm import corpus_sentences, export_minilm, model_dir
 
@@ -80,7 +92,7 @@ class Subject:
                                 str(model_dir() / "tokenizer.json")]
 
     def ratios(self, ratio: float) -> list[str]:
-        if self.name.startswith("digits"):
+        if self.name != "minilm":
             return ["--ratio", str(ratio)]
         return ["--ratio", "0", "--head-ratio", str(ratio), "--neuron-ratio", str(ratio)]
 
@@ -89,6 +101,10 @@ class Subject:
             from graphprune.models.demo import accuracy
 
             return accuracy(path, self.x_test, self.y_test)
+        if self.name == "ocr":
+            from graphprune.models.ocr import agreement, read
+
+            return agreement(self.reference, read(path, self.x_test))
         from graphprune.models.minilm import mean_cosine
 
         return mean_cosine(self.model, path, self.sentences)
@@ -96,11 +112,10 @@ class Subject:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["digits-legacy", "digits-dynamo", "minilm"],
-                        choices=["digits-legacy", "digits-dynamo", "minilm"])
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5])
     parser.add_argument("--criteria", nargs="+", default=criteria_for(False))
-    parser.add_argument("--modes", nargs="+", default=["one-shot", "sequential"], choices=["one-shot", "sequential"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--no-extras", action="store_true", help="skip measured allocation and depth rows")
     args = parser.parse_args()
     rows = []
@@ -111,16 +126,17 @@ def main() -> None:
             subject = Subject(name, folder)
             rows.append([name, "-", "dense", "-", f"{subject.quality(subject.model):.4f}", "1.000", "", ""])
             for ratio in args.ratios:
-                runs = [(c, mode, ["--sequential"] if mode == "sequential" else []) for c in args.criteria
-                        for mode in args.modes]
+                runs = [(c, mode, MODES[mode]) for c in args.criteria for mode in args.modes
+                        if mode != "data-free" or needs_data(c)]  # else the same as one-shot
                 runs += [] if args.no_extras else [(c, label + mode, extra + (["--sequential"] if seq else []))
                                                    for c, label, extra in EXTRAS
                                                    for mode, seq in ((" one-shot", False), (" sequential", True))]
                 for criterion, mode, extra in runs:
                     target = folder / "pruned.onnx"
+                    data = ["--data-free"] if "--data-free" in extra else subject.calibration
                     report, seconds, peak = prune(subject.model, target, ["--criterion", criterion,
-                                                                          *subject.ratios(ratio),
-                                                                          *subject.calibration, *extra])
+                                                                          *subject.ratios(ratio), *data,
+                                                                          *(e for e in extra if e != "--data-free")])
                     params = report["after"]["params"] / report["before"]["params"]
                     rows.append([name, ratio, criterion, mode, f"{subject.quality(target):.4f}", f"{params:.3f}",
                                  f"{seconds:.1f}", f"{peak:.0f}"])
@@ -134,7 +150,7 @@ def main() -> None:
                                  f"{subject.quality(folder / 'pruned.onnx'):.4f}", f"{params:.3f}", f"{seconds:.1f}",
                                  f"{peak:.0f}"])
     print("\nquality: digits accuracy on held-out test images; minilm embedding cosine to dense on held-out "
-          "sentences; no fine-tuning")
+          "sentences; ocr character agreement with the dense reading of held-out words; no fine-tuning")
     print(render(["model", "ratio", "criterion", "mode", "quality", "params", "wall s", "peak MiB"], rows))
 
 
