@@ -65,19 +65,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     targets = {"params": args.target_params, "flops": args.target_flops, "latency": args.target_latency}
     target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
-    allocation = Allocation(args.allocation, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
+    criterion, sequential, strategy, picked = args.criterion, args.sequential, args.allocation or "uniform", None
+    if criterion is None:
+        criterion, by_default, default_strategy, picked = default_method(calibration_spec(args))
+        free_hand = args.compensate is None and not args.expert_ratio and not args.expert_merge
+        sequential = sequential or (by_default and free_hand)
+        if default_strategy and free_hand and args.allocation is None and args.target_latency is None:
+            strategy = default_strategy
+    allocation = Allocation(strategy, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
                             threads=args.threads)
-    criterion, sequential, picked = args.criterion, args.sequential, None
-    if criterion is None:
-        criterion, by_default, picked = default_method(calibration_spec(args))
-        sequential = sequential or (by_default and args.compensate is None and not args.expert_ratio
-                                    and not args.expert_merge)
     result = prune_file(args.model, output_of(args), criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
                         {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
                         args.expert_merge, sequential, args.depth or args.block_ratio is not None)
-    ratios = ", ".join([f"{args.allocation} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
+    ratios = ", ".join([f"{strategy} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
     method = criterion + (" refit sequentially" if sequential else "") + (f" ({picked})" if picked else "")
@@ -302,11 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=options.positive_int, default=1,
                    help="keep widths that are multiples of N: the kept width is rounded down to a multiple of "
                         "N, never below N; groups narrower than N are not rounded (default 1)")
-    p.add_argument("--allocation", choices=STRATEGIES, default="uniform",
+    p.add_argument("--allocation", choices=STRATEGIES, default=None,
                    help="uniform: the same ratio per group; global: one threshold over normalised scores; "
                         "adaptive: FLAP-style by parameter cost; measured: the uniform plan's parameters (or "
                         "the target) spent where the model's outputs, measured in ONNX Runtime on the "
-                        "calibration data, move least per parameter (default uniform)")
+                        "calibration data, move least per parameter (default: measured when prune picks the method "
+                        "with --calib, else uniform)")
     p.add_argument("--max-layer-ratio", type=options.kept_fraction, default=0.99,
                    help="never remove more than this fraction of one group, in (0, 1] (default 0.99)")
     target = p.add_mutually_exclusive_group()

@@ -203,13 +203,15 @@ def test_start_up_and_loading_import_no_torch():
 
 
 @pytest.mark.parametrize("given, method", [
-    ([], "l2 (default without calibration data)"),
-    (["--data-free"], "obs (default with --data-free)"),
-    (["--calib", "CALIB"], "obs refit sequentially (default with calibration data)"),
+    ([], "l2 (default without calibration data), uniform"),
+    (["--data-free"], "obs (default with --data-free), uniform"),
+    (["--calib", "CALIB"], "obs refit sequentially (default with calibration data), measured"),
+    (["--calib", "CALIB", "--allocation", "uniform"],
+     "obs refit sequentially (default with calibration data), uniform"),
 ])
 def test_prune_without_a_criterion_picks_by_what_it_was_given_and_says_so(capsys, tmp_path, given, method):
     with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
         np.savez(tmp_path / "calib.npz", x=d["x"][:48])
     given = [str(tmp_path / "calib.npz") if a == "CALIB" else a for a in given]
     code, out, _ = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "o.onnx", "--ratio", "0.25", *given)
-    assert code == 0 and f"({method}, uniform ratio 0.25)" in out, out
+    assert code == 0 and f"({method} ratio 0.25)" in out, out
