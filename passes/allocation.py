@@ -160,13 +160,39 @@ def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float,
         budget[kind] = budget.get(kind, 0.0) + float(group.params_per_unit[lowest].sum())
     spent = dict.fromkeys(budget, 0.0)
     removals: dict[int, int] = {}
+    home = _enclosing_blocks(groups) if pooled else {}
+    taken: set[tuple[int, int]] = set()  # removed blocks (depth group id, unit)
+    inside: dict[tuple[int, int], float] = {}  # parameters already charged for width units inside each block
     for _, gid, cost in ranking:
-        kind = "all" if pooled else analysis.group(gid).kind
+        group = analysis.group(gid)
+        kind = "all" if pooled else group.kind
+        block = (gid, int(np.argsort(scores[gid], kind="stable")[removals.get(gid, 0)])) if group.blocks else None
+        if block is None and home.get(gid) in taken:
+            continue  # its weights went with the block: neither removed again nor charged
+        cost = cost - inside.get(block, 0.0) if block else cost
         if spent[kind] + cost <= budget[kind] + 1e-6:
             spent[kind] += cost
             removals[gid] = removals.get(gid, 0) + 1
+            if block:
+                taken.add(block)
+            elif gid in home:
+                inside[home[gid]] = inside.get(home[gid], 0.0) + cost
     meta = {"allocation": "measured", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
     return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
+
+
+def _enclosing_blocks(groups: list[Group]) -> dict[int, tuple[int, int]]:
+    """Width group id → (depth group id, block unit) of the residual block whose branch holds every weight
+    of the group (an FFN's neurons, a layer's heads): removing that block removes the group's units too."""
+    enclosing = {}
+    for depth in (g for g in groups if g.blocks is not None):
+        for unit, block in enumerate(depth.blocks):
+            weights = {id(weight) for weight in block.weights}
+            for group in groups:
+                members = group.param_members()
+                if group.blocks is None and members and all(id(m.value) in weights for m in members):
+                    enclosing[group.id] = (depth.id, unit)
+    return enclosing
 
 
 def to_target(analysis: Analysis, scores: Scores, metric: str, target: float, round_to: RoundTo = 1,

@@ -77,3 +77,29 @@ def test_measured_allocation_needs_data(tmp_path):
     source.write_bytes(two_branch_mlp().SerializeToString())
     with pytest.raises(GraphpruneError, match="runs the model on calibration data"):
         prune_file(source, tmp_path / "o.onnx", "l2", allocation=Allocation("measured", 0.5))
+
+
+
+@pytest.mark.parametrize("block_first", [True, False])
+def test_a_pooled_budget_never_charges_weights_twice(block_first):
+    """The Paddle recognizer's attention block holds every weight of its head group. The budget (99 % of heads
+    and of neurons, uniformly) is short of the block plus all heads. Block ranked first: it is taken and the
+    heads, gone with it, are skipped — not removed again, not charged. Heads first: they are taken, and the
+    block is charged only what they left of it, so it still fits."""
+    from graphprune.models.ocr import RECOGNIZER
+
+    analysis = analyze(load(RECOGNIZER), depth=True)
+    depth = next(g for g in analysis.prunable() if g.blocks is not None)
+    heads = next(g for g in analysis.prunable() if g.kind == "head")
+    attention = next(u for u, b in enumerate(depth.blocks) if heads.members[0].value in b.weights)
+    scores = {g.id: np.arange(g.size, dtype=float) for g in analysis.prunable()}
+    scores[depth.id][attention] = -1.0
+    block = [(0.0, depth.id, float(depth.params_per_unit[attention]))]
+    each_head = [(0.0, heads.id, float(c)) for c in heads.params_per_unit]
+    neurons = next(g for g in analysis.prunable() if g.kind == "neuron")
+    budget = sum(float(np.sort(g.params_per_unit)[: int(g.size * 0.99)].sum()) for g in (heads, neurons))
+    assert budget < block[0][2] + float(heads.params_per_unit.sum())  # charging twice would not fit
+    ranking = block + each_head if block_first else each_head + block
+    plan = measured(analysis, scores, ranking, 0.0, kind_ratios={"head": 0.99, "neuron": 0.99})
+    assert plan.removed[depth.id].tolist() == [attention]
+    assert len(plan.removed.get(heads.id, [])) == (0 if block_first else heads.size - 1)  # one head always kept
