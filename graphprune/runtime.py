@@ -74,7 +74,7 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
         sess = ort.InferenceSession(to_bytes(model), options, providers=providers)
     elif isinstance(model, ir.Model) and (files := _external_files(model)) is not None:
         proto = to_proto(model).SerializeToString()
-        sess = (_session_beside_data(proto, model, options, providers)
+        sess = (_session_beside_data(proto, files, options, providers)
                 or _session_over_mapped_files(proto, files, options, providers))
     else:
         with as_file(model) as path:
@@ -122,13 +122,12 @@ def _external_files(model: ir.Model) -> dict[str, Path] | None:
     return files if inline < PROTOBUF_LIMIT // 2 else None
 
 
-def _session_beside_data(proto: bytes, model: ir.Model, options: ort.SessionOptions,
+def _session_beside_data(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,
                          providers: list[str]) -> ort.InferenceSession | None:
     """ORT maps the external data files it finds beside a model file: the graph is written, for as long as the
     session takes to open, as a hidden temporary file in the folder the data's locations are relative to
     (nothing of the input is written or linked); None where that folder cannot be written."""
-    folders = {tensor.base_dir for tensor in (v.const_value for v in model.graph.initializers.values())
-               if isinstance(tensor, ir.ExternalTensor)}
+    folders = {path.parents[len(Path(location).parts) - 1] for location, path in files.items()}
     if len(folders) != 1:
         return None
     try:

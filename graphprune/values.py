@@ -30,6 +30,12 @@ def attr_int(node: ir.Node, name: str, default: int) -> int:
     return default if attr is None else attr.as_int()
 
 
+def attr_float(node: ir.Node, name: str, default: float) -> float:
+    """A float attribute of `node`, or `default` where it is absent."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_float()
+
+
 def covered_axes(shape_node: ir.Node, rank: int) -> range:
     """The axes of its input whose sizes a Shape node returns (its start/end attributes, clamped)."""
     start, end = (max(0, min(rank, v + rank if v < 0 else v))

@@ -161,12 +161,13 @@ def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float,
     spent = dict.fromkeys(budget, 0.0)
     removals: dict[int, int] = {}
     home = _enclosing_blocks(groups) if pooled else {}
+    block_order = {g.id: np.argsort(scores[g.id], kind="stable") for g in groups if g.blocks is not None}
     taken: set[tuple[int, int]] = set()  # removed blocks (depth group id, unit)
     inside: dict[tuple[int, int], float] = {}  # parameters already charged for width units inside each block
     for _, gid, cost in ranking:
         group = analysis.group(gid)
         kind = "all" if pooled else group.kind
-        block = (gid, int(np.argsort(scores[gid], kind="stable")[removals.get(gid, 0)])) if group.blocks else None
+        block = (gid, int(block_order[gid][removals.get(gid, 0)])) if group.blocks else None
         if block is None and home.get(gid) in taken:
             continue  # its weights went with the block: neither removed again nor charged
         cost = cost - inside.get(block, 0.0) if block else cost

@@ -16,6 +16,7 @@ from graphprune.groups import Member
 from graphprune.passes.calibration import Calibration
 from graphprune.passes.importance.obs import inverse_hessian
 from graphprune.plan import PruningPlan
+from graphprune.values import attr_float
 from graphprune.weights import ConsumerView, StoredWeight, consumer_view, stored_weight
 
 BiasDeltas = dict[ir.Node, np.ndarray]
@@ -82,9 +83,7 @@ def add_to_bias(node: ir.Node, delta: np.ndarray) -> bool:
 
 
 def _bias_scale(node: ir.Node) -> float:
-    if node.op_type == "Gemm" and "beta" in node.attributes:
-        return float(node.attributes["beta"].as_float())
-    return 1.0
+    return attr_float(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0
 
 
 _FLOAT_BIAS = ("Conv", "ConvTranspose", "Gemm", "Attention", "MatMul")  # may be given a new float bias

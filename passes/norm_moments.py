@@ -15,20 +15,15 @@ import onnx_ir as ir
 
 from graphprune.analysis import Analysis
 from graphprune.passes.calibration import Calibration, consumers
-from graphprune.values import const_of
+from graphprune.values import attr_float, const_of
 
 QUADRATURE = np.polynomial.hermite.hermgauss(96)  # nodes and weights for ∫ exp(−t²) f(t) dt
 Activation = Callable[[np.ndarray], np.ndarray]
 
 
-def _attribute(node: ir.Node, name: str, default: float) -> float:
-    attribute = node.attributes.get(name)
-    return attribute.as_float() if attribute is not None else default
-
-
 def _clip(node: ir.Node) -> Activation | None:
     """Clip with constant bounds (inputs since opset 11, attributes before); None where one is computed."""
-    bounds = [_attribute(node, "min", -np.inf), _attribute(node, "max", np.inf)]
+    bounds = [attr_float(node, "min", -np.inf), attr_float(node, "max", np.inf)]
     for index in (1, 2):
         if len(node.inputs) > index and node.inputs[index] is not None:
             bound = const_of(node.inputs[index])
@@ -40,12 +35,12 @@ def _clip(node: ir.Node) -> Activation | None:
 
 
 def _hard_sigmoid(node: ir.Node) -> Activation:
-    alpha, beta = _attribute(node, "alpha", 0.2), _attribute(node, "beta", 0.5)
+    alpha, beta = attr_float(node, "alpha", 0.2), attr_float(node, "beta", 0.5)
     return lambda z: np.clip(alpha * z + beta, 0.0, 1.0)
 
 
 def _leaky_relu(node: ir.Node) -> Activation:
-    alpha = _attribute(node, "alpha", 0.01)
+    alpha = attr_float(node, "alpha", 0.01)
     return lambda z: np.where(z >= 0, z, alpha * z)
 
 
