@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaged by gate weight; approximate) instead of dropping them")
     p.add_argument("--criterion", choices=criteria_for(False), default=None,
                    help="how channels, heads and neurons are ranked (default: obs refit sequentially with --calib, "
-                        f"obs with --data-free, l2 without data; the summary says which): {_criteria_help(False)}")
+                        "obs with --data-free, both spending the budget by measured sensitivity; l2 without data; "
+                        f"the summary says which): {_criteria_help(False)}")
     p.add_argument("--sequential", action="store_true",
                    help="prune stage by stage along the graph: each stage re-picks its units on the pruned "
                         "model's own activations and refits its layers by ridge least squares to the dense "
@@ -308,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uniform: the same ratio per group; global: one threshold over normalised scores; "
                         "adaptive: FLAP-style by parameter cost; measured: the uniform plan's parameters (or "
                         "the target) spent where the model's outputs, measured in ONNX Runtime on the "
-                        "calibration data, move least per parameter (default: measured when prune picks the method "
-                        "with --calib, else uniform)")
+                        "calibration data, move least per parameter (default: measured when prune picks the method, "
+                        "else uniform)")
     p.add_argument("--max-layer-ratio", type=options.kept_fraction, default=0.99,
                    help="never remove more than this fraction of one group, in (0, 1] (default 0.99)")
     target = p.add_mutually_exclusive_group()

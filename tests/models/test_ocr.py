@@ -13,7 +13,7 @@ import pytest
 
 from graphprune.analysis import analyze
 from graphprune.models import ocr
-from graphprune.passes import CalibrationSpec, prune_file, run_calibration
+from graphprune.passes import Allocation, CalibrationSpec, prune_file, run_calibration
 from graphprune.passes.norm_moments import use_norm_moments
 from tests.harness import assert_group_equivalent, load
 
@@ -51,19 +51,21 @@ def test_data_free_calibration_reads_the_batch_normalizations():
     assert use_norm_moments(analysis, stats) == 4
 
 
-@pytest.mark.parametrize("data_free, kinds, least", [
-    (False, None, 0.85),  # 30 % of every group, calibrated on 64 other rendered words (measured 0.90)
-    (True, {"head": 0.3, "neuron": 0.3}, 0.95),  # the attention neck, data-free (measured 0.98)
+@pytest.mark.parametrize("data_free, kinds, strategy, least", [
+    (False, None, "uniform", 0.85),  # 30 % of every group, calibrated on 64 other rendered words (measured 0.90)
+    (True, {"head": 0.3, "neuron": 0.3}, "uniform", 0.95),  # the attention neck, data-free (measured 0.98)
+    (True, None, "measured", 0.5),  # 30 % of the parameters, data-free by sensitivity (0.62; uniform 0.33)
 ])
-def test_pruned_recognizer_still_reads(tmp_path, words, data_free, kinds, least):
+def test_pruned_recognizer_still_reads(tmp_path, words, data_free, kinds, strategy, least):
     """obs keeps the dense reading of held-out words (character agreement)."""
     images, _ = words
     if data_free:
-        spec = CalibrationSpec(data_free=True, samples=32)
+        spec = CalibrationSpec(data_free=True, samples=64 if strategy == "measured" else 32)
     else:
         np.savez(tmp_path / "calib.npz", x=ocr.render(64, seed=11)[0])
         spec = CalibrationSpec(str(tmp_path / "calib.npz"), samples=64, batch_size=32)
-    prune_file(ocr.RECOGNIZER, tmp_path / "small.onnx", "obs", 0.0 if kinds else 0.3, kind_ratios=kinds,
-               calibration=spec)
+    ratio = 0.0 if kinds else 0.3
+    prune_file(ocr.RECOGNIZER, tmp_path / "small.onnx", "obs", ratio, kind_ratios=kinds, calibration=spec,
+               allocation=Allocation(strategy, ratio, kinds))
     kept = ocr.agreement(ocr.read(ocr.RECOGNIZER, images), ocr.read(tmp_path / "small.onnx", images))
     assert kept >= least, kept
