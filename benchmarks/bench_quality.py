@@ -128,9 +128,8 @@ def main() -> None:
             for ratio in args.ratios:
                 runs = [(c, mode, MODES[mode]) for c in args.criteria for mode in args.modes
                         if mode != "data-free" or needs_data(c)]  # else the same as one-shot
-                runs += [] if args.no_extras else [(c, label + mode, extra + (["--sequential"] if seq else []))
-                                                   for c, label, extra in EXTRAS
-                                                   for mode, seq in ((" one-shot", False), (" sequential", True))]
+                runs += [] if args.no_extras else [(c, f"{label} {mode}", extra + MODES[mode])
+                                                   for c, label, extra in EXTRAS for mode in args.modes]
                 for criterion, mode, extra in runs:
                     target = folder / "pruned.onnx"
                     data = ["--data-free"] if "--data-free" in extra else subject.calibration

@@ -147,21 +147,55 @@ def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float,
              kind_ratios: dict[str, float] | None = None, max_group_ratio: float = 0.99) -> PruningPlan:
     """Remove, kind by kind, as many parameters as the uniform plan at these ratios would, taking units in
     `ranking` order (measured error per parameter) instead of the same fraction of every group. With residual
-    blocks in the ranking, one budget is pooled over every kind: depth competes with width."""
+    blocks in the ranking, one budget is pooled over every kind: depth competes with width. Units are charged
+    their own parameters, which counts a weight pruned on both axes twice; so each kind's budget is scaled (by
+    bisection) until that kind's projected parameters match the uniform plan's (never fewer left)."""
     kind_ratios = kind_ratios or {}
     _check(ratio, *kind_ratios.values())
     groups = _strategy_groups(analysis, blocks=True)
     pooled = any(g.blocks is not None for g in groups)
+    kind_of = {g.id: "all" if pooled else g.kind for g in groups}
+    counts = {g.id: int(np.floor(g.size * kind_ratios.get(g.kind, 0.0 if g.blocks else ratio) + 1e-9))
+              for g in groups}
     budget: dict[str, float] = {}
     for group in groups:
-        count = int(np.floor(group.size * kind_ratios.get(group.kind, 0.0 if group.blocks else ratio) + 1e-9))
-        lowest = np.argsort(scores[group.id], kind="stable")[:count]
-        kind = "all" if pooled else group.kind
-        budget[kind] = budget.get(kind, 0.0) + float(group.params_per_unit[lowest].sum())
-    spent = dict.fromkeys(budget, 0.0)
-    removals: dict[int, int] = {}
+        lowest = np.argsort(scores[group.id], kind="stable")[:counts[group.id]]
+        budget[kind_of[group.id]] = budget.get(kind_of[group.id], 0.0) + float(group.params_per_unit[lowest].sum())
+    meta = {"allocation": "measured", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
     home = _enclosing_blocks(groups) if pooled else {}
     block_order = {g.id: np.argsort(scores[g.id], kind="stable") for g in groups if g.blocks is not None}
+
+    def plan_at(scales: dict[str, float]) -> PruningPlan:
+        scaled = {kind: value * scales.get(kind, 0.0) for kind, value in budget.items()}
+        removals = _spend(analysis, ranking, scaled, pooled, home, block_order)
+        return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
+
+    def params(plan: PruningPlan) -> int:
+        return projected_cost(analysis, plan).params
+
+    scales = {}
+    for kind in budget:
+        goal = params(_plan_from_counts(groups, scores, {g: n for g, n in counts.items() if kind_of[g] == kind},
+                                        round_to, max_group_ratio, meta))
+        low, high = 0.0, 4.0
+        for _ in range(BUDGET_STEPS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if params(plan_at({kind: middle})) >= goal else (low, middle)
+        scales[kind] = low
+    return plan_at(scales)
+
+
+BUDGET_STEPS = 24  # bisection steps of the budget scale, in [0, 4]: 2.4e-7 of the budget
+
+
+def _spend(analysis: Analysis, ranking: Ranking, budget: dict[str, float], pooled: bool,
+           home: dict[int, tuple[int, int]], block_order: dict[int, np.ndarray]) -> dict[int, int]:
+    """Units to remove per group: `ranking` taken in order while each kind's (or, `pooled`, the one) budget
+    allows. Width units inside a removed residual block (`home`: width group → its block) are neither
+    removed again nor charged, and a block (taken in `block_order`) is charged only what its width units
+    already taken left of it."""
+    spent = dict.fromkeys(budget, 0.0)
+    removals: dict[int, int] = {}
     taken: set[tuple[int, int]] = set()  # removed blocks (depth group id, unit)
     inside: dict[tuple[int, int], float] = {}  # parameters already charged for width units inside each block
     for _, gid, cost in ranking:
@@ -178,8 +212,7 @@ def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float,
                 taken.add(block)
             elif gid in home:
                 inside[home[gid]] = inside.get(home[gid], 0.0) + cost
-    meta = {"allocation": "measured", "ratio": ratio, "kind_ratios": kind_ratios, "round_to": round_to}
-    return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, meta)
+    return removals
 
 
 def _enclosing_blocks(groups: list[Group]) -> dict[int, tuple[int, int]]:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis import Analysis
-from graphprune.groups import Member
+from graphprune.groups import Group, Member
 from graphprune.passes.calibration import Calibration
 from graphprune.passes.importance.obs import inverse_hessian
 from graphprune.plan import PruningPlan
@@ -165,6 +165,13 @@ def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calib
         if release and readers[key] == 0:
             calibration.stats[key].hessian_inverse = None
     return updates
+
+
+def obs_preview(analysis: Analysis, calibration: Calibration) -> Callable[[Group, np.ndarray], WeightUpdates]:
+    """(group, units) → the OBS-compensated weights removing those units alone would give, as the rewrite
+    would make them: measured allocation sees what a removal costs once repaired (sequential refits are
+    closer to this than to plain masking)."""
+    return lambda group, units: obs_weight_updates(analysis, PruningPlan({group.id: units}), calibration)
 
 
 def apply_weight_updates(updates: WeightUpdates) -> None:

@@ -30,7 +30,7 @@ from graphprune.passes.calibration import (
     synthetic_batches,
     token_batches,
 )
-from graphprune.passes.compensation import apply_weight_updates, bias_deltas, obs_weight_updates
+from graphprune.passes.compensation import apply_weight_updates, bias_deltas, obs_preview, obs_weight_updates
 from graphprune.passes.expert_merge import merge_updates
 from graphprune.passes.importance import get_criterion, needs_data
 from graphprune.passes.importance.depth import block_influence
@@ -41,7 +41,7 @@ from graphprune.passes.norm_moments import use_norm_moments
 from graphprune.passes.optimize import fuse
 from graphprune.passes.reconstruction import reconstruct
 from graphprune.passes.rewrite import apply_plan
-from graphprune.passes.sensitivity import measure
+from graphprune.passes.sensitivity import Compensation, measure
 from graphprune.plan import PruningPlan, check_made_for, fingerprint
 
 log = logging.getLogger("graphprune")
@@ -91,6 +91,7 @@ class Allocation:
     threads: int | None = None  # ONNX Runtime threads when timing (latency target, latency table)
     latency: LatencyProbe | None = None  # set by prune_file for a latency target
     batches: list[Feeds] | None = None  # calibration inputs the measured strategy runs the model on
+    compensation: Compensation | None = None  # the weights a removal will get, previewed when measuring
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -123,7 +124,8 @@ class Allocation:
             raise GraphpruneError("allocation 'measured' takes --ratio, per-kind ratios, --target-params or "
                                   "--target-flops (not a latency target)")
         groups = [g for g in analysis.prunable() if g.kind != "expert"]
-        sensitivity = measure(analysis, scores, groups, self.batches, max_group_ratio=self.max_group_ratio)
+        sensitivity = measure(analysis, scores, groups, self.batches, max_group_ratio=self.max_group_ratio,
+                              compensation=self.compensation)
         ranking = sensitivity.ranking(analysis, scores)
         if self.target is not None:
             plan = to_target(analysis, scores, *self.target, self.round_to, "measured", self.max_group_ratio,
@@ -327,7 +329,9 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     one_shot = batches is not None and not (sequential and not needs_data(criterion) and not depth)
     stats = _calibrated(analysis, kept_batches or batches, gram_limit, spec) if one_shot else None
     if measures:
-        allocation = replace(allocation, batches=kept_batches)
+        previews = criterion == "obs" and stats is not None and (compensate or sequential)
+        allocation = replace(allocation, batches=kept_batches,
+                             compensation=obs_preview(analysis, stats) if previews else None)
     if allocation is not None:
         allocation = _timed(allocation, analysis, source, output, model_fingerprint,
                             lambda: run_analysis(load_model(source), allow_approximate=prune_hidden,

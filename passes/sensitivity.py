@@ -1,5 +1,7 @@
 """Measured sensitivity: how much the model's outputs move when one group alone loses its lowest-scored units,
-at a few removal fractions, measured in ONNX Runtime on calibration inputs (the group's consumer rows masked).
+at a few removal fractions, measured in ONNX Runtime on calibration inputs (the group's consumer rows masked,
+and, where the run compensates, its consumers' weights updated as the rewrite will update them: a group whose
+loss compensation repairs is measured as cheap as it will be).
 
 The measurements become a ranking of single units for the allocator: each group's error curve (error against
 parameters removed) is replaced by its lower convex hull, and every unit is valued by the hull slope of the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -25,6 +28,7 @@ from graphprune.weights import stored_weight
 log = logging.getLogger("graphprune")
 
 GRID = (0.125, 0.25, 0.375, 0.5, 0.75)  # fractions of a group measured (the largest is also the most removed)
+Compensation = Callable[[Group, np.ndarray], dict[ir.Value, np.ndarray]]  # (group, units) → new real weights
 
 
 @dataclass
@@ -64,9 +68,11 @@ def _slope(x: np.ndarray, y: np.ndarray, a: int, b: int) -> float:
 
 
 def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Group], batches: list[Feeds],
-            grid: tuple[float, ...] = GRID, max_group_ratio: float = 0.99) -> Sensitivity:
+            grid: tuple[float, ...] = GRID, max_group_ratio: float = 0.99,
+            compensation: Compensation | None = None) -> Sensitivity:
     """Output error of `analysis.model` with each group's lowest-scored units masked, one group at a time, at
-    each fraction of `grid` (capped by `max_group_ratio`, always leaving one unit); the model is restored."""
+    each fraction of `grid` (capped by `max_group_ratio`, always leaving one unit), the weights `compensation`
+    gives for that removal in place; the model is restored."""
     if not batches:
         raise GraphpruneError("measuring sensitivity needs calibration inputs")
     dense = _outputs(analysis.model, batches)
@@ -78,7 +84,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
             counts[group.id] = np.array([0, *_counts(group.size, grid, max_group_ratio)])
             measured = [0.0]
             for count in counts[group.id][1:]:
-                with _masked(analysis.model, group, order[:count]):
+                with _masked(analysis.model, group, order[:count], compensation):
                     measured.append(_relative_error(dense, _outputs(analysis.model, batches)))
                 bar.update(1)
             errors[group.id] = np.array(measured)
@@ -94,18 +100,24 @@ def _counts(size: int, grid: tuple[float, ...], max_group_ratio: float) -> list[
 
 class _masked:
     """Context: the group's consumer rows reading `units` zeroed (residual blocks: their branches multiplied by
-    0) in `model`, in place, restored on exit."""
+    0) in `model`, then the weights `compensation` gives set, in place, restored on exit."""
 
-    def __init__(self, model: ir.Model, group: Group, units: np.ndarray) -> None:
-        self.model, self.group, self.units = model, group, units
+    def __init__(self, model: ir.Model, group: Group, units: np.ndarray,
+                 compensation: Compensation | None = None) -> None:
+        self.model, self.group, self.units, self.compensation = model, group, units, compensation
         self.saved: list = []
         self.masks: list = []
 
     def __enter__(self) -> None:
+        updates = self.compensation(self.group, self.units) if self.compensation and self.group.blocks is None else {}
         for member in (m for m in self.group.members if m.consumer):
             weight = stored_weight(member.value)
             self.saved.append((weight.value, weight.value.const_value))
             weight.zero(member.axis, member.positions(self.units))
+        for value, array in updates.items():
+            weight = stored_weight(value)
+            self.saved.append((weight.value, weight.value.const_value))
+            weight.store(array)
         for unit in self.units.tolist() if self.group.blocks is not None else []:
             block = self.group.blocks[unit]
             self.masks.append((block, verify.mask_block(self.model, block)))

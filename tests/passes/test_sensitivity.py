@@ -11,6 +11,8 @@ from graphprune.analysis import analyze
 from graphprune.errors import GraphpruneError
 from graphprune.passes import CalibrationSpec, prune_file
 from graphprune.passes.allocation import measured
+from graphprune.passes.calibration import calibrate
+from graphprune.passes.compensation import obs_preview
 from graphprune.passes.pipeline import Allocation
 from graphprune.passes.sensitivity import _hull_segments, measure
 from tests.graphs import GraphBuilder
@@ -54,6 +56,35 @@ def test_a_group_whose_removal_changes_nothing_goes_first():
     assert all(np.array_equal(a, b) for a, b in zip(weights, restored, strict=True))  # masks were undone
 
 
+def twin_neurons_mlp():
+    """y = Relu(x·[a a])·c: neurons 0–3 are exact copies of neurons 4–7."""
+    b = GraphBuilder()
+    half = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    hidden = b.op("Relu", [b.op("MatMul", ["x", b.const(np.concatenate([half, half], axis=1))])])
+    y = b.op("MatMul", [hidden, b.weight(8, 3)])
+    return b.build({"x": ["batch", 4]}, {y: ["batch", 3]})
+
+
+def test_a_removal_compensation_repairs_is_measured_as_repaired(monkeypatch):
+    """Removing up to one neuron of each twin pair costs nothing once OBS moves its weight onto the twin:
+    measured with the preview of that compensation (damping negligible), those points are free; masked alone,
+    they are not."""
+    monkeypatch.setattr("graphprune.passes.importance.obs.DAMPING", 1e-9)
+    analysis = analyze(load(twin_neurons_mlp()))
+    (group,) = analysis.prunable()
+    batches = feeds(4)
+    stats = calibrate(analysis, batches, gram_limit=8)
+    scores = {group.id: np.array([0, 1, 2, 3, 10, 11, 12, 13], dtype=float)}
+    masked = measure(analysis, scores, [group], batches)
+    repaired = measure(analysis, scores, [group], batches, compensation=obs_preview(analysis, stats))
+    assert masked.counts[group.id].tolist() == repaired.counts[group.id].tolist() == [0, 1, 2, 3, 4, 6]
+    assert np.all(masked.errors[group.id][1:] > 1e-3)
+    assert np.all(repaired.errors[group.id][1:5] < 1e-9) and repaired.errors[group.id][5] > 1e-3
+    original = [v.const_value.numpy() for v in load(twin_neurons_mlp()).graph.initializers.values()]
+    restored = [v.const_value.numpy() for v in analysis.model.graph.initializers.values()]
+    assert all(np.array_equal(a, b) for a, b in zip(original, restored, strict=True))  # updates were undone
+
+
 def test_error_curves_are_valued_by_their_lower_convex_hull():
     x = np.array([0.0, 1.0, 2.0, 3.0])
     y = np.array([0.0, 3.0, 3.5, 9.0])  # the point at 1 lies above the chord from 0 to 2
@@ -70,6 +101,39 @@ def test_measured_allocation_meets_a_params_target_through_the_pipeline(tmp_path
     dead, _ = branch_ids(analyze(load(two_branch_mlp())))
     assert max(result.plan.removed, key=lambda gid: len(result.plan.removed[gid])) == dead
     runtime.run(runtime.session(tmp_path / "o.onnx"), feeds(1)[0])
+
+
+def conv_chain():
+    """x → Conv(3→8) → Relu → Conv(8→8) → Relu → Conv(8→4): the middle weight is pruned on both axes."""
+    b = GraphBuilder()
+    y = b.op("Relu", [b.conv("x", 3, 8, k=3)])
+    y = b.conv(b.op("Relu", [b.conv(y, 8, 8, k=3)]), 8, 4)
+    return b.build({"x": [1, 3, 6, 6]}, [y])
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_the_measured_budget_is_the_uniform_plans_projected_parameters(first):
+    """Units are charged their own parameters, so removing both axes of the middle weight counts its crossing
+    twice; whichever group the ranking favours, the plan leaves no fewer parameters than the uniform plan at
+    the same ratio, and fewer than one unit's parameters more."""
+    from graphprune.metrics import projected_cost
+    from graphprune.passes.allocation import uniform
+
+    analysis = analyze(load(conv_chain()))
+    groups = sorted(analysis.prunable(), key=lambda g: g.id)
+    assert [g.size for g in groups] == [8, 8]
+    scores = {g.id: np.arange(g.size, dtype=float) for g in groups}
+    order = [groups[first], groups[1 - first]]
+    ranking = [(float(rank), g.id, float(g.params_per_unit[0])) for rank, g in enumerate(order) for _ in range(7)]
+    plan = measured(analysis, scores, ranking, 0.5)
+    goal = projected_cost(analysis, uniform(analysis, scores, 0.5)).params
+    left = projected_cost(analysis, plan).params
+    assert goal <= left < goal + min(g.params_per_unit[0] for g in groups)
+    assert len(plan.removed[order[0].id]) > 4  # the ranking is followed
+    if first == 0:  # both groups lose units: their own parameters overstate what goes
+        assert len(plan.removed) == 2
+        counted = sum(g.params_of(units) for g in groups for units in [plan.removed[g.id]])
+        assert counted > projected_cost(analysis, type(plan)()).params - left
 
 
 def test_measured_allocation_needs_data(tmp_path):
