@@ -73,9 +73,12 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     if isinstance(model, ir.Model) and not uses_external_data(model):
         sess = ort.InferenceSession(to_bytes(model), options, providers=providers)
     elif isinstance(model, ir.Model) and (files := _external_files(model)) is not None:
-        proto = to_proto(model).SerializeToString()
-        sess = (_session_beside_data(proto, files, options, providers)
-                or _session_over_mapped_files(proto, files, options, providers))
+        with _handing_over(model) as arrays:
+            proto = to_proto(model).SerializeToString()
+        options.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
+        sess = (_session_beside_data(proto, files, options, providers) if files else None) \
+            or _session_over_mapped_files(proto, files, options, providers)
+        sess.graphprune_arrays = arrays  # ORT computes on these buffers: they live as long as the session
     else:
         with as_file(model) as path:
             sess = ort.InferenceSession(str(path), options, providers=providers)
@@ -109,17 +112,47 @@ def index_ranges(model: ir.Model | str | os.PathLike) -> dict[str, int]:
     return ranges
 
 
+HANDED_OVER_BYTES = 2**20  # in-memory float tensors from this size are handed to ORT as buffers, not serialised
+_HANDED_OVER_TYPES = (np.float32, np.float16, np.float64)
+
+
+def _hands_over(tensor: ir.TensorProtocol | None) -> bool:
+    return (tensor is not None and not isinstance(tensor, ir.ExternalTensor) and tensor.nbytes >= HANDED_OVER_BYTES
+            and tensor.dtype.numpy() in _HANDED_OVER_TYPES)
+
+
 def _external_files(model: ir.Model) -> dict[str, Path] | None:
     """Location (as the model names it) → file, for every external data file the model's initializers read;
-    None when the rest of the model does not fit one protobuf."""
+    None when the rest of the model (tensors not handed over) does not fit one protobuf."""
     files, inline = {}, 0
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor):
             files[tensor.location] = Path(tensor.path)
-        elif tensor is not None:
+        elif tensor is not None and not _hands_over(tensor):
             inline += tensor.nbytes
     return files if inline < PROTOBUF_LIMIT // 2 else None
+
+
+@contextlib.contextmanager
+def _handing_over(model: ir.Model) -> Iterator[dict[str, np.ndarray]]:
+    """While inside, large in-memory float weights (refit, masked or compensated ones) stand in the model as
+    external references to nowhere, so serialising copies none of them; yields name → array, for ORT to
+    compute on directly (`add_external_initializers`: it reads no file for them, and copies nothing)."""
+    swapped = {value: value.const_value for value in model.graph.initializers.values()
+               if _hands_over(value.const_value)}
+    arrays = {value.name: np.ascontiguousarray(tensor.numpy()) for value, tensor in swapped.items()}
+    for value, tensor in swapped.items():
+        value.const_value = ir.ExternalTensor(IN_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+                                              name=value.name)
+    try:
+        yield arrays
+    finally:
+        for value, tensor in swapped.items():
+            value.const_value = tensor
+
+
+IN_MEMORY = "graphprune-in-memory"  # the location in-memory weights are said to have (never read)
 
 
 def _session_beside_data(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,

@@ -104,8 +104,13 @@ class ConsumerView:
     block: int  # read channels per stored position along `axis` (1 unless block-wise)
 
     def rows(self) -> np.ndarray:
-        """[read channel, everything else] in float64."""
-        dense = self.weight.dense().astype(np.float64)
+        """[read channel, everything else] in float64 (a copy)."""
+        return self.read_rows().astype(np.float64)
+
+    def read_rows(self) -> np.ndarray:
+        """`rows()` in the weight's own real type, a view of the stored array where the layout allows: read
+        only (a float32 weight costs no float64 copy)."""
+        dense = self.weight.dense()
         if self.block == 1:
             rows = np.moveaxis(dense, self.axis, 0)
             return rows.reshape(rows.shape[0], -1)

@@ -40,7 +40,7 @@ from graphprune.passes.calibration import (
 from graphprune.passes.compensation import add_to_bias, bias_of, per_output
 from graphprune.passes.importance.obs import GRAM_LIMIT
 from graphprune.plan import PruningPlan
-from graphprune.weights import consumer_view
+from graphprune.weights import NORM_BLOCK, consumer_view
 
 log = logging.getLogger("graphprune")
 
@@ -350,9 +350,10 @@ def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, r
     it adds into where its weight maps straight to output channels; without statistics, or for a layer that
     does not mix channels linearly, only zero the removed rows. Returns whether it was refit."""
     view = consumer_view(layer.member)
-    rows = view.rows()
+    rows = view.read_rows()
     kept = np.setdiff1d(np.arange(rows.shape[0]), layer.removed)
     if stats is None or not layer.mixing():
+        rows = rows.astype(np.float64)
         rows[layer.removed] = 0.0
         view.weight.store(view.dense_from(rows))
         return False
@@ -362,13 +363,19 @@ def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, r
         node.inputs.index(layer.member.value) > 0 and per_output(node, np.zeros(rest)) is not None
     equations = NormalEquations.of(stats, kept, intercept, ridge)
     mixing = mixing_matrix(equations, stats)
-    refit = np.zeros_like(rows)
-    refit[kept] = mixing[: len(kept)] @ rows
-    bias = mixing[-1] @ rows if intercept else None
-    if drift is not None and drift.cross.shape[1] == rows.shape[1]:
-        correction = equations.solve(drift.cross, drift.total)
-        refit[kept] += correction[: len(kept)]
-        bias = bias + correction[-1] if intercept else None
+    correction = equations.solve(drift.cross, drift.total) \
+        if drift is not None and drift.cross.shape[1] == rows.shape[1] else None
+    refit = np.zeros(rows.shape, np.result_type(rows.dtype, np.float32))
+    bias = np.zeros(rows.shape[1]) if intercept else None
+    step = max(1, NORM_BLOCK // max(rows.shape[0], 1))  # output columns solved at a time, in float64
+    for start in range(0, rows.shape[1], step):
+        columns = slice(start, start + step)
+        block = mixing @ rows[:, columns].astype(np.float64)
+        if correction is not None:
+            block += correction[:, columns]
+        refit[kept, columns] = block[: len(kept)]
+        if intercept:
+            bias[columns] = block[-1]
     view.weight.store(view.dense_from(refit))
     if intercept:
         add_to_bias(node, per_output(node, bias.reshape(rest)))

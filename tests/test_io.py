@@ -104,6 +104,36 @@ def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "weights.bin"]
 
 
+@pytest.mark.parametrize("writable", [True, False], ids=["beside-data", "read-only-folder"])
+def test_weights_changed_in_memory_are_handed_to_onnx_runtime_not_serialised(tmp_path, monkeypatch, writable):
+    """Weights refit, masked or compensated in memory, in a model whose others stay in external data, reach
+    ORT as buffers it computes on: the serialised graph only names them, and the outputs are those of the
+    same model written out whole."""
+    source = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(DEMO_MODEL), source, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    model = load_model(source)
+    changed = [v for v in model.graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT][:2]
+    for value in changed:
+        value.const_value = ir.tensor(value.const_value.numpy() * -1.5, name=value.name)
+    serialised = []
+    to_proto = runtime.to_proto
+    monkeypatch.setattr("graphprune.runtime.to_proto", lambda m: serialised.append(to_proto(m)) or serialised[-1])
+    monkeypatch.setattr("graphprune.runtime.HANDED_OVER_BYTES", 0)
+    if not writable:
+        monkeypatch.setattr("tempfile.mkstemp", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "no")))
+    feeds = {"x": np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)}
+    outputs = runtime.run(runtime.session(model), feeds)
+    monkeypatch.undo()
+    stand_ins = {t.name: t for t in serialised[0].graph.initializer if t.name in {v.name for v in changed}}
+    assert len(stand_ins) == 2 and all(not t.raw_data and t.external_data[0].value == runtime.IN_MEMORY
+                                       for t in stand_ins.values())
+    assert all(isinstance(v.const_value, ir.Tensor) for v in changed)  # the model is given back as it was
+    save_model(model, tmp_path / "whole" / "m.onnx")
+    np.testing.assert_array_equal(outputs[0], runtime.run(runtime.session(tmp_path / "whole" / "m.onnx"), feeds)[0])
+    assert not np.allclose(outputs[0], runtime.run(runtime.session(source), feeds)[0])  # the change counted
+
+
 def test_pruned_weights_are_sliced_lazily_and_written_exactly(tmp_path):
     """The rewrite slices weights when they are written (one at a time): nothing is materialised before, and
     what is written equals np.take of the original along the kept positions."""
