@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -55,6 +56,16 @@ class Batches:
         return Batches(self.samples, self.source, rest())
 
 
+GRAM_MEMORY = 1 << 28  # bytes of Gram matrices (and the inverse Hessians replacing them) held in memory
+
+
+def spilled(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zeroed array mapped from an unlinked temporary file: page cache the kernel writes out under memory
+    pressure, never anonymous memory a model's statistics could exhaust; gone however the process ends."""
+    with tempfile.TemporaryFile(prefix="graphprune-") as file:
+        return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
+
+
 @dataclass
 class ChannelStats:
     """Streaming moments of one tensor axis, per channel."""
@@ -65,12 +76,14 @@ class ChannelStats:
     gram: np.ndarray | None = None  # Σ x xᵀ over positions (channels x channels, float32), when asked for
     hessian_inverse: np.ndarray | None = None  # OBS's damped inverse, replacing the Gram once computed
 
-    def update(self, x: np.ndarray, axis: int, gram: bool = False) -> None:
+    def update(self, x: np.ndarray, axis: int, matrix: Callable[[int], np.ndarray] | None = None) -> None:
+        """Merge a batch; with `matrix` (size → a zeroed float32 matrix to accumulate in), the Gram too."""
         rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
-        if gram:
+        if matrix is not None:
             single = rows.astype(np.float32, copy=False)
-            batch = single.T @ single
-            self.gram = batch if self.gram is None else np.add(self.gram, batch, out=self.gram)
+            if self.gram is None:
+                self.gram = matrix(rows.shape[1])
+            self.gram += single.T @ single
         rows = rows.astype(np.float64)
         n, mean = rows.shape[0], rows.mean(axis=0)
         m2 = ((rows - mean) ** 2).sum(axis=0)
@@ -122,6 +135,16 @@ class Calibration:
     source: str = ""
     routing: dict[str, RoutingStats] = field(default_factory=dict)  # MoE router logits name → statistics
     blocks: dict[int, BlockStats] = field(default_factory=dict)  # depth group id → how much each block moves x
+    held: int = 0  # bytes of Gram matrices held in memory
+
+    def matrix(self, size: int) -> np.ndarray:
+        """A zeroed size x size float32 matrix for a Gram: in memory while those held stay within GRAM_MEMORY,
+        else spilled to a file (see `spilled`)."""
+        nbytes = size * size * 4
+        if self.held + nbytes > GRAM_MEMORY:
+            return spilled((size, size), np.float32)
+        self.held += nbytes
+        return np.zeros((size, size), np.float32)
 
     def routing_of(self, group: Group) -> RoutingStats:
         """Routing statistics of an expert group."""
@@ -229,8 +252,8 @@ def calibrate(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int = 0)
                 if name in wanted:
                     array = decoded(array, decoders.get(name), outputs)
                 for axis in wanted.get(name, ()):
-                    gram = array.shape[axis] <= gram_limit
-                    result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, gram)
+                    matrix = result.matrix if array.shape[axis] <= gram_limit else None
+                    result.stats.setdefault((name, axis), ChannelStats()).update(array, axis, matrix)
             count = next(iter(feeds.values())).shape[0]
             result.samples += count
             bar.update(count)

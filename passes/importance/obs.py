@@ -15,7 +15,7 @@ import numpy as np
 
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
-from graphprune.passes.calibration import Calibration
+from graphprune.passes.calibration import Calibration, spilled
 from graphprune.passes.importance.registry import Criterion, register_criterion
 from graphprune.weights import consumer_view
 
@@ -40,7 +40,11 @@ def inverse_hessian(calibration: Calibration, member: Member) -> np.ndarray:
         h[np.diag_indices_from(h)] += DAMPING * np.mean(np.diag(h))
         inverse = np.linalg.inv(h)
         condition = _largest_eigenvalue(h) * _largest_eigenvalue(inverse)
-        stats.hessian_inverse = inverse.astype(np.float32) if condition < FLOAT32_CONDITION else inverse
+        kept = inverse.astype(np.float32) if condition < FLOAT32_CONDITION else inverse
+        if isinstance(stats.gram, np.memmap):  # spilled statistics stay out of memory
+            kept, spill = spilled(kept.shape, kept.dtype), kept
+            kept[...] = spill
+        stats.hessian_inverse = kept
         stats.gram = None
     return stats.hessian_inverse
 

@@ -151,10 +151,31 @@ def test_gram_matrices_accumulate_in_float32_to_float64_accuracy():
     batches = [RNG.standard_normal((n, 6, 5)).astype(np.float32) * 3 + 1 for n in (40, 7, 13)]
     stats = ChannelStats()
     for batch in batches:
-        stats.update(batch, axis=1, gram=True)
+        stats.update(batch, axis=1, matrix=lambda size: np.zeros((size, size), np.float32))
     rows = np.concatenate([np.moveaxis(b, 1, -1).reshape(-1, 6) for b in batches]).astype(np.float64)
     assert stats.gram.dtype == np.float32
     np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-5)
+
+
+def test_statistics_past_the_memory_budget_are_spilled_to_files_and_prune_the_same(monkeypatch):
+    """With no room for Gram matrices in memory, each lives in a mapped temporary file (so does the inverse
+    Hessian replacing it); the plan and the compensated weights are those of the in-memory run."""
+    proto, batch = dependent_mlp(), data(256)
+    runs = []
+    for budget in (1 << 29, 0):
+        monkeypatch.setattr("graphprune.passes.calibration.GRAM_MEMORY", budget)
+        analysis = analyze(load(proto))
+        stats = calibrate(analysis, [batch], gram_limit=64)
+        grams = [s.gram for s in stats.stats.values() if s.gram is not None]
+        assert grams and all(isinstance(g, np.memmap) == (budget == 0) for g in grams)
+        plan = make_plan(analysis, "obs", 1 / 6, calibration=stats)
+        member = next(m for g in analysis.prunable() for m in g.members if m.consumer)
+        assert isinstance(inverse_hessian(stats, member), np.memmap) == (budget == 0)
+        runs.append((plan.removed, obs_weight_updates(analysis, plan, stats)))
+    (held, held_weights), (spilled, spilled_weights) = runs
+    assert {k: v.tolist() for k, v in held.items()} == {k: v.tolist() for k, v in spilled.items()}
+    for (value, array), other in zip(held_weights.items(), spilled_weights.values(), strict=True):
+        np.testing.assert_array_equal(array, other, err_msg=value.name)
 
 
 @pytest.mark.parametrize("damping, kept_as", [(0.01, np.float32), (1e-9, np.float64)])
