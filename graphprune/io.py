@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
@@ -318,6 +319,14 @@ class StagedModel:
 
     def __exit__(self, *exc_info) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def spilled(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zeroed array mapped from an unlinked temporary file: page cache the kernel writes out under memory
+    pressure, never anonymous memory that statistics or refit weights growing with the model could exhaust;
+    gone however the process ends."""
+    with tempfile.TemporaryFile(prefix="graphprune-") as file:
+        return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
 
 
 def unmap(model: ir.Model) -> None:

@@ -73,12 +73,12 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     if isinstance(model, ir.Model) and not uses_external_data(model):
         sess = ort.InferenceSession(to_bytes(model), options, providers=providers)
     elif isinstance(model, ir.Model) and (files := _external_files(model)) is not None:
-        with _handing_over(model) as arrays:
+        with _handing_over(model) as (fed, handed):
             proto = to_proto(model).SerializeToString()
-        options.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
+        options.add_external_initializers(list(handed), [ort.OrtValue.ortvalue_from_numpy(a) for a in handed.values()])
         sess = (_session_beside_data(proto, files, options, providers) if files else None) \
             or _session_over_mapped_files(proto, files, options, providers)
-        sess.graphprune_arrays = arrays  # ORT computes on these buffers: they live as long as the session
+        sess = _FedSession(sess, fed, handed) if fed or handed else sess
     else:
         with as_file(model) as path:
             sess = ort.InferenceSession(str(path), options, providers=providers)
@@ -134,22 +134,55 @@ def _external_files(model: ir.Model) -> dict[str, Path] | None:
     return files if inline < PROTOBUF_LIMIT // 2 else None
 
 
+_FED_READERS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather"}  # read a weight fed at run time as well
+
+
 @contextlib.contextmanager
-def _handing_over(model: ir.Model) -> Iterator[dict[str, np.ndarray]]:
-    """While inside, large in-memory float weights (refit, masked or compensated ones) stand in the model as
-    external references to nowhere, so serialising copies none of them; yields name → array, for ORT to
-    compute on directly (`add_external_initializers`: it reads no file for them, and copies nothing)."""
+def _handing_over(model: ir.Model) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """While inside, large in-memory float weights (refit, masked or compensated ones) are out of what gets
+    serialised. Yields (fed, handed), name → array: weights only linear ops read become graph inputs, fed at
+    every run (ORT computes on our buffers, copying nothing); the others stand as external references to
+    nowhere, their arrays handed over instead (`add_external_initializers`: ORT copies them once)."""
     swapped = {value: value.const_value for value in model.graph.initializers.values()
                if _hands_over(value.const_value)}
+    fed = [value for value in swapped if not value.is_graph_output() and value.uses()
+           and all(usage.node.op_type in _FED_READERS for usage in value.uses())]
     arrays = {value.name: np.ascontiguousarray(tensor.numpy()) for value, tensor in swapped.items()}
     for value, tensor in swapped.items():
-        value.const_value = ir.ExternalTensor(IN_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
-                                              name=value.name)
+        if value in fed:
+            model.graph.initializers.pop(value.name)
+            model.graph.inputs.append(value)
+        else:
+            value.const_value = ir.ExternalTensor(IN_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+                                                  name=value.name)
     try:
-        yield arrays
+        yield ({v.name: arrays[v.name] for v in fed},
+               {v.name: arrays[v.name] for v in swapped if v not in fed})
     finally:
         for value, tensor in swapped.items():
-            value.const_value = tensor
+            if value in fed:
+                model.graph.inputs.remove(value)
+                model.graph.register_initializer(value)
+            else:
+                value.const_value = tensor
+
+
+class _FedSession:
+    """An ORT session whose in-memory weights are graph inputs: every run feeds them, and they are not among
+    the inputs callers see. Holds the arrays ORT computes on for as long as it lives."""
+
+    def __init__(self, session: ort.InferenceSession, fed: dict[str, np.ndarray],
+                 handed: dict[str, np.ndarray]) -> None:
+        self._session, self._fed, self._handed = session, fed, handed
+
+    def run(self, output_names, input_feed, run_options=None):
+        return self._session.run(output_names, {**input_feed, **self._fed}, run_options)
+
+    def get_inputs(self):
+        return [spec for spec in self._session.get_inputs() if spec.name not in self._fed]
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
 
 
 IN_MEMORY = "graphprune-in-memory"  # the location in-memory weights are said to have (never read)

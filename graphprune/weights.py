@@ -46,9 +46,10 @@ class StoredWeight:
         self.value.const_value = ir.tensor(array, name=self.value.name)
 
     def store(self, dense: np.ndarray) -> None:
-        """Replace the real values, requantized with the existing scales where the tensor is quantized."""
+        """Replace the real values, requantized with the existing scales where the tensor is quantized (an
+        array already of the stored type is kept as it is: it now belongs to the weight)."""
         like = self.stored()
-        array = dense.astype(like.dtype) if self.encoding is None else self.encoding.encode(dense, like)
+        array = dense.astype(like.dtype, copy=False) if self.encoding is None else self.encoding.encode(dense, like)
         self.value.const_value = ir.tensor(array, name=self.value.name)
 
 

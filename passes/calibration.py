@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -21,7 +20,7 @@ from graphprune import ops, progress, runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group, Member
-from graphprune.io import load_model
+from graphprune.io import load_model, spilled
 from graphprune.passes.routing import RoutingStats, routing_plans, update
 
 Feeds = dict[str, np.ndarray]
@@ -57,13 +56,6 @@ class Batches:
 
 
 GRAM_MEMORY = 1 << 28  # bytes of Gram matrices (and the inverse Hessians replacing them) held in memory
-
-
-def spilled(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A zeroed array mapped from an unlinked temporary file: page cache the kernel writes out under memory
-    pressure, never anonymous memory a model's statistics could exhaust; gone however the process ends."""
-    with tempfile.TemporaryFile(prefix="graphprune-") as file:
-        return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
 
 
 @dataclass

@@ -15,7 +15,8 @@ import numpy as np
 
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
-from graphprune.passes.calibration import Calibration, spilled
+from graphprune.io import spilled
+from graphprune.passes.calibration import Calibration
 from graphprune.passes.importance.registry import Criterion, register_criterion
 from graphprune.weights import consumer_view
 

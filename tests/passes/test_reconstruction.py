@@ -83,6 +83,25 @@ def test_layers_that_lost_nothing_and_saw_no_change_keep_their_weights():
     np.testing.assert_array_equal(after[weights["w3"]][[1, 3]], 0.0)
 
 
+def test_refit_weights_spilled_to_files_are_the_ones_held_in_memory(monkeypatch):
+    """Refit weights past SPILLED_BYTES live in mapped temporary files (refit weights add up to the model);
+    they are the same numbers, and the next stages' sessions compute on them."""
+    proto, weights = three_layer_mlp(duplicate=False)
+    data = batches()
+    refit = []
+    for limit in (1 << 20, 0):
+        monkeypatch.setattr("graphprune.passes.reconstruction.SPILLED_BYTES", limit)
+        analysis = analyze(load(proto))
+        plan = PruningPlan()
+        plan.remove(group_reading(analysis, weights["w2"]), [1, 4])
+        reconstruct(analysis, plan, data)
+        tensors = {name: analysis.model.graph.initializers[name].const_value.numpy() for name in weights.values()}
+        assert isinstance(tensors[weights["w2"]], np.memmap) == (limit == 0)
+        refit.append(tensors)
+    for name in weights.values():
+        np.testing.assert_array_equal(refit[0][name], refit[1][name], err_msg=name)
+
+
 def test_residual_drift_a_layer_can_express_is_made_up():
     """The stream it adds into drifted by exactly x̂·D + d: the correction solved for is (D, d)."""
     x = RNG.standard_normal((300, 5))
