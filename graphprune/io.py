@@ -329,6 +329,16 @@ def spilled(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
 
 
+SPILLED_BYTES = 1 << 20  # weights made in memory (refit, compensated) from this size are made in `spilled` files
+
+
+def scratch_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros for a weight being remade (refit, compensated): `spilled` when large — remade weights can add up
+    to most of the model; sessions read them as fed inputs, without a copy (see runtime.session)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return spilled(shape, dtype) if nbytes >= SPILLED_BYTES else np.zeros(shape, dtype)
+
+
 def unmap(model: ir.Model) -> None:
     """Close the memory maps of the source's external tensors read so far: their pages leave this process's
     resident set (a tensor read again is mapped again). Called between tensors while writing, so reading

@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from graphprune.analysis import Analysis
 from graphprune.groups import Group, Member
+from graphprune.io import scratch_array
 from graphprune.passes.calibration import Calibration
 from graphprune.passes.importance.obs import inverse_hessian
 from graphprune.plan import PruningPlan
@@ -158,8 +159,10 @@ def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calib
         block = hinv[np.ix_(positions, positions)].astype(np.float64)
         flat -= hinv[:, positions].astype(np.float64) @ np.linalg.solve(block, flat[positions])
         flat[positions] = 0.0
-        real = np.result_type(view.weight.stored().dtype, np.float32)
-        updates[view.weight.value] = view.dense_from(flat).astype(real)
+        updated = view.dense_from(flat)
+        updates[view.weight.value] = scratch_array(updated.shape, np.result_type(view.weight.stored().dtype,
+                                                                                 np.float32))
+        updates[view.weight.value][...] = updated
         key = (member.reads.value.name, member.reads.axis)
         readers[key] -= 1
         if release and readers[key] == 0:

@@ -28,7 +28,7 @@ from graphprune.analysis import Analysis
 from graphprune.blocks import bypass
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group, Member
-from graphprune.io import spilled
+from graphprune.io import scratch_array
 from graphprune.passes.calibration import (
     Calibration,
     ChannelStats,
@@ -45,7 +45,6 @@ from graphprune.weights import NORM_BLOCK, consumer_view
 
 log = logging.getLogger("graphprune")
 
-SPILLED_BYTES = 1 << 20  # refit weights from this size live in mapped temporary files, not in memory
 RIDGE = 0.3  # λ relative to the mean of diag(x̂ᵀx̂) over the kept channels
 MIXING = {"Conv", "Gemm", "MatMul", "Attention", "QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul",
           "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
@@ -347,13 +346,6 @@ def _repick(analysis: Analysis, plan: PruningPlan, members: list[Layer],
     return changed
 
 
-def _weight_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Zeros for a refit weight: in a mapped temporary file when large (refit weights add up to most of the
-    model; the stages' sessions read them as fed inputs, without a copy: see runtime.session)."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return spilled(shape, dtype) if nbytes >= SPILLED_BYTES else np.zeros(shape, dtype)
-
-
 def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, ridge: float) -> bool:
     """Refit one layer in place (its removed rows zeroed), also making up for the drift of the residual stream
     it adds into where its weight maps straight to output channels; without statistics, or for a layer that
@@ -363,7 +355,7 @@ def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, r
     kept = np.setdiff1d(np.arange(rows.shape[0]), layer.removed)
     real = np.result_type(rows.dtype, np.float32)
     if stats is None or not layer.mixing():
-        masked = _weight_array(rows.shape, real)
+        masked = scratch_array(rows.shape, real)
         masked[kept] = rows[kept]
         view.weight.store(view.dense_from(masked))
         return False
@@ -375,7 +367,7 @@ def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, r
     mixing = mixing_matrix(equations, stats)
     correction = equations.solve(drift.cross, drift.total) \
         if drift is not None and drift.cross.shape[1] == rows.shape[1] else None
-    refit = _weight_array(rows.shape, real)
+    refit = scratch_array(rows.shape, real)
     bias = np.zeros(rows.shape[1]) if intercept else None
     step = max(1, NORM_BLOCK // max(rows.shape[0], 1))  # output columns solved at a time, in float64
     for start in range(0, rows.shape[1], step):

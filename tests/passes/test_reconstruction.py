@@ -84,13 +84,13 @@ def test_layers_that_lost_nothing_and_saw_no_change_keep_their_weights():
 
 
 def test_refit_weights_spilled_to_files_are_the_ones_held_in_memory(monkeypatch):
-    """Refit weights past SPILLED_BYTES live in mapped temporary files (refit weights add up to the model);
+    """Refit weights past io.SPILLED_BYTES live in mapped temporary files (refit weights add up to the model);
     they are the same numbers, and the next stages' sessions compute on them."""
     proto, weights = three_layer_mlp(duplicate=False)
     data = batches()
     refit = []
     for limit in (1 << 20, 0):
-        monkeypatch.setattr("graphprune.passes.reconstruction.SPILLED_BYTES", limit)
+        monkeypatch.setattr("graphprune.io.SPILLED_BYTES", limit)
         analysis = analyze(load(proto))
         plan = PruningPlan()
         plan.remove(group_reading(analysis, weights["w2"]), [1, 4])
