@@ -73,7 +73,7 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     if isinstance(model, ir.Model) and not uses_external_data(model):
         sess = ort.InferenceSession(to_bytes(model), options, providers=providers)
     elif isinstance(model, ir.Model) and (files := _external_files(model)) is not None:
-        with _handing_over(model) as (fed, handed):
+        with _handing_over(model, feed=providers[0] == "CPUExecutionProvider") as (fed, handed):
             proto = to_proto(model).SerializeToString()
         options.add_external_initializers(list(handed), [ort.OrtValue.ortvalue_from_numpy(a) for a in handed.values()])
         sess = (_session_beside_data(proto, files, options, providers) if files else None) \
@@ -138,14 +138,17 @@ _FED_READERS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather"}  # read a w
 
 
 @contextlib.contextmanager
-def _handing_over(model: ir.Model) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def _handing_over(model: ir.Model, feed: bool) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """While inside, large in-memory float weights (refit, masked or compensated ones) are out of what gets
-    serialised. Yields (fed, handed), name → array: weights only linear ops read become graph inputs, fed at
-    every run (ORT computes on our buffers, copying nothing); the others stand as external references to
-    nowhere, their arrays handed over instead (`add_external_initializers`: ORT copies them once)."""
+    serialised. Yields (fed, handed), name → array: with `feed` (sessions on the CPU: inputs are not copied
+    to a device at every run), weights only linear ops read become graph inputs, fed at every run (ORT
+    computes on our buffers, copying nothing); the others stand as external references to nowhere, their
+    arrays handed over instead (`add_external_initializers`: ORT copies them once). The model is given back
+    as it was, initializers in their order."""
+    order = list(model.graph.initializers)
     swapped = {value: value.const_value for value in model.graph.initializers.values()
                if _hands_over(value.const_value)}
-    fed = [value for value in swapped if not value.is_graph_output() and value.uses()
+    fed = [value for value in swapped if feed and not value.is_graph_output() and value.uses()
            and all(usage.node.op_type in _FED_READERS for usage in value.uses())]
     arrays = {value.name: np.ascontiguousarray(tensor.numpy()) for value, tensor in swapped.items()}
     for value, tensor in swapped.items():
@@ -159,12 +162,17 @@ def _handing_over(model: ir.Model) -> Iterator[tuple[dict[str, np.ndarray], dict
         yield ({v.name: arrays[v.name] for v in fed},
                {v.name: arrays[v.name] for v in swapped if v not in fed})
     finally:
+        for value in fed:
+            model.graph.inputs.remove(value)
+            model.graph.register_initializer(value)
         for value, tensor in swapped.items():
-            if value in fed:
-                model.graph.inputs.remove(value)
-                model.graph.register_initializer(value)
-            else:
+            if value not in fed:
                 value.const_value = tensor
+        if fed:
+            values = [model.graph.initializers[name] for name in order]
+            model.graph.initializers.clear()
+            for value in values:
+                model.graph.register_initializer(value)
 
 
 class _FedSession:

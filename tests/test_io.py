@@ -137,6 +137,7 @@ def test_weights_changed_in_memory_reach_onnx_runtime_unserialised(tmp_path, mon
     assert not stand_in.raw_data and stand_in.external_data[0].value == runtime.IN_MEMORY
     assert all(isinstance(v.const_value, ir.Tensor) and v.name in model.graph.initializers for v in (conv, scale))
     assert [v.name for v in model.graph.inputs] == ["x"]  # the model is given back as it was
+    assert list(model.graph.initializers) == list(load_model(source).graph.initializers)
     save_model(model, tmp_path / "whole" / "m.onnx")
     np.testing.assert_allclose(outputs[0], runtime.run(runtime.session(tmp_path / "whole" / "m.onnx"), feeds)[0],
                                rtol=1e-6, atol=1e-6)
