@@ -66,23 +66,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
     target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
     criterion, sequential, strategy, picked = args.criterion, args.sequential, args.allocation or "uniform", None
+    depth = args.depth or args.block_ratio is not None
     if criterion is None:
-        criterion, by_default, default_strategy, picked = default_method(calibration_spec(args))
+        method = default_method(calibration_spec(args))
+        criterion, picked = method.criterion, method.why
         free_hand = args.compensate is None and not args.expert_ratio and not args.expert_merge
-        sequential = sequential or (by_default and free_hand)
-        if default_strategy and free_hand and args.allocation is None and args.target_latency is None:
-            strategy = default_strategy
+        sequential = sequential or (method.sequential and free_hand)
+        if method.allocation and free_hand and args.allocation is None and args.target_latency is None:
+            strategy, depth = method.allocation, depth or method.depth
     allocation = Allocation(strategy, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
                             threads=args.threads)
     result = prune_file(args.model, output_of(args), criterion, args.ratio, args.round_to, args.seed,
                         kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
                         {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
-                        args.expert_merge, sequential, args.depth or args.block_ratio is not None)
+                        args.expert_merge, sequential, depth)
     ratios = ", ".join([f"{strategy} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
-    method = criterion + (" refit sequentially" if sequential else "") + (f" ({picked})" if picked else "")
+    method = criterion + (" refit sequentially" if sequential else "") + (" with depth" if depth else "") \
+        + (f" ({picked})" if picked else "")
     report(result, args, f"{method}, {ratios}")
     return 0
 
@@ -296,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaged by gate weight; approximate) instead of dropping them")
     p.add_argument("--criterion", choices=criteria_for(False), default=None,
                    help="how channels, heads and neurons are ranked (default: obs refit sequentially with --calib, "
-                        "obs with --data-free, both spending the budget by measured sensitivity; l2 without data; "
-                        f"the summary says which): {_criteria_help(False)}")
+                        "obs with --data-free, both spending the budget by measured sensitivity over width and "
+                        f"depth; l2 without data; the summary says which): {_criteria_help(False)}")
     p.add_argument("--sequential", action="store_true",
                    help="prune stage by stage along the graph: each stage re-picks its units on the pruned "
                         "model's own activations and refits its layers by ridge least squares to the dense "

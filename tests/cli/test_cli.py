@@ -204,9 +204,9 @@ def test_start_up_and_loading_import_no_torch():
 
 @pytest.mark.parametrize("given, method", [
     ([], "l2 (default without calibration data), uniform"),
-    (["--data-free"], "obs (default with --data-free), measured"),
+    (["--data-free"], "obs with depth (default with --data-free), measured"),
     (["--data-free", "--allocation", "global"], "obs (default with --data-free), global"),
-    (["--calib", "CALIB"], "obs refit sequentially (default with calibration data), measured"),
+    (["--calib", "CALIB"], "obs refit sequentially with depth (default with calibration data), measured"),
     (["--calib", "CALIB", "--allocation", "uniform"],
      "obs refit sequentially (default with calibration data), uniform"),
 ])
