@@ -339,6 +339,16 @@ def scratch_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return spilled(shape, dtype) if nbytes >= SPILLED_BYTES else np.zeros(shape, dtype)
 
 
+def contiguous_scratch(array: np.ndarray) -> np.ndarray:
+    """`array` itself when C-contiguous, else a contiguous copy made by `scratch_array`: a remade weight is
+    handed to ONNX Runtime as it is stored, never copied into memory on the way."""
+    if array.flags.c_contiguous:
+        return array
+    copy = scratch_array(array.shape, array.dtype)
+    copy[...] = array
+    return copy
+
+
 def unmap(model: ir.Model) -> None:
     """Close the memory maps of the source's external tensors read so far: their pages leave this process's
     resident set (a tensor read again is mapped again). Called between tensors while writing, so reading

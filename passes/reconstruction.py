@@ -28,7 +28,7 @@ from graphprune.analysis import Analysis
 from graphprune.blocks import bypass
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group, Member
-from graphprune.io import scratch_array
+from graphprune.io import contiguous_scratch, scratch_array
 from graphprune.passes.calibration import (
     Calibration,
     ChannelStats,
@@ -147,16 +147,20 @@ class NormalEquations:
         return cls(lhs, kept, damping, intercept)
 
     def solve(self, cross: np.ndarray, total: np.ndarray) -> np.ndarray:
-        rhs = np.vstack([cross[self.kept], total[None, :]]) if self.intercept else cross[self.kept]
-        return np.linalg.solve(self.lhs, rhs)
+        return self.solve_kept(cross[self.kept], total)
+
+    def solve_kept(self, rows: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """`solve` given the kept rows of the cross moments already."""
+        return np.linalg.solve(self.lhs, np.vstack([rows, total[None, :]]) if self.intercept else rows)
 
 
 def mixing_matrix(equations: NormalEquations, stats: PairStats) -> np.ndarray:
     """M (rows: kept channels, then the constant when the equations have one; columns: every dense channel)
-    minimising ‖[x̂_K, 1]·M − x‖² + λ‖M − I_K‖² from the accumulated moments."""
-    pull = np.zeros_like(stats.cross)
-    pull[equations.kept, equations.kept] = equations.damping
-    return equations.solve(stats.cross + pull, stats.dense_sum)
+    minimising ‖[x̂_K, 1]·M − x‖² + λ‖M − I_K‖² from the accumulated moments (the pull towards I_K added to
+    the kept rows only: no second d×d matrix)."""
+    rows = stats.cross[equations.kept]
+    rows[np.arange(len(equations.kept)), equations.kept] += equations.damping
+    return equations.solve_kept(rows, stats.dense_sum)
 
 
 def plan_layers(analysis: Analysis, plan: PruningPlan, bypassed: frozenset[int] = frozenset()) -> list[Layer]:
@@ -357,7 +361,7 @@ def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, r
     if stats is None or not layer.mixing():
         masked = scratch_array(rows.shape, real)
         masked[kept] = rows[kept]
-        view.weight.store(view.dense_from(masked))
+        view.weight.store(contiguous_scratch(view.dense_from(masked)))
         return False
     node = layer.member.node
     rest = [n for a, n in enumerate(view.weight.value.const_value.shape) if a != view.axis]
@@ -378,7 +382,7 @@ def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, r
         refit[kept, columns] = block[: len(kept)]
         if intercept:
             bias[columns] = block[-1]
-    view.weight.store(view.dense_from(refit))
+    view.weight.store(contiguous_scratch(view.dense_from(refit)))
     if intercept:
         add_to_bias(node, per_output(node, bias.reshape(rest)))
     return True
