@@ -153,8 +153,9 @@ def default_method(spec: CalibrationSpec) -> Method:
     """With calibration data, obs refit stage by stage on the pruned model's activations, its budget spent by
     measured sensitivity over width and residual blocks; data-free, the same but one-shot (refits on
     synthetic inputs hurt); without data, l2. Measured at 20/30/50 % (bench_quality): measured allocation
-    beats uniform everywhere on MiniLM and the Paddle text recognizer (data-free recognizer at 30 %: 0.28 →
-    0.67), depth adds up to +0.17 and costs at most 0.009; the digits CNN is unchanged or better."""
+    beats uniform everywhere on MiniLM and the Paddle text recognizer, depth adds up to +0.17 (data-free
+    recognizer at 30 %: 0.28 uniform, 0.67 measured, 0.83 with depth) and costs at most 0.009; the digits
+    CNN is unchanged or better."""
     if spec.path is not None:
         return Method("obs", True, "measured", True, "default with calibration data")
     if spec.data_free:
