@@ -145,7 +145,7 @@ def _handing_over(model: ir.Model, feed: bool) -> Iterator[tuple[dict[str, np.nd
     computes on our buffers, copying nothing); the others stand as external references to nowhere, their
     arrays handed over instead (`add_external_initializers`: ORT copies them once). The model is given back
     as it was, initializers in their order."""
-    order = list(model.graph.initializers)
+    initializers = list(model.graph.initializers.values())
     swapped = {value: value.const_value for value in model.graph.initializers.values()
                if _hands_over(value.const_value)}
     fed = [value for value in swapped if feed and not value.is_graph_output() and value.uses()
@@ -164,14 +164,12 @@ def _handing_over(model: ir.Model, feed: bool) -> Iterator[tuple[dict[str, np.nd
     finally:
         for value in fed:
             model.graph.inputs.remove(value)
-            model.graph.register_initializer(value)
         for value, tensor in swapped.items():
             if value not in fed:
                 value.const_value = tensor
         if fed:
-            values = [model.graph.initializers[name] for name in order]
             model.graph.initializers.clear()
-            for value in values:
+            for value in initializers:
                 model.graph.register_initializer(value)
 
 

@@ -160,9 +160,9 @@ def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calib
         flat -= hinv[:, positions].astype(np.float64) @ np.linalg.solve(block, flat[positions])
         flat[positions] = 0.0
         updated = view.dense_from(flat)
-        updates[view.weight.value] = scratch_array(updated.shape, np.result_type(view.weight.stored().dtype,
-                                                                                 np.float32))
-        updates[view.weight.value][...] = updated
+        kept = scratch_array(updated.shape, np.result_type(view.weight.stored().dtype, np.float32))
+        kept[...] = updated
+        updates[view.weight.value] = kept
         key = (member.reads.value.name, member.reads.axis)
         readers[key] -= 1
         if release and readers[key] == 0:

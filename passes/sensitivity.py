@@ -112,6 +112,8 @@ class _masked:
         updates = self.compensation(self.group, self.units) if self.compensation and self.group.blocks is None else {}
         for member in (m for m in self.group.members if m.consumer):
             weight = stored_weight(member.value)
+            if weight.value in updates:
+                continue  # its update zeroes these rows already
             self.saved.append((weight.value, weight.value.const_value))
             weight.zero(member.axis, member.positions(self.units))
         for value, array in updates.items():

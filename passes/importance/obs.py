@@ -43,8 +43,9 @@ def inverse_hessian(calibration: Calibration, member: Member) -> np.ndarray:
         condition = _largest_eigenvalue(h) * _largest_eigenvalue(inverse)
         kept = inverse.astype(np.float32) if condition < FLOAT32_CONDITION else inverse
         if isinstance(stats.gram, np.memmap):  # spilled statistics stay out of memory
-            kept, spill = spilled(kept.shape, kept.dtype), kept
-            kept[...] = spill
+            on_disk = spilled(kept.shape, kept.dtype)
+            on_disk[...] = kept
+            kept = on_disk
         stats.hessian_inverse = kept
         stats.gram = None
     return stats.hessian_inverse
