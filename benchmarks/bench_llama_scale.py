@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 from graphprune.cli.table import render
-from graphprune.models.measure import HEADERS, measured_row
+from graphprune.models.measure import HEADERS, measured_cost, row_of
 
+RATIO = "head=0.25,neuron=0.3"
 SHAPES = {  # hidden, FFN, layers, query heads, KV heads (vocabulary 32000)
     "50m": (512, 1536, 8, 8, 2),
     "250m": (1024, 2816, 16, 16, 4),
@@ -44,7 +45,7 @@ def export(size: str, path: Path) -> Path:
             return self.inner(input_ids=input_ids).logits
 
     dims = ({0: torch.export.Dim("batch", min=1, max=8), 1: torch.export.Dim("seq", min=2, max=512)},)
-    torch.onnx.export(Logits(model), (torch.randint(0, 32000, (1, 16)),), str(path), dynamo=True,
+    torch.onnx.export(Logits(model).eval(), (torch.randint(0, 32000, (2, 16)),), str(path), dynamo=True,
                       input_names=["input_ids"], output_names=["logits"], dynamic_shapes=dims, opset_version=18)
     return path
 
@@ -66,7 +67,7 @@ def main() -> None:
                 export(size, source)
             for criterion in args.criteria.split(","):
                 target = Path(tmp) / f"{size}_{criterion}" / "pruned.onnx"
-                rows.append(measured_row(size, source, target, criterion, "head=0.25,neuron=0.3"))
+                rows.append(row_of(size, criterion, measured_cost(source, target, criterion, RATIO)))
                 print(rows[-1], flush=True)
     print(render(HEADERS, rows))
 

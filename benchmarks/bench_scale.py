@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from graphprune.cli.table import render
-from graphprune.models.measure import HEADERS, measured_row
+from graphprune.models.measure import HEADERS, measured_cost, row_of
 from graphprune.models.sparse import build_sparse_ffn
 
 SIZES = {  # layers, hidden, ffn
@@ -35,7 +35,7 @@ def main() -> None:
             source = build_sparse_ffn(Path(tmp) / size, *SIZES[size])
             for criterion in args.criteria.split(","):
                 target = Path(tmp) / f"{size}_{criterion}" / "pruned.onnx"
-                rows.append(measured_row(size, source, target, criterion, str(args.ratio)))
+                rows.append(row_of(size, criterion, measured_cost(source, target, criterion, str(args.ratio))))
                 print(rows[-1], flush=True)
     print(render(HEADERS, rows))
 

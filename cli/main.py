@@ -131,7 +131,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(render(["model", "min ms", "median ms", "max ms"],
                  [[m["model"], f"{m['min_ms']:.3f}", f"{m['median_ms']:.3f}", f"{m['max_ms']:.3f}"]
                   for m in summary["models"]]))
-    print(f"\n{inputs}; {args.runs} runs each, interleaved in {runtime.ROUNDS} rounds")
+    where = runtime.DEVICES.get(sessions[0].get_providers()[0])
+    bound = f"; inputs and outputs held on {where} (IO binding)" if where else ""
+    print(f"\n{inputs}{bound}; {args.runs} runs each, interleaved in {runtime.ROUNDS} rounds")
     if "ratio" in summary:
         ratio = summary["ratio"]
         print(f"latency ratio (second / first, medians): {ratio['median']:.3f} "

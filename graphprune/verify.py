@@ -76,11 +76,13 @@ def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model | str |
     `dims`, else by the first of SIDES at which the original runs (exports often constrain them). Records the
     output drift between the two."""
     reference, actual = _checker_failures(original), _checker_failures(pruned)
+    provider = runtime.provider_name()
+    ran = "onnxruntime run" + ("" if provider == "CPUExecutionProvider" else f" on {provider}")
     for side in SIDES if feeds is None else SIDES[:1]:
-        reference["onnxruntime run"], dense = _run(original, feeds, dims, side)
+        reference[ran], dense = _run(original, feeds, dims, side)
         if dense is not None:
             break
-    actual["onnxruntime run"], pruned_outputs = _run(pruned, feeds, dims, side)
+    actual[ran], pruned_outputs = _run(pruned, feeds, dims, side)
     inputs = "the given inputs" if feeds is not None else f"random inputs, batch 1, other symbolic axes {side}"
     result = Verification(inputs=inputs)
     if dense is not None and pruned_outputs is not None:

@@ -1,9 +1,10 @@
 """Run one graphprune job in this process and report what it cost: wall and CPU time, bytes written to disk,
 peak resident memory (all of it, and the anonymous part: mapped weight files excluded). Linux /proc only.
 
-    python -m graphprune.models.measure MODEL OUTPUT [CRITERION [RATIO]]   (prints one JSON line)
+    python -m graphprune.models.measure MODEL OUTPUT [CRITERION [RATIO [PROVIDER]]]   (prints one JSON line)
 
-RATIO is a fraction for every group, or per kind: head=0.25,neuron=0.3 (other kinds untouched).
+RATIO is a fraction for every group, or per kind: head=0.25,neuron=0.3 (other kinds untouched); PROVIDER is
+the ONNX Runtime provider calibration and verification run on (cpu, cuda).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def _written() -> int:
 
 
 def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
-            kind_ratios: dict[str, float] | None = None) -> dict:
-    """Prune `source` into `target` (`ratio`, or `kind_ratios` per kind) and return the costs of doing it."""
+            kind_ratios: dict[str, float] | None = None, provider: str = "cpu") -> dict:
+    """Prune `source` into `target` (`ratio`, or `kind_ratios` per kind) on `provider` and return the costs of
+    doing it, and the units it removed (group id → indices)."""
+    from graphprune import runtime
     from graphprune.passes import CalibrationSpec, prune_file
 
     peak = {"anonymous": 0}
@@ -46,8 +49,9 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
     sampler.start()
     written, wall, cpu = _written(), time.perf_counter(), time.process_time()
     calibration = CalibrationSpec(data_free=True, samples=8, batch_size=4) if criterion != "l2" else None
-    result = prune_file(source, target, criterion, ratio=0.0 if kind_ratios else ratio, kind_ratios=kind_ratios,
-                        calibration=calibration)
+    with runtime.using(provider):
+        result = prune_file(source, target, criterion, ratio=0.0 if kind_ratios else ratio,
+                            kind_ratios=kind_ratios, calibration=calibration)
     done.set()
     sampler.join()
     graph = onnx.load(source, load_external_data=False).graph
@@ -58,17 +62,22 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
         "output_bytes": sum(f.stat().st_size for f in output_files(target, True) if f.exists()),
         "written_bytes": _written() - written, "peak_rss_bytes": _status("VmHWM"),
         "peak_anonymous_bytes": peak["anonymous"], "verified": result.verification.passed,
+        "removed": {str(group): units.tolist() for group, units in result.plan.removed.items()},
     }
 
 
 HEADERS = ["size", "GB", "criterion", "wall s", "CPU s", "peak RSS / file", "anonymous / file", "written / output"]
 
 
-def measured_row(size: str, source: Path, target: Path, criterion: str, ratio: str) -> list:
-    """Run `measure` in a fresh process (so peaks are this run's alone) and return one row under HEADERS."""
+def measured_cost(source: Path, target: Path, criterion: str, ratio: str, provider: str = "cpu") -> dict:
+    """Run `measure` in a fresh process (so peaks are this run's alone) and return what it reported."""
     done = subprocess.run([sys.executable, "-m", "graphprune.models.measure", str(source), str(target), criterion,
-                           ratio], capture_output=True, text=True, check=True)
-    cost = json.loads(done.stdout.strip().splitlines()[-1])
+                           ratio, provider], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def row_of(size: str, criterion: str, cost: dict) -> list:
+    """One row under HEADERS from what `measure` reported."""
     model = cost["model_bytes"]
     return [size, f"{model / 1e9:.2f}", criterion, cost["wall_s"], cost["cpu_s"],
             f"{cost['peak_rss_bytes'] / model:.2f}", f"{cost['peak_anonymous_bytes'] / model:.2f}",
@@ -85,4 +94,5 @@ def parse_ratio(text: str) -> tuple[float, dict[str, float] | None]:
 if __name__ == "__main__":
     args = sys.argv[1:]
     ratio, kinds = parse_ratio(args[3]) if len(args) > 3 else (0.5, None)
-    print(json.dumps(measure(args[0], args[1], args[2] if len(args) > 2 else "l2", ratio, kinds)))
+    print(json.dumps(measure(args[0], args[1], args[2] if len(args) > 2 else "l2", ratio, kinds,
+                             args[4] if len(args) > 4 else "cpu")))

@@ -382,6 +382,26 @@ def test_cuda_falls_back_to_the_cpu_with_one_warning(capsys, tmp_path):
     assert code == 2 and "invalid choice: 'tpu'" in err
 
 
+def test_cuda_calibrates_and_verifies_to_the_cpu_plan(capsys, tmp_path):
+    """Where CUDA is available (the gpu extra on a GPU machine): calibration and verification run there, the
+    report says so, and the plan is the one the CPU makes from the same synthetic inputs; bench times there
+    with inputs and outputs held on the GPU."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("no CUDA here")
+    plans = {}
+    for provider in ("cpu", "cuda"):
+        plan = tmp_path / f"{provider}.json"
+        code, out, _ = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / f"{provider}.onnx", "--provider",
+                               provider, "--criterion", "obs", "--data-free", "--ratio", "0.3", "--save-plan", plan)
+        assert code == 0 and ("onnxruntime run on CUDAExecutionProvider" in out) == (provider == "cuda")
+        plans[provider] = [group["removed"] for group in json.loads(plan.read_text())["groups"]]
+    assert plans["cuda"] == plans["cpu"]
+    code, out, _ = run_cli(capsys, "bench", DEMO_MODEL, tmp_path / "cuda.onnx", "--provider", "cuda", "--runs", "10")
+    assert code == 0 and "held on cuda (IO binding)" in out and "latency ratio" in out
+
+
 def test_nothing_to_prune_is_said_before_any_work(capsys, tmp_path):
     """An expert ratio on a model without MoE layers, any ratio on a model whose every group is frozen, and
     ratios too small for every group: one clear error, no output file."""
