@@ -164,6 +164,8 @@ def _time_layer(node: ir.Node, width: int, dims: dict[str, int] | None, threads:
     graph = helper.make_graph([helper.make_node(node.op_type, inputs, ["y"], **attrs)], "layer",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    # IR 8, not onnx's newest: onnxruntime(-gpu) releases can lag onnx's (ORT 1.31 refuses onnx 1.23's IR 14)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = ir.serde.deserialize_model(proto)
     sess = runtime.session(model, threads=threads, timing=True)
     return runtime.latency_ms(sess, {"x": rng.standard_normal(x_shape).astype(np.float32)}, warmup=3, runs=RUNS)

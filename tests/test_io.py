@@ -179,7 +179,7 @@ def test_random_inputs_index_their_tables_and_masks_attend_everywhere():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["b", "s"]),
                                            helper.make_tensor_value_info("mask", TensorProto.INT64, ["b", "s", 1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table])
-    model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8))
     assert runtime.index_ranges(model) == {"ids": 7}
     feeds = runtime.random_feeds(runtime.session(model), batch=4, dims={"s": 50})
     assert feeds["ids"].min() >= 0 and feeds["ids"].max() == 6 and feeds["ids"].dtype == np.int32

@@ -402,6 +402,14 @@ def test_cuda_calibrates_and_verifies_to_the_cpu_plan(capsys, tmp_path):
     assert code == 0 and "held on cuda (IO binding)" in out and "latency ratio" in out
 
 
+def test_pruning_for_cuda_warns_of_widths_gpu_products_run_slowly_at(capsys, tmp_path):
+    """--provider cuda: kept widths off a multiple of 16 draw one warning naming --round-to 16; rounded, none."""
+    for round_to, warned in (("1", True), ("16", False)):
+        code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / f"{round_to}.onnx", "--provider", "cuda",
+                               "--ratio", "0.3", "--round-to", round_to)
+        assert code == 0 and ("are not multiples of 16" in err and "--round-to 16" in err) == warned
+
+
 def test_nothing_to_prune_is_said_before_any_work(capsys, tmp_path):
     """An expert ratio on a model without MoE layers, any ratio on a model whose every group is frozen, and
     ratios too small for every group: one clear error, no output file."""

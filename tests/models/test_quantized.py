@@ -136,7 +136,7 @@ def _blocked_model(block: int) -> onnx.ModelProto:
              helper.make_node("MatMul", ["r", "w2"], ["y"])]
     graph = helper.make_graph(nodes, "blocked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])], [w0, w1, s1, w2])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
 def test_blocked_dequantize_prunes_columns_exactly_and_input_channels_in_whole_blocks():
