@@ -82,11 +82,29 @@ class Layer:
         return node.op_type in _CONV_LIKE or node.op_type == "MatMulNBits" or rank == 2
 
 
+EXACT_BYTES = 1 << 24  # moment matrices up to this size are summed in float64; larger ones in float32
+
+
+def moment_type(rows: int, columns: int) -> type:
+    """float64 for moment matrices of up to EXACT_BYTES (refits solved to the last digit), float32 beyond:
+    half the memory where a stage's statistics are large (a 5632-wide layer: 254 → 127 MiB a matrix), and the
+    ridge keeps the solve well conditioned (solved in float64 either way)."""
+    return np.float64 if rows * columns * 8 <= EXACT_BYTES else np.float32
+
+
+def accumulate(total: np.ndarray | None, addend: np.ndarray) -> np.ndarray:
+    """`total + addend`, summed into `total` in place (no third matrix) once there is one."""
+    if total is None:
+        return addend
+    total += addend
+    return total
+
+
 @dataclass
 class PairStats:
     """Moments of one tensor axis in the pruned model (x̂: count, mean, Σx̂x̂ᵀ) and its cross moments with
-    the dense model's (Σx̂xᵀ, Σx), accumulated batch by batch over the same inputs, in float64 (one stage's
-    worth at a time: the least-squares refit is solved to the last digit)."""
+    the dense model's (Σx̂xᵀ, Σx), accumulated batch by batch over the same inputs (one stage's worth at a
+    time), in float64 or, for wide axes, float32 (see `moment_type`)."""
 
     hat: ChannelStats = field(default_factory=ChannelStats)
     gram: np.ndarray | None = None
@@ -95,13 +113,12 @@ class PairStats:
 
     def update(self, hat: np.ndarray, dense: np.ndarray, axis: int) -> None:
         self.hat.update(hat, axis)
-        rows_hat, rows = (np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).astype(np.float64)
-                          for a in (hat, dense))
-        gram, cross = rows_hat.T @ rows_hat, rows_hat.T @ rows
-        self.gram = gram if self.gram is None else self.gram + gram
-        self.cross = cross if self.cross is None else self.cross + cross
-        total = rows.sum(axis=0)
-        self.dense_sum = total if self.dense_sum is None else self.dense_sum + total
+        real = moment_type(hat.shape[axis], dense.shape[axis])
+        rows_hat, rows = (np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]).astype(real, copy=False)
+                        for a in (hat, dense))
+        self.gram = accumulate(self.gram, rows_hat.T @ rows_hat)
+        self.cross = accumulate(self.cross, rows_hat.T @ rows)
+        self.dense_sum = accumulate(self.dense_sum, rows.sum(axis=0, dtype=np.float64))
 
     @property
     def nbytes(self) -> int:
@@ -117,12 +134,13 @@ class ResidualStats:
     total: np.ndarray | None = None
 
     def update(self, hat: np.ndarray, axis: int, drift: np.ndarray, out_axis: int) -> bool:
-        rows_hat = np.moveaxis(hat, axis, -1).reshape(-1, hat.shape[axis]).astype(np.float64)
-        rows = np.moveaxis(drift, out_axis, -1).reshape(-1, drift.shape[out_axis]).astype(np.float64)
+        real = moment_type(hat.shape[axis], drift.shape[out_axis])
+        rows_hat = np.moveaxis(hat, axis, -1).reshape(-1, hat.shape[axis]).astype(real, copy=False)
+        rows = np.moveaxis(drift, out_axis, -1).reshape(-1, drift.shape[out_axis]).astype(real, copy=False)
         if len(rows) != len(rows_hat):
             return False
-        self.cross = rows_hat.T @ rows + (self.cross if self.cross is not None else 0)
-        self.total = rows.sum(axis=0) + (self.total if self.total is not None else 0)
+        self.cross = accumulate(self.cross, rows_hat.T @ rows)
+        self.total = accumulate(self.total, rows.sum(axis=0, dtype=np.float64))
         return True
 
 
@@ -137,7 +155,7 @@ class NormalEquations:
 
     @classmethod
     def of(cls, stats: PairStats, kept: np.ndarray, intercept: bool, ridge: float = RIDGE) -> "NormalEquations":
-        gram = stats.gram[np.ix_(kept, kept)]
+        gram = stats.gram[np.ix_(kept, kept)].astype(np.float64, copy=False)
         diagonal = np.diag(gram)
         damping = ridge * (float(diagonal.mean()) if diagonal.size and diagonal.mean() > 0 else 1.0)
         lhs = gram + damping * np.eye(len(kept))

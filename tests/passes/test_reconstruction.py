@@ -102,6 +102,28 @@ def test_refit_weights_spilled_to_files_are_the_ones_held_in_memory(monkeypatch)
         np.testing.assert_array_equal(refit[0][name], refit[1][name], err_msg=name)
 
 
+def test_wide_moments_are_summed_in_float32_and_refit_to_the_float64_weights(monkeypatch):
+    """Moment matrices past EXACT_BYTES are float32 (half a stage's memory); the refit weights they give are
+    the float64 ones to float32 accuracy, and still a refit (not the dense weights)."""
+    proto, weights = three_layer_mlp(duplicate=False)
+    data = batches()
+    refit = []
+    for limit in (1 << 24, 0):
+        monkeypatch.setattr("graphprune.passes.reconstruction.EXACT_BYTES", limit)
+        stats = PairStats()
+        stats.update(RNG.standard_normal((50, 4)), RNG.standard_normal((50, 4)), axis=1)
+        assert stats.gram.dtype == stats.cross.dtype == (np.float64 if limit else np.float32)
+        analysis = analyze(load(proto))
+        dense = {name: analysis.model.graph.initializers[name].const_value.numpy().copy() for name in weights.values()}
+        plan = PruningPlan()
+        plan.remove(group_reading(analysis, weights["w2"]), [1, 4])
+        reconstruct(analysis, plan, data)
+        refit.append({name: analysis.model.graph.initializers[name].const_value.numpy() for name in weights.values()})
+    assert not np.allclose(refit[1][weights["w3"]], dense[weights["w3"]], atol=1e-3)
+    for name in weights.values():
+        np.testing.assert_allclose(refit[1][name], refit[0][name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_residual_drift_a_layer_can_express_is_made_up():
     """The stream it adds into drifted by exactly x̂·D + d: the correction solved for is (D, d)."""
     x = RNG.standard_normal((300, 5))
