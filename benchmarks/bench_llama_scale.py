@@ -12,6 +12,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from graphprune.cli.table import render
 from graphprune.models.measure import HEADERS, measured_cost, row_of
@@ -50,21 +51,31 @@ def export(size: str, path: Path) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="50m,250m")
-    parser.add_argument("--criteria", default="l2,flap,obs")
-    parser.add_argument("--folder", help="keep the exports here (reused when present)")
-    args = parser.parse_args()
+def sources(sizes: str, folder: Path) -> Iterator[tuple[str, Path]]:
+    """Each of the comma-separated `sizes` and its export in `folder`, made there unless already present."""
     os.environ["HF_HUB_OFFLINE"] = "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    for size in sizes.split(","):
+        source = folder / f"llama_{size}.onnx"
+        if not source.exists():
+            export(size, source)
+        yield size, source
+
+
+def parser_for(doc: str, criteria: str) -> argparse.ArgumentParser:
+    """Options every LLaMA-export benchmark takes: --sizes, --criteria (default `criteria`), --folder."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--sizes", default="50m,250m")
+    parser.add_argument("--criteria", default=criteria)
+    parser.add_argument("--folder", help="keep the exports here (reused when present)")
+    return parser
+
+
+def main() -> None:
+    args = parser_for(__doc__, "l2,flap,obs").parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.folder or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        for size in args.sizes.split(","):
-            source = folder / f"llama_{size}.onnx"
-            if not source.exists():
-                export(size, source)
+        for size, source in sources(args.sizes, Path(args.folder or tmp)):
             for criterion in args.criteria.split(","):
                 target = Path(tmp) / f"{size}_{criterion}" / "pruned.onnx"
                 rows.append(row_of(size, criterion, measured_cost(source, target, criterion, RATIO)))

@@ -9,14 +9,12 @@ on that provider (A/B interleaved, --batch × --seq tokens; on a GPU inputs and 
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench_llama_scale import RATIO, export
+from bench_llama_scale import RATIO, parser_for, sources
 
 from graphprune import runtime
 from graphprune.cli.table import render
@@ -43,24 +41,15 @@ def latency(dense: Path, pruned: Path, provider: str, batch: int, seq: int, runs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="50m,250m")
-    parser.add_argument("--criteria", default="flap,obs")
+    parser = parser_for(__doc__, "flap,obs")
     parser.add_argument("--providers", default="cpu,cuda")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--folder", help="keep the exports here (reused when present)")
     args = parser.parse_args()
-    os.environ["HF_HUB_OFFLINE"] = "1"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.folder or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        for size in args.sizes.split(","):
-            source = folder / f"llama_{size}.onnx"
-            if not source.exists():
-                export(size, source)
+        for size, source in sources(args.sizes, Path(args.folder or tmp)):
             for criterion in args.criteria.split(","):
                 reference = None
                 for provider in args.providers.split(","):

@@ -347,7 +347,7 @@ def _runner(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callabl
         binding.bind_ortvalue_input(name, value)
     for output in sess.get_outputs():
         binding.bind_output(output.name, device)
-    return lambda: (inputs, sess.run_with_iobinding(binding))
+    return lambda: (inputs, sess.run_with_iobinding(binding))  # the closure keeps the device inputs alive
 
 
 def latency_ms(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], warmup: int = 5,
