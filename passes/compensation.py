@@ -149,7 +149,7 @@ def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calib
             if member.consumer:
                 view = consumer_view(member)
                 entry = removed.setdefault((member.value, member.axis), (view, [], member))
-                entry[1].append(entry[0].positions(units))
+                entry[1].append(view.positions(units))  # this member's own rows: groups share a weight
     readers = Counter((m.reads.value.name, m.reads.axis) for _, _, m in removed.values())
     updates: WeightUpdates = {}
     for view, parts, member in removed.values():
