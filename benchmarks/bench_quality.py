@@ -7,12 +7,13 @@ process: its wall time and peak RSS (its own VmHWM) are measured.
 - all-MiniLM-L6-v2 (real, legacy export): mean cosine of sentence embeddings to the dense model's on 256
   standard-library docstring sentences; calibration on 128 others (models.minilm.corpus_sentences); head and
   neuron ratio both = ratio, the hidden size kept;
-- the PP-OCR-style text recognizer trained and exported by Paddle (models/data/ocr_recognizer.onnx):
-  character agreement with the dense model's reading of 256 rendered words; calibration on 128 others.
+- the PP-OCR-style text recognizer trained and exported by Paddle (models/data/ocr_recognizer.onnx), and the
+  real PP-OCRv4 recognizer (`ppocr`, shipped in rapidocr-onnxruntime, 48x320 text lines): character
+  agreement with the dense model's reading of 256 rendered words; calibration on 128 others.
 
-    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm ocr] [--ratios 0.2 0.3 0.5]
-        [--criteria l1 l2 ...] [--modes one-shot sequential data-free]
-MiniLM needs graphprune[hf]; the CNNs need torch and scikit-learn; the recognizer Pillow.
+    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm ocr ppocr]
+        [--ratios 0.2 0.3 0.5] [--criteria l1 l2 ...] [--modes one-shot sequential data-free]
+MiniLM needs graphprune[hf]; the CNNs need torch and scikit-learn; the recognizers Pillow, ppocr graphprune[ocr].
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from graphprune.cli.table import render
 from graphprune.passes.importance import criteria_for, needs_data
 
-MODELS = ["digits-legacy", "digits-dynamo", "minilm", "ocr"]
+MODELS = ["digits-legacy", "digits-dynamo", "minilm", "ocr", "ppocr"]
 MODES = {"one-shot": [], "sequential": ["--sequential"], "data-free": ["--data-free"]}
 EXTRAS = [("obs", "measured", ["--allocation", "measured"]),
           ("obs", "measured+depth", ["--allocation", "measured", "--depth"])]
@@ -73,13 +74,14 @@ class Subject:
             np.savez(folder / "calib.npz", x=x_train[:128])
             self.model = export_both(folder)[name.split("-")[1]]
             self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
-        elif name == "ocr":
-            from graphprune.models.ocr import RECOGNIZER, read
-            from graphprune.models.ocr import render as render_words
+        elif name in ("ocr", "ppocr"):
+            from graphprune.models import ocr
 
-            np.savez(folder / "calib.npz", x=render_words(128, seed=11)[0])
-            self.x_test = render_words(256, seed=12)[0]
-            self.model, self.reference = RECOGNIZER, read(RECOGNIZER, self.x_test)
+            self.model, shape = (ocr.RECOGNIZER, (ocr.HEIGHT, ocr.WIDTH)) if name == "ocr" else \
+                (ocr.packaged_recognizer(), ocr.PACKAGED_SHAPE)
+            np.savez(folder / "calib.npz", x=ocr.render(128, 11, *shape)[0])
+            self.x_test = ocr.render(256, 12, *shape)[0]
+            self.reference = ocr.read(self.model, self.x_test)
             self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
         else:
             from graphprune.models.minilm import corpus_sentences, export_minilm, model_dir
@@ -101,7 +103,7 @@ class Subject:
             from graphprune.models.demo import accuracy
 
             return accuracy(path, self.x_test, self.y_test)
-        if self.name == "ocr":
+        if self.name in ("ocr", "ppocr"):
             from graphprune.models.ocr import agreement, read
 
             return agreement(self.reference, read(path, self.x_test))

@@ -2,12 +2,15 @@
 (no download), greedy CTC decoding, and character agreement between two readers. Needs only numpy and Pillow
 (the Paddle training script loads this file on its own).
 
-The recognizer itself (`ocr_recognizer.onnx`: a PPLCNet-like BatchNorm backbone, an SVTR-like attention neck
-and a CTC head) is trained and exported by Paddle with `models/data/make_ocr_recognizer.py`.
+The stand-in recognizer (`ocr_recognizer.onnx`: a PPLCNet-like BatchNorm backbone, an SVTR-like attention neck
+and a CTC head) is trained and exported by Paddle with `models/data/make_ocr_recognizer.py`. The real one,
+PP-OCRv4's (Paddle's ch_PP-OCRv4_rec converted by paddle2onnx, 6625 classes, its dictionary in its metadata),
+ships inside the rapidocr-onnxruntime wheel (`graphprune[ocr]`): `packaged_recognizer()` finds it there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,30 @@ FONT_FOLDER = Path("/usr/share/fonts/truetype/dejavu")
 RECOGNIZER = Path(__file__).parent / "data" / "ocr_recognizer.onnx"
 
 
+PACKAGE = "rapidocr_onnxruntime"
+PACKAGED = Path("models") / "ch_PP-OCRv4_rec_infer.onnx"
+PACKAGED_SHAPE = (48, 320)  # the height and width PP-OCRv4's recognizer reads text lines at
+
+
+def packaged_recognizer() -> Path:
+    """The real PP-OCRv4 text recognizer inside the installed rapidocr-onnxruntime package (not imported)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGED if spec else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError("the real PP-OCRv4 recognizer ships in rapidocr-onnxruntime: "
+                                "pip install 'graphprune[ocr]'")
+    return path
+
+
+def classes_of(model: str | Path) -> list[str]:
+    """The characters a CTC recognizer's classes 1… stand for: PP-OCR exports carry their dictionary in the
+    `character` metadata (a space follows it); otherwise the stand-in's CHARSET."""
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    return [*metadata["character"].split("\n"), " "] if "character" in metadata else list(CHARSET)
+
+
 def font_paths(folder: Path = FONT_FOLDER) -> list[Path]:
     """The text fonts of `folder` (DejaVu's math font left out: it has no plain Latin letters)."""
     fonts = sorted(p for p in folder.glob("*.ttf") if "Math" not in p.name)
@@ -26,14 +53,15 @@ def font_paths(folder: Path = FONT_FOLDER) -> list[Path]:
     return fonts
 
 
-def render(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """`count` images [count, 3, 32, 128] normalised as PP-OCR does ((x/255 − 0.5)/0.5) and their words (3 to
-    9 characters); font, size, position, contrast and noise drawn from `seed`."""
+def render(count: int, seed: int, height: int = HEIGHT, width: int = WIDTH) -> tuple[np.ndarray, list[str]]:
+    """`count` images [count, 3, height, width] normalised as PP-OCR does ((x/255 − 0.5)/0.5) and their words
+    (3 to 9 characters, 44–84 % of the image's height); font, size, position, contrast and noise drawn from
+    `seed`."""
     from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(seed)
     fonts = font_paths()
-    images = np.empty((count, 3, HEIGHT, WIDTH), dtype=np.float32)
+    images = np.empty((count, 3, height, width), dtype=np.float32)
     words = []
     for index in range(count):
         word = "".join(rng.choice(list(CHARSET), size=int(rng.integers(3, 10))))
@@ -43,24 +71,26 @@ def render(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
         left, top, right, bottom = font.getbbox(word)
         glyphs = Image.new("L", (right - left + 2, bottom - top + 2), background)
         ImageDraw.Draw(glyphs).text((1 - left, 1 - top), word, font=font, fill=ink)
-        height = int(rng.integers(14, 27))
-        width = min(WIDTH - 4, max(1, round(glyphs.width * height / glyphs.height)))
-        glyphs = glyphs.resize((width, height), Image.BILINEAR)
-        canvas = Image.new("L", (WIDTH, HEIGHT), background)
-        canvas.paste(glyphs, (int(rng.integers(2, WIDTH - width - 1)), int(rng.integers(0, HEIGHT - height + 1))))
-        pixels = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 6, (HEIGHT, WIDTH))
+        text_height = int(rng.integers(14 * height // 32, 27 * height // 32))
+        text_width = min(width - 4, max(1, round(glyphs.width * text_height / glyphs.height)))
+        glyphs = glyphs.resize((text_width, text_height), Image.BILINEAR)
+        canvas = Image.new("L", (width, height), background)
+        canvas.paste(glyphs, (int(rng.integers(2, width - text_width - 1)),
+                              int(rng.integers(0, height - text_height + 1))))
+        pixels = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 6, (height, width))
         images[index] = (np.clip(pixels, 0, 255) / 255.0 - 0.5) / 0.5
         words.append(word)
     return images, words
 
 
-def decode(logits: np.ndarray) -> list[str]:
-    """Greedy CTC decoding of [batch, time, classes] scores: best class per step, repeats merged, blanks dropped."""
+def decode(logits: np.ndarray, classes: str | list[str] = CHARSET) -> list[str]:
+    """Greedy CTC decoding of [batch, time, classes] scores: best class per step, repeats merged, blanks (class
+    0) dropped; class i stands for classes[i − 1]."""
     best = logits.argmax(axis=-1)
     texts = []
     for row in best:
         kept = row[np.r_[True, row[1:] != row[:-1]]]
-        texts.append("".join(CHARSET[c - 1] for c in kept if c > 0))
+        texts.append("".join(classes[c - 1] for c in kept if c > 0))
     return texts
 
 
@@ -69,9 +99,9 @@ def read(model: str | Path, images: np.ndarray, batch: int = 64) -> list[str]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    name, classes = session.get_inputs()[0].name, classes_of(model)
     return [text for start in range(0, len(images), batch)
-            for text in decode(session.run(None, {name: images[start:start + batch]})[0])]
+            for text in decode(session.run(None, {name: images[start:start + batch]})[0], classes)]
 
 
 def edit_distance(a: str, b: str) -> int:

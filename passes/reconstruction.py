@@ -45,7 +45,7 @@ from graphprune.weights import NORM_BLOCK, consumer_view
 
 log = logging.getLogger("graphprune")
 
-RIDGE = 0.3  # λ relative to the mean of diag(x̂ᵀx̂) over the kept channels
+RIDGE_RANGE = (0.01, 1.0)  # λ relative to the mean of diag(x̂ᵀx̂) over the kept channels: kept width / rows, within
 MIXING = {"Conv", "Gemm", "MatMul", "Attention", "QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul",
           "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
 _CONV_LIKE = {"Conv", "QLinearConv", "ConvInteger"}
@@ -154,9 +154,11 @@ class NormalEquations:
     intercept: bool
 
     @classmethod
-    def of(cls, stats: PairStats, kept: np.ndarray, intercept: bool, ridge: float = RIDGE) -> "NormalEquations":
+    def of(cls, stats: PairStats, kept: np.ndarray, intercept: bool, ridge: float | None = None) -> "NormalEquations":
+        """`ridge`: λ relative to the mean kept diagonal; by default `ridge_for` the rows seen."""
         gram = stats.gram[np.ix_(kept, kept)].astype(np.float64, copy=False)
         diagonal = np.diag(gram)
+        ridge = ridge_for(len(kept), stats.hat.count) if ridge is None else ridge
         damping = ridge * (float(diagonal.mean()) if diagonal.size and diagonal.mean() > 0 else 1.0)
         lhs = gram + damping * np.eye(len(kept))
         if intercept:
@@ -170,6 +172,14 @@ class NormalEquations:
     def solve_kept(self, rows: np.ndarray, total: np.ndarray) -> np.ndarray:
         """`solve` given the kept rows of the cross moments already."""
         return np.linalg.solve(self.lhs, np.vstack([rows, total[None, :]]) if self.intercept else rows)
+
+
+def ridge_for(width: int, rows: int) -> float:
+    """Relative ridge for a fit of `width` coefficients per output from `rows` samples: width / rows (the share
+    of noise an unregularised fit absorbs), within RIDGE_RANGE. A 1x1 convolution seen at thousands of pixels
+    per image is fitted almost freely; a squeeze-excite layer, one row per image, stays near its weights.
+    (The real PP-OCRv4 recognizer at 30 %, sequential obs: a fixed 0.3 kept 0.33 of its reading, 0.01 0.76.)"""
+    return float(np.clip(width / max(rows, 1), *RIDGE_RANGE))
 
 
 def mixing_matrix(equations: NormalEquations, stats: PairStats) -> np.ndarray:
@@ -244,7 +254,7 @@ class ReconstructionReport:
 
 
 def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], rescore: Rescorer | None = None,
-                ridge: float = RIDGE) -> ReconstructionReport:
+                ridge: float | None = None) -> ReconstructionReport:
     """Refit, in place and stage by stage, every weight of `analysis.model` the plan affects (removed input
     rows become 0: the model is then the plan's masked reference, compensated); with `rescore`, groups whose
     consumers all sit in one stage re-pick their units (same count) from scores on the pruned activations,
@@ -368,7 +378,7 @@ def _repick(analysis: Analysis, plan: PruningPlan, members: list[Layer],
     return changed
 
 
-def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, ridge: float) -> bool:
+def _refit(layer: Layer, stats: PairStats | None, drift: ResidualStats | None, ridge: float | None) -> bool:
     """Refit one layer in place (its removed rows zeroed), also making up for the drift of the residual stream
     it adds into where its weight maps straight to output channels; without statistics, or for a layer that
     does not mix channels linearly, only zero the removed rows. Returns whether it was refit."""
