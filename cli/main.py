@@ -220,7 +220,8 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="tokenizer.json",
                    help="encode a .txt of raw text with this Hugging Face tokenizer (needs the tokenizers library)")
     p.add_argument("--image-size", type=options.positive_int, nargs=2, metavar=("H", "W"), default=(224, 224),
-                   help="resize calibration images to H x W (default 224 224)")
+                   help="resize calibration images to H x W; with --data-free, the size of synthetic images where the "
+                        "model's input leaves it open (default 224 224)")
     p.add_argument("--image-mean", type=float, nargs="+", default=[0.0, 0.0, 0.0],
                    help="per-channel mean subtracted after scaling pixels to [0, 1] (1 or 3 values; default 0)")
     p.add_argument("--image-std", type=options.nonzero, nargs="+", default=[1.0, 1.0, 1.0],

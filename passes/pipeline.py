@@ -230,7 +230,7 @@ class CalibrationSpec:
         elif self.path:
             batches = file_batches(self.path, inputs, self.batch_size, self.samples)
         elif self.data_free:
-            batches = synthetic_batches(model, self.batch_size, self.samples, seed, self.match_bn)
+            batches = synthetic_batches(model, self.batch_size, self.samples, seed, self.match_bn, self.image)
         else:
             raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
         return batches.conformed(model)
@@ -244,8 +244,16 @@ def run_calibration(analysis: Analysis, spec: CalibrationSpec, seed: int = 0, gr
 
 def _calibrated(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int, spec: CalibrationSpec) -> Calibration:
     """Calibration statistics; data-free, BatchNormalization outputs take the moments the BN's parameters imply."""
-    stats = calibrate(analysis, batches, gram_limit)
-    if spec.data_free and not spec.path:
+    data_free = spec.data_free and not spec.path
+    try:
+        stats = calibrate(analysis, batches, gram_limit)
+    except GraphpruneError as exc:
+        if not data_free:
+            raise
+        height, width = (spec.image or ImageSpec()).size
+        raise GraphpruneError(f"{exc}; synthetic images are {height}x{width} where the model leaves their size "
+                              "open: pass the size it reads with --image-size H W") from exc
+    if data_free:
         log.info("data-free: %d tensors take their BatchNormalization's moments", use_norm_moments(analysis, stats))
     return stats
 

@@ -290,3 +290,16 @@ def test_bn_matched_data_free_inputs_recover_the_input_moments():
     np.testing.assert_allclose(feeds["x"].std(axis=(0, 2, 3)), std, rtol=0.02)
     with pytest.raises(GraphpruneError, match="match-bn"):
         list(synthetic_batches(load(constructed_mlp()), 4, 4, match_bn=True))
+
+
+def test_data_free_images_take_the_image_size_where_the_model_leaves_it_open():
+    """Symbolic spatial axes of an image input are sized by the image spec (not left at 1: a network
+    calibrated on 1x1 images learns nothing of real ones), and the source says so; static ones stay."""
+    cases = ((["batch", 3, "h", "w"], (2, 3, 48, 320), True), (["batch", 3, 8, 8], (2, 3, 8, 8), False))
+    for dims, expected, said in cases:
+        b = GraphBuilder()
+        conv = b.op("Conv", ["x", b.const(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32))], kernel_shape=[3, 3])
+        model = load(b.build({"x": dims}, [b.head(b.op("Relu", [conv]), 4)]))
+        batches = synthetic_batches(model, 2, 2, image=ImageSpec(size=(48, 320)))
+        (feeds,) = list(batches)
+        assert feeds["x"].shape == expected and ("48x320 images" in batches.source) == said
