@@ -426,16 +426,21 @@ def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samp
     BatchNormalization."""
     model = model if isinstance(model, ir.Model) else load_model(model)
     image = image or ImageSpec()
-    open_specs = runtime.input_specs(model)
-    specs = _sized_images(open_specs, image)
+    specs = _sized_images(runtime.input_specs(model), image)
     moments = bn_matched_moments(model) if match_bn else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
     source = "data-free (BN-matched)" if match_bn else "data-free"
-    if specs != open_specs:
+    if sizes_images(model, image):
         source += f", {image.size[0]}x{image.size[1]} images (--image-size H W sets them)"
     ranges = runtime.index_ranges(model)
     return Batches(samples, source, _synthetic_feeds(specs, batch_size, samples, seed, moments, ranges))
+
+
+def sizes_images(model: ir.Model, image: ImageSpec) -> bool:
+    """Whether data-free calibration gives some image input of `model` the size of `image` (its size is open)."""
+    specs = runtime.input_specs(model)
+    return _sized_images(specs, image) != specs
 
 
 def _sized_images(specs: dict[str, runtime.InputSpec], image: ImageSpec) -> dict[str, runtime.InputSpec]:

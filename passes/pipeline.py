@@ -27,6 +27,7 @@ from graphprune.passes.calibration import (
     calibrate,
     file_batches,
     image_batches,
+    sizes_images,
     synthetic_batches,
     token_batches,
 )
@@ -248,9 +249,10 @@ def _calibrated(analysis: Analysis, batches: Iterable[Feeds], gram_limit: int, s
     try:
         stats = calibrate(analysis, batches, gram_limit)
     except GraphpruneError as exc:
-        if not data_free:
+        image = spec.image or ImageSpec()
+        if not data_free or not sizes_images(analysis.model, image):
             raise
-        height, width = (spec.image or ImageSpec()).size
+        height, width = image.size
         raise GraphpruneError(f"{exc}; synthetic images are {height}x{width} where the model leaves their size "
                               "open: pass the size it reads with --image-size H W") from exc
     if data_free:
