@@ -150,7 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(render(["model", "min ms", "median ms", "max ms"],
                  [[m["model"], f"{m['min_ms']:.3f}", f"{m['median_ms']:.3f}", f"{m['max_ms']:.3f}"]
                   for m in summary["models"]]))
-    where = runtime.DEVICES.get(sessions[0].get_providers()[0])
+    where = runtime.device_of(sessions[0])
     bound = f"; inputs and outputs held on {where} (IO binding)" if where else ""
     print(f"\n{inputs}{bound}; {args.runs} runs each, interleaved in {runtime.ROUNDS} rounds")
     if "ratio" in summary:

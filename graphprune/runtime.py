@@ -148,8 +148,8 @@ def _handing_over(model: ir.Model, feed: bool) -> Iterator[tuple[dict[str, np.nd
     initializers = list(model.graph.initializers.values())
     swapped = {value: value.const_value for value in model.graph.initializers.values()
                if _hands_over(value.const_value)}
-    fed = [value for value in swapped if feed and not value.is_graph_output() and value.uses()
-           and all(usage.node.op_type in _FED_READERS for usage in value.uses())]
+    fed = {value for value in swapped if feed and not value.is_graph_output() and value.uses()
+           and all(usage.node.op_type in _FED_READERS for usage in value.uses())}
     arrays = {value.name: np.ascontiguousarray(tensor.numpy()) for value, tensor in swapped.items()}
     for value, tensor in swapped.items():
         if value in fed:
@@ -334,11 +334,16 @@ def interleaved_ms(sessions: list[ort.InferenceSession], feeds: list[dict[str, n
 DEVICES = {"CUDAExecutionProvider": "cuda"}  # OrtValue device names of the providers that have their own memory
 
 
+def device_of(sess: ort.InferenceSession) -> str | None:
+    """The device (OrtValue name) `sess` computes on, None for the host."""
+    return DEVICES.get(sess.get_providers()[0])
+
+
 def _runner(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     """One run of `sess` on `feeds`, as timed: on a device, inputs are copied there once and outputs stay there
     (IO binding), so the time is the model's and not the host transfers' (a 512-token LLaMA's logits alone
     are 65 MB)."""
-    device = DEVICES.get(sess.get_providers()[0])
+    device = device_of(sess)
     if device is None:
         return lambda: sess.run(None, feeds)
     binding = sess.io_binding()

@@ -426,12 +426,13 @@ def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samp
     BatchNormalization."""
     model = model if isinstance(model, ir.Model) else load_model(model)
     image = image or ImageSpec()
-    specs = _sized_images(runtime.input_specs(model), image)
+    open_specs = runtime.input_specs(model)
+    specs = _sized_images(open_specs, image)
     moments = bn_matched_moments(model) if match_bn else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
     source = "data-free (BN-matched)" if match_bn else "data-free"
-    if sizes_images(model, image):
+    if specs != open_specs:
         source += f", {image.size[0]}x{image.size[1]} images (--image-size H W sets them)"
     ranges = runtime.index_ranges(model)
     return Batches(samples, source, _synthetic_feeds(specs, batch_size, samples, seed, moments, ranges))
