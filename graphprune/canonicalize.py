@@ -30,7 +30,12 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from graphprune.batch_merges import fold_batch_merges, fold_inferred_targets
 from graphprune.constants import fold_constant_layouts, unshare_constants
 from graphprune.edits import add_constant, insert_node
-from graphprune.layout_chains import fold_gather_slices, fold_gather_transposes, fold_split_transposes
+from graphprune.layout_chains import (
+    fold_gather_slices,
+    fold_gather_transposes,
+    fold_picked_slices,
+    fold_split_transposes,
+)
 from graphprune.values import const_of, covered_axes, picked_positions, shape_of
 
 _FOLDABLE_ELEMENTS = 64  # shape arithmetic only: never fold weights
@@ -341,7 +346,8 @@ def canonicalize(model: ir.Model) -> int:
     attention folds run in a round of their own, once the others have nothing left to do."""
     count = unshare_constants(model) + fold_static_shapes(model) + fold_constant_layouts(model)
     count += fold_pass_throughs(model) + fold_copied_targets(model) + fold_tensordots(model)
-    chains = fold_gather_transposes(model) + fold_gather_slices(model) + fold_split_transposes(model)
+    chains = fold_picked_slices(model) + fold_gather_transposes(model) + fold_gather_slices(model)
+    chains += fold_split_transposes(model)
     if chains:
         RemoveUnusedNodesPass()(model)
     count += chains + fold_transpose_sandwiches(model)

@@ -4,6 +4,7 @@ they do to element positions, found by tracing an index array through them at sa
 - A chain that ends in a scalar Gather and only picks a contiguous run along one axis of its source is a
   Slice: torch's packed in_proj (`linear(x).unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2)`,
   then q, k, v = [0], [1], [2]).
+- Slice of one index then Squeeze of that axis is a scalar Gather (Paddle's `qkv[0]`).
 - Reshape → Transpose → Reshape that only splits axes and permutes the factors is Reshape (a split) →
   Transpose: torch's `q.view(S, B·H, D).transpose(0, 1).view(B, H, S, D)`, whose middle axis merges the batch
   with the heads.
@@ -41,13 +42,16 @@ class SampleSizes:
 
 
 def _sizes(shape: list, symbols: SampleSizes) -> list[int] | None:
-    """Concrete sizes for a shape whose symbolic dims are names or products like '4*batch'."""
+    """Concrete sizes for a shape whose symbolic dims are names, products like '4*batch', or other expressions
+    inference wrote (paddle2onnx's 'floor(p2o.DynamicDimension.1/2 - 1/2) + 1'), each then one symbol."""
     sizes = []
     for dim in shape:
         if isinstance(dim, int):
             sizes.append(dim)
         elif isinstance(dim, str) and re.fullmatch(r"[A-Za-z_0-9]+(\*[A-Za-z_0-9]+)*", dim):
             sizes.append(int(np.prod([int(f) if f.isdigit() else symbols.size(f) for f in dim.split("*")])))
+        elif isinstance(dim, str):
+            sizes.append(symbols.size(dim))
         else:
             return None
     return sizes
@@ -145,6 +149,58 @@ def fold_gather_slices(model: ir.Model) -> int:
     return count
 
 
+def fold_picked_slices(model: ir.Model) -> int:
+    """Squeeze(Slice(x, [i], [i + 1], [a]), [a]) or Squeeze of a Split piece of size 1 — one index of one
+    axis, the axis then dropped — is Gather(x, i, axis a): Paddle's `qkv[0], qkv[1], qkv[2]` and torch's
+    `qkv.unbind(0)` after a head-split permute, which the Gather folds then see as `qkv[0]`; returns how many."""
+    count = 0
+    for node in list(model.graph):
+        picked = _picked_index(node) if node.op_type == "Squeeze" and node.graph is model.graph else None
+        if picked is None:
+            continue
+        source, index, axis = picked
+        result = node.outputs[0]
+        gathered = insert_node(model, node, "Gather", [source, _constant(model, index, result)],
+                               f"{result.name}_picked", result, {"axis": axis})
+        result.replace_all_uses_with(gathered, replace_graph_outputs=True)
+        count += 1
+    return count
+
+
+def _picked_index(squeeze: ir.Node) -> tuple[ir.Value, int, int] | None:
+    """(source, index, axis) when `squeeze` drops the one axis its Slice or Split input cut to a single index."""
+    producer = squeeze.inputs[0].producer()
+    axes = _ints(squeeze, "axes", 1)
+    source = producer.inputs[0] if producer is not None and producer.op_type in ("Slice", "Split") else None
+    shape = shape_of(source)
+    if shape is None or axes is None or len(axes) != 1 or not isinstance(shape[axes[0] % len(shape)], int):
+        return None
+    axis, size = axes[0] % len(shape), shape[axes[0] % len(shape)]
+    if producer.op_type == "Split":
+        sizes = _ints(producer, "split", 1)
+        count = len(producer.outputs)
+        sizes = sizes if sizes is not None else ([size // count] * count if size % count == 0 else None)
+        piece = list(producer.outputs).index(squeeze.inputs[0])
+        split_axis = (_ints(producer, "axis", None) or [0])[0] % len(shape)
+        return (source, sum(sizes[:piece]), axis) if split_axis == axis and sizes and sizes[piece] == 1 else None
+    if len(producer.inputs) < 4 or any(const_of(v) is None for v in producer.inputs[1:]):
+        return None
+    starts, ends, slice_axes, *steps = (const_of(v).reshape(-1).tolist() for v in producer.inputs[1:])
+    if len(slice_axes) != 1 or slice_axes[0] % len(shape) != axis or (steps and steps[0] != [1]):
+        return None
+    begin, stop, _ = slice(starts[0], ends[0]).indices(size)
+    return (source, begin, axis) if stop == begin + 1 else None
+
+
+def _ints(node: ir.Node, name: str, index: int | None) -> list[int] | None:
+    """An ints attribute (or int), or the constant input at `index` that replaced it in later opsets."""
+    attr = node.attributes.get(name)
+    if attr is not None:
+        return list(attr.as_ints()) if attr.type == ir.AttributeType.INTS else [attr.as_int()]
+    value = node.inputs[index] if index is not None and len(node.inputs) > index else None
+    return const_of(value).reshape(-1).tolist() if const_of(value) is not None else None
+
+
 def fold_gather_transposes(model: ir.Model) -> int:
     """A scalar Gather after a Transpose gathers before it: Gather(Transpose(x, perm), axis a) is
     Transpose(Gather(x, axis perm[a]), perm without a) — which lets the gather meet the split it undoes
@@ -169,7 +225,7 @@ def fold_gather_transposes(model: ir.Model) -> int:
     return count
 
 
-def _constant(model: ir.Model, values: list[int], near: ir.Value) -> ir.Value:
+def _constant(model: ir.Model, values: list[int] | int, near: ir.Value) -> ir.Value:
     return add_constant(model, f"{near.name}_bound", np.array(values, dtype=np.int64))
 
 

@@ -25,7 +25,7 @@ def export_reference(name: str, dynamo: bool, folder: str | Path) -> Path:
         tokens = {0: "batch", 1: "seq"}
         return export(*moe.build(name.removeprefix("moe_")), path, dynamo, dynamic=[tokens], output_dynamic=tokens)
     module, inputs = transformers.build(name)
-    if name in ("vit", "swin"):
+    if name in ("vit", "vit_packed", "swin"):
         return export(module, inputs, path, dynamo, input_names=transformers.INPUT_NAMES[name])
     tokens = {0: "batch", 1: "seq"}
     dynamic = transformers.DYNAMIC.get(name, [tokens] * len(inputs))

@@ -30,13 +30,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) self-attention with separate or fused Q/K/V projections."""
+    """Multi-head (or grouped-query) self-attention with separate or fused Q/K/V projections; `packed` fuses
+    them as timm's ViT does: qkv viewed as [B, S, 3, heads, head_dim], permuted, then unbound."""
 
     def __init__(self, d: int, heads: int, kv_heads: int | None = None, bias: bool = True, fused: bool = False,
-                 rope: bool = False, sdpa: bool = False):
+                 rope: bool = False, sdpa: bool = False, packed: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads or heads, d // heads
-        self.fused, self.rope, self.sdpa = fused, rope, sdpa
+        self.fused, self.rope, self.sdpa, self.packed = fused or packed, rope, sdpa, packed
         kv_d = self.kv_heads * self.head_dim
         if fused:
             self.qkv = nn.Linear(d, d + 2 * kv_d, bias=bias)
@@ -53,14 +54,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, s, d = x.shape
-        if self.fused:
-            kv_d = self.kv_heads * self.head_dim
-            q, k, v = self.qkv(x).split([d, kv_d, kv_d], dim=-1)
+        if self.packed:
+            q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q, k, v = self.q(x), self.k(x), self.v(x)
-        q = q.view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+            if self.fused:
+                kv_d = self.kv_heads * self.head_dim
+                q, k, v = self.qkv(x).split([d, kv_d, kv_d], dim=-1)
+            else:
+                q, k, v = self.q(x), self.k(x), self.v(x)
+            q = q.view(b, s, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         if self.rope:
             cos, sin = self.cos[:s], self.sin[:s]
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
@@ -104,9 +108,9 @@ class Bert(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    def __init__(self, d: int, heads: int, ffn: int):
+    def __init__(self, d: int, heads: int, ffn: int, packed: bool = False):
         super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(d), Attention(d, heads, fused=True)
+        self.ln1, self.attn = nn.LayerNorm(d), Attention(d, heads, fused=True, packed=packed)
         self.ln2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, ffn), nn.Linear(ffn, d)
 
     def forward(self, x):
@@ -115,12 +119,13 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, d: int = 48, heads: int = 3, ffn: int = 96, layers: int = 2, patch: int = 8):
+    def __init__(self, d: int = 48, heads: int = 3, ffn: int = 96, layers: int = 2, patch: int = 8,
+                 packed: bool = False):
         super().__init__()
         self.patch = nn.Conv2d(3, d, patch, patch)
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.1)
         self.pos = nn.Parameter(torch.randn(1, (32 // patch) ** 2 + 1, d) * 0.1)
-        self.blocks = nn.ModuleList(ViTBlock(d, heads, ffn) for _ in range(layers))
+        self.blocks = nn.ModuleList(ViTBlock(d, heads, ffn, packed) for _ in range(layers))
         self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
 
     def forward(self, x):
@@ -280,6 +285,7 @@ class TorchCrossAttention(nn.Module):
 BUILDERS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "bert": lambda: (Bert(), (torch.randint(0, 100, (2, 12)), torch.tensor([[1] * 12, [1] * 9 + [0] * 3]))),
     "vit": lambda: (ViT(), (torch.randn(2, 3, 32, 32),)),
+    "vit_packed": lambda: (ViT(packed=True), (torch.randn(2, 3, 32, 32),)),
     "llama": lambda: (Llama(), (torch.randint(0, 100, (2, 12)),)),
     "llama_tied": lambda: (Llama(tied=True), (torch.randint(0, 100, (2, 12)),)),
     "torch_encoder": lambda: (TorchEncoder(batch_first=True), (torch.randn(2, 6, 32),)),
@@ -287,7 +293,7 @@ BUILDERS: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "torch_cross_attention": lambda: (TorchCrossAttention(), (torch.randn(2, 6, 32), torch.randn(2, 4, 32))),
     "swin": lambda: (Swin(), (torch.randn(2, 3, 32, 32),)),
 }
-INPUT_NAMES = {"bert": ["input_ids", "attention_mask"], "vit": ["x"], "llama": ["input_ids"],
+INPUT_NAMES = {"bert": ["input_ids", "attention_mask"], "vit": ["x"], "vit_packed": ["x"], "llama": ["input_ids"],
                "llama_tied": ["input_ids"], "torch_encoder": ["x"], "torch_encoder_seq_first": ["x"],
                "torch_cross_attention": ["x", "memory"], "swin": ["x"]}
 # dynamic axes where not (batch, seq) on every input; torch's legacy exporter writes the key length of

@@ -37,3 +37,24 @@ def test_a_contiguous_pick_becomes_a_slice_and_prunes():
 def test_a_strided_pick_stays_a_gather():
     ops = [n.op_type for n in from_proto(_packed(interleaved=True)).graph]
     assert ops.count("Gather") == 2 and "Slice" not in ops
+
+
+def test_paddles_picked_slices_of_a_packed_qkv_give_heads():
+    """Paddle's packed attention (PP-OCRv4's SVTR): qkv reshaped to [B, N, 3, heads, head_dim], permuted to
+    [3, B, heads, N, head_dim], q, k, v each a Slice of one index then a Squeeze; the token axis is a size
+    expression (paddle2onnx's shape inference). The picks are folded and the heads prune exactly."""
+    b = GraphBuilder()
+    qkv = b.op("Reshape", [b.op("MatMul", ["x", b.weight(24, 72)]), b.const(np.array([0, 0, 3, 2, 12]))])
+    stacked = b.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])
+    q, k, v = (b.op("Squeeze", [b.op("Slice", [stacked, b.const(np.array([i])), b.const(np.array([i + 1])),
+                                               b.const(np.array([0]))]), b.const(np.array([0]))]) for i in range(3))
+    scores = b.op("Softmax", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1)
+    merged = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [scores, v])], perm=[0, 2, 1, 3]),
+                              b.const(np.array([0, 0, 24]))])
+    tokens = "floor(p2o.DynamicDimension.1/2 - 1/2) + 1"
+    model = b.build({"x": ["batch", tokens, 24]}, {b.op("MatMul", [merged, b.weight(24, 8)]): ["batch", tokens, 8]})
+    ops = [n.op_type for n in from_proto(model).graph]
+    assert "Squeeze" not in ops and ops.count("Slice") == 3
+    (heads,) = analyze(from_proto(model)).prunable()
+    assert heads.kind == "head" and heads.detail() == "2 heads x head_dim 12"
+    assert_group_equivalent(model, heads, dims={"batch": 2, tokens: 5})

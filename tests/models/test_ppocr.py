@@ -16,7 +16,7 @@ from graphprune.models import ocr
 from graphprune.passes import CalibrationSpec, prune_file
 from tests.harness import assert_group_equivalent, load
 
-PRUNABLE = 23  # 21 channel groups (backbone, squeeze-excite, neck), 2 neuron groups (the SVTR blocks' MLPs)
+PRUNABLE = 25  # 21 channel groups (backbone, squeeze-excite, neck); per SVTR block, its heads and MLP neurons
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,12 @@ def lines():
         pytest.skip(str(exc))
 
 
-def test_the_real_recognizer_offers_channels_and_neurons(recognizer):
+def test_the_real_recognizer_offers_channels_heads_and_neurons(recognizer):
+    """The SVTR blocks' attention is Paddle's packed form: qkv reshaped to [B, N, 3, heads, head_dim], permuted,
+    then q, k, v taken by Slice + Squeeze; its heads are found through it."""
     analysis = analyze(load(recognizer))
-    assert collections.Counter(g.kind for g in analysis.prunable()) == {"channel": 21, "neuron": 2}
+    assert collections.Counter(g.kind for g in analysis.prunable()) == {"channel": 21, "head": 2, "neuron": 2}
+    assert {g.detail() for g in analysis.prunable() if g.kind == "head"} == {"8 heads x head_dim 15"}
     assert len(ocr.classes_of(recognizer)) == 6624  # its dictionary and the space; class 0 is the blank
 
 

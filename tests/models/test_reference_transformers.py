@@ -16,6 +16,7 @@ from tests.harness import assert_group_equivalent
 EXPECT = {
     "bert": {"head": (2, 4), "neuron": (2, 128)},
     "vit": {"head": (2, 3), "neuron": (2, 96)},
+    "vit_packed": {"head": (2, 3), "neuron": (2, 96)},  # timm's qkv.reshape(B, N, 3, H, D).permute(...).unbind(0)
     "llama": {"head": (2, 2), "neuron": (2, 96)},       # a head unit is one KV group: 1 KV + 2 query heads
     "llama_tied": {"head": (2, 2), "neuron": (2, 96)},
     # torch's own nn.TransformerEncoder / nn.MultiheadAttention (packed in_proj_weight), batch first or not
@@ -75,12 +76,12 @@ def test_gqa_pruned_layers_keep_two_query_heads_per_kv_head(exported):
     assert out.shape == (2, 5, 100) and np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_tied", "vit"])
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "vit", "vit_packed"])
 def test_hidden_pruning_gives_a_valid_smaller_model(exported, name):
     path = exported(name, True)
     analysis = analyze(load_model(path), allow_approximate=True)
     hidden = [g for g in analysis.prunable() if g.kind == "hidden"]
-    assert len(hidden) == 1 and hidden[0].size == {"vit": 48}.get(name, 64)
+    assert len(hidden) == 1 and hidden[0].size == {"vit": 48, "vit_packed": 48}.get(name, 64)
     dense = load_model(path)
     pruned = apply_plan(analysis, make_plan(analysis, "l2", 0.25))
     verify.check(pruned)
