@@ -229,7 +229,9 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-layout", choices=["NCHW", "NHWC"], default="NCHW",
                    help="layout of the image input (default NCHW)")
     p.add_argument("--grayscale", action="store_true", help="images as one channel")
-    p.add_argument("--data-free", action="store_true", help="calibrate on synthetic Gaussian inputs (no data)")
+    p.add_argument("--data-free", action="store_true",
+                   help="calibrate on synthetic inputs (no data): spatially smooth Gaussian images (laid out by "
+                        "--image-layout), token ids over the table they index")
     p.add_argument("--match-bn", action="store_true",
                    help="data-free inputs with the per-channel moments the first Conv→BatchNormalization expects")
     p.add_argument("--samples", type=options.positive_int, default=128,

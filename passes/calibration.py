@@ -20,7 +20,7 @@ from graphprune import ops, progress, runtime
 from graphprune.analysis import Analysis
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.groups import Group, Member
-from graphprune.io import load_model, spilled
+from graphprune.io import spilled
 from graphprune.passes.routing import RoutingStats, routing_plans, update
 
 Feeds = dict[str, np.ndarray]
@@ -393,78 +393,3 @@ def _image_feeds(files: list[Path], input_name: str, spec: ImageSpec, batch_size
             images.append((array - mean[: array.shape[-1]]) / std[: array.shape[-1]])
         batch = np.stack(images)
         yield {input_name: np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if spec.layout == "NCHW" else batch)}
-
-
-def bn_matched_moments(model: ir.Model) -> tuple[str, np.ndarray, np.ndarray] | None:
-    """(input name, per-channel mean, per-channel std) of Gaussian inputs whose first Conv → BatchNormalization
-    sees the BN's running statistics, solved by least squares (pixels independent, borders ignored):
-    E[y_o] = Σ_c m_c ΣW[o,c] + b_o, Var[y_o] = Σ_c s_c² ΣW[o,c]². None when no such pair follows an input."""
-    for value in model.graph.inputs:
-        uses = value.uses()
-        conv = uses[0].node if len(uses) == 1 and uses[0].node.op_type == "Conv" else None
-        readers = conv.outputs[0].uses() if conv is not None else []
-        bn = readers[0].node if len(readers) == 1 and readers[0].node.op_type == "BatchNormalization" else None
-        if bn is None or conv.attributes.get("group") is not None and conv.attributes["group"].as_int() != 1:
-            continue
-        params = [bn.inputs[i].const_value for i in (3, 4)] + [conv.inputs[1].const_value]
-        if any(p is None for p in params):
-            continue
-        running_mean, running_var, weight = (p.numpy().astype(np.float64) for p in params)
-        bias = conv.inputs[2].const_value.numpy() if len(conv.inputs) > 2 and conv.inputs[2] is not None else 0.0
-        taps = weight.reshape(weight.shape[0], weight.shape[1], -1)
-        mean = np.linalg.lstsq(taps.sum(axis=2), running_mean - bias, rcond=None)[0]
-        variance = np.linalg.lstsq((taps**2).sum(axis=2), running_var, rcond=None)[0]
-        return value.name, mean, np.sqrt(np.clip(variance, 1e-6, None))
-    return None
-
-
-def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samples: int, seed: int = 0,
-                      match_bn: bool = False, image: ImageSpec | None = None) -> Batches:
-    """Data-free calibration: Gaussian inputs shaped by the input spec (image-like inputs sized by `image` on
-    their symbolic spatial axes), token-like integer inputs drawn over the table they index (ones for other
-    integers: masks); with `match_bn`, image inputs get the per-channel moments that fit the first
-    BatchNormalization."""
-    model = model if isinstance(model, ir.Model) else load_model(model)
-    image = image or ImageSpec()
-    open_specs = runtime.input_specs(model)
-    specs = _sized_images(open_specs, image)
-    moments = bn_matched_moments(model) if match_bn else None
-    if match_bn and moments is None:
-        raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
-    source = "data-free (BN-matched)" if match_bn else "data-free"
-    if specs != open_specs:
-        source += f", {image.size[0]}x{image.size[1]} images (--image-size H W sets them)"
-    ranges = runtime.index_ranges(model)
-    return Batches(samples, source, _synthetic_feeds(specs, batch_size, samples, seed, moments, ranges))
-
-
-def sizes_images(model: ir.Model, image: ImageSpec) -> bool:
-    """Whether data-free calibration gives some image input of `model` the size of `image` (its size is open)."""
-    specs = runtime.input_specs(model)
-    return _sized_images(specs, image) != specs
-
-
-def _sized_images(specs: dict[str, runtime.InputSpec], image: ImageSpec) -> dict[str, runtime.InputSpec]:
-    """Float inputs of rank 4 with symbolic spatial axes take `image.size` there (in its layout): left to the
-    default of 1, a network would be calibrated on 1x1 images (the real PP-OCRv4 recognizer, data-free at 30 %:
-    nothing of its reading kept)."""
-    axes = (2, 3) if image.layout == "NCHW" else (1, 2)
-    sized = {}
-    for name, (dims, dtype) in specs.items():
-        if dims is not None and len(dims) == 4 and (dtype is None or np.issubdtype(dtype, np.floating)):
-            dims = [image.size[axes.index(a)] if a in axes and not isinstance(d, int) else d
-                    for a, d in enumerate(dims)]
-        sized[name] = (dims, dtype)
-    return sized
-
-
-def _synthetic_feeds(specs: dict[str, runtime.InputSpec], batch_size: int, samples: int, seed: int,
-                     moments, ranges: dict[str, int]) -> Iterator[Feeds]:
-    for index, start in enumerate(range(0, samples, batch_size)):
-        feeds = runtime.random_inputs(specs, batch=min(batch_size, samples - start), seed=seed + index,
-                                      dims={"seq": 16}, ranges=ranges)
-        if moments is not None:
-            name, mean, std = moments
-            shape = (1, -1) + (1,) * (feeds[name].ndim - 2)
-            feeds[name] = (feeds[name] * std.reshape(shape) + mean.reshape(shape)).astype(feeds[name].dtype)
-        yield feeds

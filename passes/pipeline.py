@@ -27,8 +27,6 @@ from graphprune.passes.calibration import (
     calibrate,
     file_batches,
     image_batches,
-    sizes_images,
-    synthetic_batches,
     token_batches,
 )
 from graphprune.passes.compensation import apply_weight_updates, bias_deltas, obs_preview, obs_weight_updates
@@ -43,6 +41,7 @@ from graphprune.passes.optimize import fuse
 from graphprune.passes.reconstruction import reconstruct
 from graphprune.passes.rewrite import apply_plan
 from graphprune.passes.sensitivity import Compensation, measure
+from graphprune.passes.synthetic import sizes_images, synthetic_batches
 from graphprune.plan import PruningPlan, check_made_for, fingerprint
 
 log = logging.getLogger("graphprune")

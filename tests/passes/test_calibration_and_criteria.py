@@ -12,16 +12,7 @@ from graphprune.cli.main import main
 from graphprune.errors import GraphpruneError
 from graphprune.models.demo import DEMO_MODEL
 from graphprune.passes import CalibrationSpec, apply_plan, make_plan, run_calibration
-from graphprune.passes.calibration import (
-    ChannelStats,
-    ImageSpec,
-    bn_matched_moments,
-    calibrate,
-    file_batches,
-    image_batches,
-    synthetic_batches,
-    token_batches,
-)
+from graphprune.passes.calibration import ChannelStats, ImageSpec, calibrate, file_batches, image_batches, token_batches
 from graphprune.passes.compensation import bias_deltas, obs_weight_updates
 from graphprune.passes.importance.obs import inverse_hessian
 from tests.graphs import GraphBuilder
@@ -267,39 +258,3 @@ def test_greedy_obs_never_removes_both_halves_of_a_dependent_pair(monkeypatch):
     stats = calibrate(analysis, [data(256)], gram_limit=64)
     removed = set(next(iter(make_plan(analysis, "obs", 2 / 6, calibration=stats).removed.values())).tolist())
     assert len(removed & {1, 5}) == 1, removed
-
-
-def test_bn_matched_data_free_inputs_recover_the_input_moments():
-    """Running statistics made from a known input distribution: the solver recovers its mean and std."""
-    mean, std = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.5, 2.0])
-    w = RNG.standard_normal((6, 3, 1, 1)).astype(np.float32)
-    bias = RNG.standard_normal(6).astype(np.float32)
-    taps = w[:, :, 0, 0].astype(np.float64)
-    b = GraphBuilder()
-    conv = b.op("Conv", ["x", b.const(w), b.const(bias)], kernel_shape=[1, 1])
-    bn = b.op("BatchNormalization", [conv, b.const(np.ones(6, np.float32)), b.const(np.zeros(6, np.float32)),
-                                     b.const((taps @ mean + bias).astype(np.float32)),
-                                     b.const(((taps**2) @ std**2).astype(np.float32))])
-    model = load(b.build({"x": ["batch", 3, 8, 8]}, [b.head(b.op("Relu", [bn]), 6)]))
-    name, solved_mean, solved_std = bn_matched_moments(model)
-    assert name == "x"
-    np.testing.assert_allclose(solved_mean, mean, atol=1e-4)
-    np.testing.assert_allclose(solved_std, std, atol=1e-4)
-    (feeds,) = list(synthetic_batches(model, 512, 512, match_bn=True))
-    np.testing.assert_allclose(feeds["x"].mean(axis=(0, 2, 3)), mean, atol=0.02)
-    np.testing.assert_allclose(feeds["x"].std(axis=(0, 2, 3)), std, rtol=0.02)
-    with pytest.raises(GraphpruneError, match="match-bn"):
-        list(synthetic_batches(load(constructed_mlp()), 4, 4, match_bn=True))
-
-
-def test_data_free_images_take_the_image_size_where_the_model_leaves_it_open():
-    """Symbolic spatial axes of an image input are sized by the image spec (not left at 1: a network
-    calibrated on 1x1 images learns nothing of real ones), and the source says so; static ones stay."""
-    cases = ((["batch", 3, "h", "w"], (2, 3, 48, 320), True), (["batch", 3, 8, 8], (2, 3, 8, 8), False))
-    for dims, expected, said in cases:
-        b = GraphBuilder()
-        conv = b.op("Conv", ["x", b.const(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32))], kernel_shape=[3, 3])
-        model = load(b.build({"x": dims}, [b.head(b.op("Relu", [conv]), 4)]))
-        batches = synthetic_batches(model, 2, 2, image=ImageSpec(size=(48, 320)))
-        (feeds,) = list(batches)
-        assert feeds["x"].shape == expected and ("48x320 images" in batches.source) == said
