@@ -67,6 +67,7 @@ class Subject:
 
     def __init__(self, name: str, folder: Path) -> None:
         self.name, self.folder = name, folder
+        self.data_free = ["--data-free"]
         if name.startswith("digits"):
             from graphprune.models.digits import export_both, load_split
 
@@ -83,6 +84,7 @@ class Subject:
             self.x_test = ocr.render(256, 12, *shape)[0]
             self.reference = ocr.read(self.model, self.x_test)
             self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
+            self.data_free += ["--image-size", *map(str, shape)]  # PP-OCRv4 leaves its line height open
         else:
             from graphprune.models.minilm import corpus_sentences, export_minilm, model_dir
 
@@ -134,7 +136,7 @@ def main() -> None:
                                                    for c, label, extra in EXTRAS for mode in args.modes]
                 for criterion, mode, extra in runs:
                     target = folder / "pruned.onnx"
-                    data = ["--data-free"] if "--data-free" in extra else subject.calibration
+                    data = subject.data_free if "--data-free" in extra else subject.calibration
                     report, seconds, peak = prune(subject.model, target, ["--criterion", criterion,
                                                                           *subject.ratios(ratio), *data,
                                                                           *(e for e in extra if e != "--data-free")])
