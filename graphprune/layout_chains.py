@@ -4,7 +4,8 @@ they do to element positions, found by tracing an index array through them at sa
 - A chain that ends in a scalar Gather and only picks a contiguous run along one axis of its source is a
   Slice: torch's packed in_proj (`linear(x).unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2)`,
   then q, k, v = [0], [1], [2]).
-- Slice of one index then Squeeze of that axis is a scalar Gather (Paddle's `qkv[0]`).
+- One index Sliced (or Split) off an axis, then that axis Squeezed, is a scalar Gather (Paddle's `qkv[0]`,
+  torch's `qkv.unbind(0)`).
 - Reshape → Transpose → Reshape that only splits axes and permutes the factors is Reshape (a split) →
   Transpose: torch's `q.view(S, B·H, D).transpose(0, 1).view(B, H, S, D)`, whose middle axis merges the batch
   with the heads.
