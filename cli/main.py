@@ -120,7 +120,7 @@ def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
     image = ImageSpec(tuple(args.image_size), tuple(args.image_mean), tuple(args.image_std), args.image_layout,
                       args.grayscale)
     return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, image=image,
-                           match_bn=args.match_bn, tokenizer=args.tokenizer)
+                           match_bn=args.match_bn, tokenizer=args.tokenizer, smooth_images=args.smooth_images)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -230,8 +230,11 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
                    help="layout of the image input (default NCHW)")
     p.add_argument("--grayscale", action="store_true", help="images as one channel")
     p.add_argument("--data-free", action="store_true",
-                   help="calibrate on synthetic inputs (no data): spatially smooth Gaussian images (laid out by "
-                        "--image-layout), token ids over the table they index")
+                   help="calibrate on synthetic inputs (no data): Gaussian images, token ids over the table they index")
+    p.add_argument("--smooth-images", action="store_true",
+                   help="with --data-free, blur synthetic images by a Gaussian of 1/20 of their shorter side "
+                        "(--image-layout says which axes): measured to help text recognizers (PP-OCRv4 at 30 %%: "
+                        "0.30 -> 0.72) and to hurt the PP-OCRv4 text detector (at 10 %%: 0.98 -> 0.49)")
     p.add_argument("--match-bn", action="store_true",
                    help="data-free inputs with the per-channel moments the first Conv→BatchNormalization expects")
     p.add_argument("--samples", type=options.positive_int, default=128,

@@ -155,8 +155,8 @@ def default_method(spec: CalibrationSpec) -> Method:
     synthetic inputs do not help: stand-in recognizer 0.86–0.94 sequential against 0.95 one-shot); without
     data, l2. Measured at 20/30/50 % (bench_quality): measured allocation beats uniform everywhere on MiniLM
     and the Paddle text recognizer, depth adds up to +0.17 (white-noise data-free runs) and costs at most
-    0.009; the digits CNN is unchanged or better. Data-free on smooth images, the recognizer at 30 % keeps
-    0.41 uniform, 0.81 measured, 0.95 with depth."""
+    0.009; the digits CNN is unchanged or better. Data-free with --smooth-images, the recognizer at 30 %
+    keeps 0.41 uniform, 0.81 measured, 0.95 with depth."""
     if spec.path is not None:
         return Method("obs", True, "measured", True, "default with calibration data")
     if spec.data_free:
@@ -206,6 +206,7 @@ class CalibrationSpec:
     image: ImageSpec | None = None
     match_bn: bool = False
     tokenizer: str | None = None
+    smooth_images: bool = False
 
     def wanted(self) -> bool:
         return self.path is not None or self.data_free
@@ -219,6 +220,8 @@ class CalibrationSpec:
             raise GraphpruneError(f"{self.path}: no such calibration file or folder")
         if self.tokenizer is not None and not Path(self.tokenizer).is_file():
             raise GraphpruneError(f"{self.tokenizer}: no such tokenizer file")
+        if self.smooth_images and not (self.data_free and self.path is None):
+            raise GraphpruneError("--smooth-images shapes synthetic images: it needs --data-free (and no --calib)")
 
     def open(self, model: ir.Model, seed: int = 0) -> Batches:
         """The batches this spec names, checked against `model`'s inputs (the first batch right away); call
@@ -231,7 +234,8 @@ class CalibrationSpec:
         elif self.path:
             batches = file_batches(self.path, inputs, self.batch_size, self.samples)
         elif self.data_free:
-            batches = synthetic_batches(model, self.batch_size, self.samples, seed, self.match_bn, self.image)
+            batches = synthetic_batches(model, self.batch_size, self.samples, seed, self.match_bn, self.image,
+                                        self.smooth_images)
         else:
             raise GraphpruneError("calibration needs data: pass --calib FILE or --data-free")
         return batches.conformed(model)
@@ -337,8 +341,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
         if (needs_data(name) or compensate or sequential) and not spec.wanted():
             need = "bias compensation" if compensate else "--sequential" if sequential else f"criterion {name!r}"
             raise GraphpruneError(f"{need} needs calibration data: pass --calib FILE or --data-free")
-    if spec.wanted():
-        spec.check()
+    spec.check()
     model = _load(source, output, spec.path)
     batches = spec.open(model, seed) if spec.wanted() else None
     kept_batches = list(batches) if sequential or measures else None

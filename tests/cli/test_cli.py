@@ -106,6 +106,12 @@ def test_bad_ratio_is_a_usage_error(capsys, tmp_path):
     assert code == 2 and "ratio" in err
 
 
+def test_smooth_images_without_data_free_are_refused_before_any_work(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "o.onnx", "--smooth-images")
+    assert_one_line_error(code, err)
+    assert "--smooth-images" in err and "--data-free" in err and not (tmp_path / "o.onnx").exists()
+
+
 def custom_op_model(annotated: bool) -> onnx.ModelProto:
     """conv → Mystery (unknown custom op) → conv → conv → head; `annotated` declares Mystery's output shape
     as exporters do, otherwise shape inference stops at it."""

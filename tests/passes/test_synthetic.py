@@ -41,29 +41,33 @@ def test_smooth_images_are_standard_normal_pixels_blurred_by_a_twentieth_of_the_
     assert lag_one(smooth_images(np.random.default_rng(1), (4096, 1, 8, 8), (2, 3)), 3) < 0.35
 
 
-def test_data_free_feeds_image_inputs_smooth_images_and_other_inputs_white_noise():
+def test_data_free_images_are_white_unless_smooth_is_asked_and_other_inputs_stay_white():
     b = GraphBuilder()
     conv = b.op("Conv", ["x", b.const(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32))], kernel_shape=[3, 3])
     summed = b.op("Add", [b.op("ReduceMean", [conv], axes=[2, 3], keepdims=0), b.op("MatMul", ["v", b.const(
         RNG.standard_normal((5, 4)).astype(np.float32))])])
     model = load(b.build({"x": ["batch", 3, 16, 16], "v": ["batch", 5]}, {summed: ["batch", 4]}))
-    (feeds,) = list(synthetic_batches(model, 256, 256))
-    image, vector = feeds["x"], feeds["v"]
-    assert image.dtype == np.float32 and image.shape == (256, 3, 16, 16) and vector.shape == (256, 5)
-    assert lag_one(image, 3) > 0.5 and abs(lag_one(vector, 1)) < 0.15
+    for smooth in (False, True):
+        batches = synthetic_batches(model, 256, 256, smooth=smooth)
+        (feeds,) = list(batches)
+        image, vector = feeds["x"], feeds["v"]
+        assert image.dtype == np.float32 and image.shape == (256, 3, 16, 16) and vector.shape == (256, 5)
+        assert (lag_one(image, 3) > 0.5) == smooth and abs(lag_one(vector, 1)) < 0.15
+        assert ("smooth images" in batches.source) == smooth
 
 
-@pytest.mark.parametrize("kernel, dilation", [(1, 1), (3, 1), (3, 2)])
-def test_bn_matched_data_free_inputs_recover_the_input_moments(kernel, dilation):
-    """Running statistics measured by feeding smooth images of known per-channel moments through the Conv:
-    the solver recovers those moments, neighbouring taps' correlation included (taken as independent, the
-    3x3 solves are 40 % off or have no solution)."""
+@pytest.mark.parametrize("kernel, dilation, smooth", [(1, 1, True), (3, 1, True), (3, 2, True), (3, 1, False)])
+def test_bn_matched_data_free_inputs_recover_the_input_moments(kernel, dilation, smooth):
+    """Running statistics measured by feeding white or smooth images of known per-channel moments through the
+    Conv: the solver recovers those moments, smooth images' correlation between taps included (taken as
+    independent, the 3x3 solves are 40 % off or have no solution)."""
     rng = np.random.default_rng(kernel + 10 * dilation)
     mean, std = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.5, 2.0])
     w = rng.standard_normal((6, 3, kernel, kernel)).astype(np.float32)
     bias = rng.standard_normal(6).astype(np.float32)
-    images = smooth_images(rng, (2048, 3, 32, 32), (2, 3)) * std[:, None, None] \
-        + mean[:, None, None]
+    shape = (2048, 3, 32, 32)
+    noise = smooth_images(rng, shape, (2, 3)) if smooth else rng.standard_normal(shape)
+    images = noise * std[:, None, None] + mean[:, None, None]
     b = GraphBuilder()
     conv = b.op("Conv", ["x", b.const(w), b.const(bias)], kernel_shape=[kernel, kernel], dilations=[dilation] * 2)
     seen = run(b.build({"x": ["batch", 3, 32, 32]}, {conv: ["batch", 6, None, None]}), images)
@@ -73,11 +77,11 @@ def test_bn_matched_data_free_inputs_recover_the_input_moments(kernel, dilation)
                                      b.const(seen.mean(axis=(0, 2, 3)).astype(np.float32)),
                                      b.const(seen.var(axis=(0, 2, 3)).astype(np.float32))])
     model = load(b.build({"x": ["batch", 3, 32, 32]}, [b.head(b.op("Relu", [bn]), 6)]))
-    name, solved_mean, solved_std = bn_matched_moments(model, runtime.input_specs(model), "NCHW")
+    name, solved_mean, solved_std = bn_matched_moments(model, runtime.input_specs(model), "NCHW" if smooth else None)
     assert name == "x"
     np.testing.assert_allclose(solved_mean, mean, atol=0.03)
     np.testing.assert_allclose(solved_std, std, rtol=0.04)
-    (feeds,) = list(synthetic_batches(model, 2048, 2048, match_bn=True))  # an image's mean varies
+    (feeds,) = list(synthetic_batches(model, 2048, 2048, match_bn=True, smooth=smooth))  # a smooth image's mean varies
     np.testing.assert_allclose(feeds["x"].mean(axis=(0, 2, 3)), solved_mean, atol=0.03)
     np.testing.assert_allclose(feeds["x"].std(axis=(0, 2, 3)), solved_std, rtol=0.02)
     with pytest.raises(GraphpruneError, match="match-bn"):
