@@ -234,7 +234,7 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smooth-images", action="store_true",
                    help="with --data-free, blur synthetic images by a Gaussian of 1/20 of their shorter side "
                         "(--image-layout says which axes): measured to help text recognizers (PP-OCRv4 at 30 %%: "
-                        "0.30 -> 0.72) and to hurt the PP-OCRv4 text detector (at 10 %%: 0.98 -> 0.49)")
+                        "0.47 -> 0.72) and to hurt the PP-OCRv4 text detector (at 10 %%: 0.98 -> 0.49)")
     p.add_argument("--match-bn", action="store_true",
                    help="data-free inputs with the per-channel moments the first Conv→BatchNormalization expects")
     p.add_argument("--samples", type=options.positive_int, default=128,
