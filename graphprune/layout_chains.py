@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.edits import add_constant, insert_node
-from graphprune.values import const_of, shape_of
+from graphprune.values import attr_int, const_of, int_list, shape_of
 
 _LAYOUT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather"}
 _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19)
@@ -171,18 +171,18 @@ def fold_picked_slices(model: ir.Model) -> int:
 def _picked_index(squeeze: ir.Node) -> tuple[ir.Value, int, int] | None:
     """(source, index, axis) when `squeeze` drops the one axis its Slice or Split input cut to a single index."""
     producer = squeeze.inputs[0].producer()
-    axes = _ints(squeeze, "axes", 1)
+    axes = int_list(squeeze, "axes", 1)
     source = producer.inputs[0] if producer is not None and producer.op_type in ("Slice", "Split") else None
     shape = shape_of(source)
     if shape is None or axes is None or len(axes) != 1 or not isinstance(shape[axes[0] % len(shape)], int):
         return None
     axis, size = axes[0] % len(shape), shape[axes[0] % len(shape)]
     if producer.op_type == "Split":
-        sizes = _ints(producer, "split", 1)
+        sizes = int_list(producer, "split", 1)
         count = len(producer.outputs)
         sizes = sizes if sizes is not None else ([size // count] * count if size % count == 0 else None)
         piece = list(producer.outputs).index(squeeze.inputs[0])
-        split_axis = (_ints(producer, "axis", None) or [0])[0] % len(shape)
+        split_axis = attr_int(producer, "axis", 0) % len(shape)
         return (source, sum(sizes[:piece]), axis) if split_axis == axis and sizes and sizes[piece] == 1 else None
     if len(producer.inputs) < 4 or any(const_of(v) is None for v in producer.inputs[1:]):
         return None
@@ -191,15 +191,6 @@ def _picked_index(squeeze: ir.Node) -> tuple[ir.Value, int, int] | None:
         return None
     begin, stop, _ = slice(starts[0], ends[0]).indices(size)
     return (source, begin, axis) if stop == begin + 1 else None
-
-
-def _ints(node: ir.Node, name: str, index: int | None) -> list[int] | None:
-    """An ints attribute (or int), or the constant input at `index` that replaced it in later opsets."""
-    attr = node.attributes.get(name)
-    if attr is not None:
-        return list(attr.as_ints()) if attr.type == ir.AttributeType.INTS else [attr.as_int()]
-    value = node.inputs[index] if index is not None and len(node.inputs) > index else None
-    return const_of(value).reshape(-1).tolist() if const_of(value) is not None else None
 
 
 def fold_gather_transposes(model: ir.Model) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -28,6 +30,18 @@ def attr_int(node: ir.Node, name: str, default: int) -> int:
     """An integer attribute of `node`, or `default` where it is absent."""
     attr = node.attributes.get(name)
     return default if attr is None else attr.as_int()
+
+
+def int_list(node: ir.Node, attr: str, input_index: int,
+             const: Callable[[ir.Value], np.ndarray | None] = const_of) -> list[int] | None:
+    """An int list given as attribute (older opsets) or constant input (newer, read by `const`); None when
+    absent or dynamic."""
+    if attr in node.attributes:
+        return list(node.attributes[attr].as_ints())
+    if input_index < len(node.inputs) and node.inputs[input_index] is not None:
+        array = const(node.inputs[input_index])
+        return None if array is None else [int(v) for v in np.atleast_1d(array)]
+    return None
 
 
 def attr_float(node: ir.Node, name: str, default: float) -> float:

@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from graphprune import values
 from graphprune.quantization import Encoding
 from graphprune.values import attr_int  # noqa: F401 - op rules read attributes through the registry
 
@@ -166,12 +167,7 @@ def normalize_axis(axis: int, rank: int) -> int:
 
 def int_list(ctx: CoupleContext | RewriteContext, node: ir.Node, attr: str, input_index: int) -> list[int] | None:
     """An int list given as attribute (older opsets) or constant input (newer); None when absent or dynamic."""
-    if attr in node.attributes:
-        return list(node.attributes[attr].as_ints())
-    if input_index < len(node.inputs) and node.inputs[input_index] is not None:
-        array = ctx.const(node.inputs[input_index])
-        return None if array is None else [int(v) for v in np.atleast_1d(array)]
-    return None
+    return values.int_list(node, attr, input_index, ctx.const)
 
 
 def attr_ints(node: ir.Node, name: str) -> list[int] | None:
