@@ -59,6 +59,7 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
         "kinds": kind_summary(result),
         "groups_total": len(result.groups),
         "frozen": frozen_summary(result),
+        "calibration": result.plan.meta.get("calibration"),
         "latency": result.plan.meta.get("latency"),
         "reconstruction": result.plan.meta.get("reconstruction"),
         "fusion": result.fusion,
@@ -101,6 +102,9 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
             print(f"  {count} × {reason}")
     done = "dry run, nothing written" if result.dry_run else f"wrote {args.output}"
     print(f"\npruned {result.groups_pruned} of {len(result.groups)} groups ({how}); {done}")
+    calibration = result.plan.meta.get("calibration")
+    if calibration:
+        print(f"calibration: {calibration['samples']} samples, {calibration['source']}")
     if result.fusion is not None:
         fused = ", ".join(f"{n} {op}" for op, n in sorted(result.fusion["fused"].items())) or "nothing"
         kept = "kept" if result.fusion["kept"] else "not kept"

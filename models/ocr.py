@@ -37,12 +37,21 @@ def packaged_recognizer() -> Path:
 
 
 def classes_of(model: str | Path) -> list[str]:
-    """The characters a CTC recognizer's classes 1… stand for: PP-OCR exports carry their dictionary in the
-    `character` metadata (a space follows it); otherwise the stand-in's CHARSET."""
-    import onnx
+    """The characters a CTC recognizer's classes 1… stand for (see `session_classes`)."""
+    return session_classes(_session(model))
 
-    metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+
+def session_classes(session) -> list[str]:
+    """The classes of a recognizer's ONNX Runtime session: PP-OCR exports carry their dictionary in the
+    `character` metadata (a space follows it); otherwise the stand-in's CHARSET."""
+    metadata = session.get_modelmeta().custom_metadata_map
     return [*metadata["character"].split("\n"), " "] if "character" in metadata else list(CHARSET)
+
+
+def _session(model: str | Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
 def font_paths(folder: Path = FONT_FOLDER) -> list[Path]:
@@ -96,10 +105,8 @@ def decode(logits: np.ndarray, classes: str | list[str] = CHARSET) -> list[str]:
 
 def read(model: str | Path, images: np.ndarray, batch: int = 64) -> list[str]:
     """The words an ONNX recognizer (`images` → [batch, time, classes]) reads, in ONNX Runtime."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name, classes = session.get_inputs()[0].name, classes_of(model)
+    session = _session(model)
+    name, classes = session.get_inputs()[0].name, session_classes(session)
     return [text for start in range(0, len(images), batch)
             for text in decode(session.run(None, {name: images[start:start + batch]})[0], classes)]
 

@@ -351,7 +351,9 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     _check_prunable(analysis, ratio, kind_ratios, allocation)
     gram_limit = GRAM_LIMIT if criterion == "obs" else 0
     one_shot = batches is not None and not (sequential and not needs_data(criterion) and not depth)
-    stats = _calibrated(analysis, kept_batches or batches, gram_limit, spec) if one_shot else None
+    if kept_batches is not None:  # calibrated on the kept list, which keeps the source's name and count
+        batches = Batches(batches.samples, batches.source, iter(kept_batches))
+    stats = _calibrated(analysis, batches, gram_limit, spec) if one_shot else None
     if measures:
         previews = criterion == "obs" and stats is not None and (compensate or sequential)
         allocation = replace(allocation, batches=kept_batches,

@@ -32,6 +32,9 @@ def synthetic_batches(model: ir.Model | str | os.PathLike, batch_size: int, samp
     moments = bn_matched_moments(model, specs, layout) if match_bn else None
     if match_bn and moments is None:
         raise GraphpruneError("--match-bn: no Conv → BatchNormalization follows an input (exporters often fold BN)")
+    if moments is not None and image.layout != "NCHW":
+        raise GraphpruneError(f"--match-bn: input {moments[0]!r} feeds a Conv, which reads NCHW; "
+                              f"--image-layout {image.layout} contradicts it")
     source = "data-free (BN-matched)" if match_bn else "data-free"
     source += ", smooth images" if smooth else ""
     if specs != open_specs:

@@ -208,17 +208,24 @@ def test_start_up_and_loading_import_no_torch():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("given, method", [
-    ([], "l2 (default without calibration data), uniform"),
-    (["--data-free"], "obs with depth (default with --data-free), measured"),
-    (["--data-free", "--allocation", "global"], "obs (default with --data-free), global"),
-    (["--calib", "CALIB"], "obs refit sequentially with depth (default with calibration data), measured"),
+@pytest.mark.parametrize("given, method, calibration", [
+    ([], "l2 (default without calibration data), uniform", None),
+    (["--data-free"], "obs with depth (default with --data-free), measured", "128 samples, data-free"),
+    (["--data-free", "--allocation", "global"], "obs (default with --data-free), global", "128 samples, data-free"),
+    (["--calib", "CALIB"], "obs refit sequentially with depth (default with calibration data), measured",
+     "48 samples, CALIB"),
     (["--calib", "CALIB", "--allocation", "uniform"],
-     "obs refit sequentially (default with calibration data), uniform"),
+     "obs refit sequentially (default with calibration data), uniform", "48 samples, CALIB"),
 ])
-def test_prune_without_a_criterion_picks_by_what_it_was_given_and_says_so(capsys, tmp_path, given, method):
+def test_prune_without_a_criterion_picks_by_what_it_was_given_and_says_so(capsys, tmp_path, given, method,
+                                                                            calibration):
+    """The method picked and the calibration it ran on (samples, source), whether its batches were kept for
+    measuring and refitting or streamed once."""
     with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
         np.savez(tmp_path / "calib.npz", x=d["x"][:48])
     given = [str(tmp_path / "calib.npz") if a == "CALIB" else a for a in given]
     code, out, _ = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "o.onnx", "--ratio", "0.25", *given)
+    said = [line for line in out.splitlines() if line.startswith("calibration:")]
+    assert said == ([f"calibration: {calibration.replace('CALIB', str(tmp_path / 'calib.npz'))}"] if calibration
+                    else []), out
     assert code == 0 and f"({method} ratio 0.25)" in out, out

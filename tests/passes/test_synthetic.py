@@ -86,6 +86,8 @@ def test_bn_matched_data_free_inputs_recover_the_input_moments(kernel, dilation,
     np.testing.assert_allclose(feeds["x"].std(axis=(0, 2, 3)), solved_std, rtol=0.02)
     with pytest.raises(GraphpruneError, match="match-bn"):
         list(synthetic_batches(conv_model(["batch", 3, 8, 8]), 4, 4, match_bn=True))
+    with pytest.raises(GraphpruneError, match="reads NCHW; --image-layout NHWC contradicts it"):
+        synthetic_batches(model, 4, 4, match_bn=True, smooth=smooth, image=ImageSpec(layout="NHWC"))
 
 
 def run(model, images: np.ndarray) -> np.ndarray:
