@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 CHARSET = "0123456789abcdefghijklmnopqrstuvwxyz"  # class 0 is CTC's blank, class i + 1 is CHARSET[i]
 HEIGHT, WIDTH = 32, 128
@@ -41,14 +45,14 @@ def classes_of(model: str | Path) -> list[str]:
     return session_classes(_session(model))
 
 
-def session_classes(session) -> list[str]:
+def session_classes(session: onnxruntime.InferenceSession) -> list[str]:
     """The classes of a recognizer's ONNX Runtime session: PP-OCR exports carry their dictionary in the
     `character` metadata (a space follows it); otherwise the stand-in's CHARSET."""
     metadata = session.get_modelmeta().custom_metadata_map
     return [*metadata["character"].split("\n"), " "] if "character" in metadata else list(CHARSET)
 
 
-def _session(model: str | Path):
+def _session(model: str | Path) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
 
     return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
