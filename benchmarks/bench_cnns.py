@@ -12,14 +12,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from graphprune import runtime
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from graphprune.cli.table import render
-from graphprune.io import load_model, save_model
-from graphprune.metrics import cost
+from graphprune.io import runtime
+from graphprune.io.load import load_model
+from graphprune.io.save import save_model
 from graphprune.models.cnn import BUILDERS, build
 from graphprune.models.export import export
 from graphprune.passes import apply_plan, make_plan
+from graphprune.verify.cost import cost
 
 
 def bench_one(name: str, folder: Path, args: argparse.Namespace) -> list:

@@ -12,12 +12,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from graphprune.cli.table import render
 from graphprune.errors import GraphpruneError
-from graphprune.io import load_model
+from graphprune.io.load import load_model
 from graphprune.models.reference import export_reference
-from graphprune.passes.pipeline import Allocation, prune_file
+from graphprune.passes.allocation.spec import Allocation
+from graphprune.passes.pipeline.prune import prune_file
 
 MODELS = ["torch_encoder", "torch_encoder_seq_first", "torch_cross_attention", "moe_sliced", "moe_stacked",
           "resnet", "bert"]

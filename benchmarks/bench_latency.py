@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from graphprune import runtime
 from graphprune.cli.table import render
 from graphprune.errors import GraphpruneError
+from graphprune.io import runtime
 from graphprune.models.reference import export_reference
-from graphprune.passes.pipeline import Allocation, Output, prune_file
+from graphprune.passes.allocation.spec import Allocation
+from graphprune.passes.pipeline.prune import prune_file
+from graphprune.passes.pipeline.request import Output
 
 
 def _timed_ratio(dense: Path, pruned: Path, dims: dict | None, threads: int) -> float:

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from graphprune import runtime
 from graphprune.cli.table import render
+from graphprune.io import runtime
 from graphprune.models.minilm import SENTENCES, export_minilm, mean_cosine, tokenize
 from graphprune.passes import prune_file
 
@@ -40,7 +40,7 @@ def main() -> None:
             for criterion in args.criteria:
                 target = Path(tmp) / f"pruned_{criterion}.onnx"
                 start = time.perf_counter()
-                result = prune_file(dense, target, criterion, ratio=0.0,
+                result = prune_file(dense, target, criterion=criterion, ratio=0.0,
                                     kind_ratios={"head": head_ratio, "neuron": neuron_ratio})
                 seconds = time.perf_counter() - start
                 rows.append([f"{head_ratio:.2f}", f"{neuron_ratio:.2f}", criterion,

@@ -17,20 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphprune import runtime, verify
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from graphprune.cli.table import render
 from graphprune.errors import GraphpruneError
-from graphprune.io import load_model, save_model
-from graphprune.metrics import cost
+from graphprune.io import runtime
+from graphprune.io.load import load_model
+from graphprune.io.save import save_model
 from graphprune.models import moe
 from graphprune.models.digits import load_split
 from graphprune.models.export import export
 from graphprune.passes import apply_plan
-from graphprune.passes.calibration import calibrate
-from graphprune.passes.compensation import apply_weight_updates
-from graphprune.passes.expert_merge import merge_updates
-from graphprune.passes.pipeline import Allocation, make_plan
+from graphprune.passes.allocation.spec import Allocation
+from graphprune.passes.calibration.statistics import calibrate
+from graphprune.passes.pipeline.prune import make_plan
+from graphprune.passes.rewrite.compensation import apply_weight_updates
+from graphprune.passes.rewrite.expert_merge import merge_updates
+from graphprune.verify.cost import cost
+from graphprune.verify.drift import max_relative_error
 
 # (expert criterion, fold removed experts into survivors)
 CRITERIA = (("router-similarity", False), ("router-similarity", True), ("router-frequency", False),
@@ -68,7 +71,7 @@ def bench_form(form: str, folder: Path, args: argparse.Namespace) -> list[list]:
             pruned_path = folder / f"{form}_{ratio}_{criterion}.onnx"
             save_model(apply_plan(analysis, plan), pruned_path)
             sess = runtime.session(pruned_path, timing=True)
-            error = verify.relative_error(dense_out, runtime.run(sess, feeds))
+            error = max_relative_error(dense_out, runtime.run(sess, feeds))
             latency = f"{runtime.latency_ms(sess, feeds, runs=args.runs) / dense_ms:.3f}" if criterion == "l2" else ""
             after = cost(load_model(pruned_path))
             rows.append([form, ratio, criterion, f"{after.params / before.params:.3f}", latency, f"{error:.4f}"])

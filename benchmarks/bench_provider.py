@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from bench_llama_scale import RATIO, parser_for, sources
 
-from graphprune import runtime
 from graphprune.cli.table import render
+from graphprune.io import runtime
 from graphprune.models.measure import measured_cost
 
 HEADERS = ["size", "criterion", "provider", "wall s", "CPU s", "peak RSS GB", "plan agrees", "dense ms",

@@ -14,15 +14,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from graphprune import runtime
 from graphprune.cli.table import render
-from graphprune.io import load_model
-from graphprune.metrics import count_params
+from graphprune.io import runtime
+from graphprune.io.load import load_model
 from graphprune.models.demo import DEMO_MODEL, accuracy, digits_test_set
 from graphprune.models.digits import load_split
 from graphprune.models.quantize import FORMATS, quantize
 from graphprune.models.reference import export_reference
 from graphprune.passes import prune_file
+from graphprune.verify.cost import count_params
 
 DIMS = {"bert": {"batch": 1, "seq": 64}}  # the reference BERT has 64 positions
 

@@ -14,13 +14,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from graphprune import runtime
 from graphprune.cli.table import render
-from graphprune.io import load_model
-from graphprune.metrics import count_params
+from graphprune.io import runtime
+from graphprune.io.load import load_model
 from graphprune.models.quantize import FORMATS, quantize
 from graphprune.models.reference import export_reference
 from graphprune.passes import prune_file
+from graphprune.verify.cost import count_params
 
 ONNXSIM = {"float": "apply_structured_pruning", "qdq": "apply_structured_pruning_qdq",
            "qdq-per-tensor": "apply_structured_pruning_qdq", "qoperator": "apply_structured_pruning_qoperator",

@@ -1,4 +1,4 @@
-"""The `graphprune` command: analyze, prune, apply, bench, demo. A thin front end over the library: options
+"""The `graphprune` command: analyze, prune, apply, bench, ops, demo. A thin front end over the library: options
 are checked before any work, errors are one line (a traceback with --debug), progress goes to stderr."""
 
 from __future__ import annotations
@@ -10,28 +10,23 @@ import os
 import sys
 
 import graphprune
-from graphprune import progress, runtime
-from graphprune.analysis import GQA_UNITS, Analysis
+from graphprune import progress
+from graphprune.analysis.coupling import GQA_UNITS, Analysis
 from graphprune.cli import options
 from graphprune.cli.report import bench_summary, report
 from graphprune.cli.table import human, render
 from graphprune.errors import GraphpruneError
-from graphprune.io import load_model
-from graphprune.passes.calibration import ImageSpec
+from graphprune.io import runtime
+from graphprune.io.load import load_model
+from graphprune.ops.table import markdown, op_table
+from graphprune.passes.allocation.spec import STRATEGIES, Allocation
+from graphprune.passes.calibration.sources import ImageSpec
+from graphprune.passes.calibration.spec import CalibrationSpec
 from graphprune.passes.importance import criteria_for, needs_data
-from graphprune.passes.optimize import model_types
-from graphprune.passes.pipeline import (
-    EXPERT_CRITERION,
-    STRATEGIES,
-    Allocation,
-    CalibrationSpec,
-    Output,
-    PruneResult,
-    apply_file,
-    default_method,
-    prune_file,
-    run_analysis,
-)
+from graphprune.passes.pipeline.method import choose_method
+from graphprune.passes.pipeline.prune import PruneResult, apply_file, prune_file, run_analysis
+from graphprune.passes.pipeline.request import EXPERT_CRITERION, Output, PruneRequest
+from graphprune.passes.rewrite.optimize import model_types
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -66,22 +61,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     targets = {"params": args.target_params, "flops": args.target_flops, "latency": args.target_latency}
     target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
-    criterion, sequential, strategy, picked = args.criterion, args.sequential, args.allocation or "uniform", None
-    depth = args.depth or args.block_ratio is not None
-    if criterion is None:
-        method = default_method(calibration_spec(args))
-        criterion, picked = method.criterion, method.why
-        free_hand = args.compensate is None and not args.expert_ratio and not args.expert_merge
-        sequential = sequential or (method.sequential and free_hand)
-        if method.allocation and free_hand and args.allocation is None and args.target_latency is None:
-            strategy, depth = method.allocation, depth or method.depth
+    free_hand = args.compensate is None and not args.expert_ratio and not args.expert_merge
+    method = choose_method(calibration_spec(args), args.criterion, args.sequential, args.allocation,
+                           args.depth or args.block_ratio is not None, free_hand, args.target_latency is not None)
+    criterion, sequential, strategy, depth, picked = method.criterion, method.sequential, method.allocation, \
+        method.depth, method.why
     allocation = Allocation(strategy, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
                             threads=args.threads)
-    result = prune_file(args.model, output_of(args), criterion, args.ratio, args.round_to, args.seed,
-                        kind_ratios, args.prune_hidden, calibration_spec(args), args.compensate, allocation,
-                        {"policy_file": args.policy} if args.policy else None, args.gqa_units, args.expert_criterion,
-                        args.expert_merge, sequential, depth)
+    request = PruneRequest(criterion, args.ratio, args.round_to, args.seed, kind_ratios, args.prune_hidden,
+                           calibration_spec(args), args.compensate, allocation,
+                           {"policy_file": args.policy} if args.policy else None, args.gqa_units,
+                           args.expert_criterion, args.expert_merge, sequential, depth)
+    result = prune_file(args.model, output_of(args), request)
     ratios = ", ".join([f"{strategy} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
@@ -170,8 +162,31 @@ def _warn_defaulted_dims(specs: list[dict], dims: dict[str, int]) -> None:
             "symbolic input axes %s are timed at size 1; give real sizes with --dim NAME=VALUE", ", ".join(names))
 
 
+def cmd_ops(args: argparse.Namespace) -> int:
+    rows = op_table()
+    if args.names:
+        wanted = {name.lower() for name in args.names}
+        unknown = sorted(wanted - {row.op.lower() for row in rows})
+        if unknown:
+            raise GraphpruneError(f"not modelled (groups reaching them freeze): {', '.join(unknown)}")
+        rows = [row for row in rows if row.op.lower() in wanted]
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=1))
+    elif args.markdown:
+        print(markdown(rows), end="")
+    elif args.names:
+        for row in rows:
+            print(f"{row.domain}::{row.op}: {row.rule} ({row.file})")
+            print("".join(f"  - {reason}\n" for reason in row.reasons) or "  (never freezes)\n", end="")
+    else:
+        print(render(["op", "domain", "rule", "file", "reasons"],
+                     [[row.op, row.domain, row.rule, row.file, len(row.reasons)] for row in rows]))
+        print(f"\n{len(rows)} ops; `graphprune ops OP` spells out the reasons")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from graphprune.models.demo import run_demo
+    from graphprune.cli.demo import run_demo
 
     run_demo(ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, output=args.output)
     return 0
@@ -387,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feeds", metavar="FILE.npz", default=None,
                    help="time on these inputs (arrays keyed by input name) instead of random ones")
     p.add_argument("--json", action="store_true", help="print the timings as JSON")
+
+    p = command("ops", "list every supported op: its domain, rule, file and the reasons it can freeze for", cmd_ops)
+    p.add_argument("names", nargs="*", metavar="OP", help="only these ops, with every reason spelled out")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output (one entry per op)")
+    output.add_argument("--markdown", action="store_true", help="the Markdown table of docs/ops.md")
 
     p = command("demo", "prune the embedded digits CNN; show accuracy and latency before/after", cmd_demo)
     p.add_argument("--ratio", type=options.fraction, default=0.25, help="fraction to remove (default 0.25)")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from graphprune.errors import GraphpruneError
-from graphprune.outputs import check_location
+from graphprune.io.outputs import check_location
 
 
 def _number(text: str, kind: type) -> float | int:

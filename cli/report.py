@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from graphprune.cli.table import human, ratio, render
-from graphprune.passes.pipeline import PruneResult
+from graphprune.passes.pipeline.prune import PruneResult
 
 
 def widths(result: PruneResult) -> list[dict]:

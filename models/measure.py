@@ -19,7 +19,8 @@ from pathlib import Path
 
 import onnx
 
-from graphprune.io import external_data_files, output_files
+from graphprune.io.load import external_data_files
+from graphprune.io.save import output_files
 
 
 def _status(field: str) -> int:
@@ -34,7 +35,7 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
             kind_ratios: dict[str, float] | None = None, provider: str = "cpu") -> dict:
     """Prune `source` into `target` (`ratio`, or `kind_ratios` per kind) on `provider` and return the costs of
     doing it, and the units it removed (group id → indices)."""
-    from graphprune import runtime
+    from graphprune.io import runtime
     from graphprune.passes import CalibrationSpec, prune_file
 
     peak = {"anonymous": 0}
@@ -50,7 +51,7 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
     written, wall, cpu = _written(), time.perf_counter(), time.process_time()
     calibration = CalibrationSpec(data_free=True, samples=8, batch_size=4) if criterion != "l2" else None
     with runtime.using(provider):
-        result = prune_file(source, target, criterion, ratio=0.0 if kind_ratios else ratio,
+        result = prune_file(source, target, criterion=criterion, ratio=0.0 if kind_ratios else ratio,
                             kind_ratios=kind_ratios, calibration=calibration)
     done.set()
     sampler.join()

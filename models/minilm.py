@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphprune import runtime
+from graphprune.io import runtime
 
 SENTENCES = [
     "The cat sits on the warm windowsill and watches the birds outside.",
@@ -46,35 +46,6 @@ SENTENCES = [
     "The train to Berlin departs from platform nine at noon.",
     "Coffee prices rose after a poor harvest in Brazil.",
     "The students presented their robotics project to the judges.",
-]
-
-
-# calibration text, disjoint from SENTENCES (which evaluation uses)
-CALIBRATION_SENTENCES = [
-    "The committee will review the budget proposal next Tuesday.",
-    "A gentle breeze carried the scent of pine through the valley.",
-    "Engineers tested the bridge for weeks before it opened to traffic.",
-    "Our neighbours adopted two kittens from the local shelter.",
-    "The professor explained the theory with a simple diagram.",
-    "Fans lined the streets to welcome the returning champions.",
-    "Solar panels now cover the roof of the old factory.",
-    "He practised the piano every evening for a whole year.",
-    "The bakery on the corner sells the best croissants in town.",
-    "Scientists warn that glaciers are melting faster than predicted.",
-    "The app crashed whenever I tried to upload a photo.",
-    "Tourists gathered in the square to watch the fireworks.",
-    "The novel tells the story of a family across three generations.",
-    "Farmers hope for rain after the long and dry summer.",
-    "The airline cancelled dozens of flights because of fog.",
-    "A new study links regular exercise to better memory.",
-    "She translated the letter from Portuguese into English.",
-    "The city council approved funding for a new bike lane.",
-    "Our team finished the sprint two days ahead of schedule.",
-    "The old lighthouse still guides ships along the rocky coast.",
-    "Prices at the grocery store have risen steadily this year.",
-    "The kids built a sandcastle and watched the tide wash it away.",
-    "Firefighters rescued a cat stuck on the roof of a barn.",
-    "The conference will be held online for the second year in a row.",
 ]
 
 

@@ -11,7 +11,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from graphprune import runtime
+from graphprune.io import runtime
+from graphprune.io.scratch import scratch_folder
 
 FORMATS = ("qdq", "qdq-per-tensor", "qoperator", "qoperator-per-tensor", "dynamic", "int4")
 
@@ -30,8 +31,14 @@ def quantize(source: str | Path, target: str | Path, form: str,
     (default: four seeded random batches, symbolic axes sized by `dims`)."""
     if form not in FORMATS:
         raise ValueError(f"unknown quantization format {form!r}; choose from {', '.join(FORMATS)}")
-    target = Path(target)
-    prepared = target.with_name(target.stem + "_prepared.onnx")
+    source, target = Path(source).resolve(), Path(target).resolve()
+    with scratch_folder() as scratch:  # ORT's tools write scratch files into the current folder
+        _quantize(source, scratch / "prepared.onnx", target, form, batches, dims)
+    return target
+
+
+def _quantize(source: Path, prepared: Path, target: Path, form: str, batches: list[dict[str, np.ndarray]] | None,
+              dims: dict[str, int] | None) -> None:
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     if form == "int4":
         quantizer = MatMulNBitsQuantizer(onnx.load(prepared), block_size=32, is_symmetric=False)
@@ -47,5 +54,3 @@ def quantize(source: str | Path, target: str | Path, form: str,
                         quant_format=QuantFormat.QDQ if form.startswith("qdq") else QuantFormat.QOperator,
                         per_channel=not form.endswith("per-tensor"), weight_type=QuantType.QInt8,
                         activation_type=QuantType.QUInt8)
-    prepared.unlink()
-    return target

@@ -7,8 +7,6 @@ from pathlib import Path
 from graphprune.models import cnn, moe, transformers
 from graphprune.models.export import export
 
-CNNS = list(cnn.BUILDERS)
-TRANSFORMERS = list(transformers.BUILDERS)
 MOES = [f"moe_{form}" for form in moe.FORMS]
 
 

@@ -10,14 +10,22 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphprune import runtime, verify
-from graphprune.analysis import Analysis, analyze
-from graphprune.io import from_proto, load_model
-from graphprune.metrics import count_params
+from graphprune import verify
+from graphprune.analysis.coupling import Analysis, analyze
+from graphprune.analysis.masking import mask_consumers
+from graphprune.analysis.plan import PruningPlan
+from graphprune.io import runtime
+from graphprune.io.load import from_proto, load_model
 from graphprune.passes import apply_plan
-from graphprune.passes.calibration import Calibration
-from graphprune.passes.compensation import apply_bias_deltas, apply_weight_updates, bias_deltas, obs_weight_updates
-from graphprune.plan import PruningPlan
+from graphprune.passes.calibration.statistics import Calibration
+from graphprune.passes.rewrite.compensation import (
+    apply_bias_deltas,
+    apply_weight_updates,
+    bias_deltas,
+    obs_weight_updates,
+)
+from graphprune.verify.cost import count_params
+from graphprune.verify.drift import max_relative_error
 
 Source = Path | onnx.ModelProto
 PlanMaker = Callable[[Analysis], PruningPlan]
@@ -53,7 +61,7 @@ def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int
     masked_analysis = analyze(load(source), **analysis_options)
     masked_deltas, masked_weights = compensation_for(masked_analysis, plan, calibration, compensation)
     apply_weight_updates(masked_weights)
-    masked = verify.mask_consumers(masked_analysis, plan)
+    masked = mask_consumers(masked_analysis, plan)
     apply_bias_deltas(masked, masked_deltas)
     dense = load(source)
     params_before = count_params(dense)
@@ -64,8 +72,8 @@ def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int
     reference = outputs(masked, feeds)
     return {
         "plan": plan,
-        "error": verify.relative_error(reference, outputs(pruned, feeds)),
-        "masking_effect": verify.relative_error(reference, outputs(dense, feeds)),
+        "error": max_relative_error(reference, outputs(pruned, feeds)),
+        "masking_effect": max_relative_error(reference, outputs(dense, feeds)),
         "params": (params_before, count_params(pruned)),
         "shapes": ([o.shape for o in reference], [o.shape for o in outputs(pruned, feeds)]),
     }
@@ -97,3 +105,14 @@ def random_subset_plan(group_id: int, seed: int = 0) -> PlanMaker:
         return plan
 
     return make
+
+
+def assert_all_groups_equivalent(model, least: int = 1) -> None:
+    prunable = analyze(load(model)).prunable()
+    assert len(prunable) >= least, [g.summary() for g in analyze(load(model)).groups]
+    for group in prunable:
+        assert_group_equivalent(model, group)
+
+
+def frozen_reasons(model) -> list[str]:
+    return [r for g in analyze(load(model)).groups for r in g.frozen_reasons]

@@ -7,8 +7,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphprune.analysis import analyze
-from graphprune.plan import PruningPlan
+from graphprune.analysis.coupling import analyze
+from graphprune.analysis.plan import PruningPlan
 from tests.graphs import GraphBuilder
 from tests.harness import load, masked_check
 

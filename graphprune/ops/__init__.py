@@ -12,9 +12,22 @@ from graphprune.ops import (  # noqa: F401
     norm,
     pool,
     quantized,
+    reduce,
     resize,
+    shape,
     slicing,
 )
-from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, lookup, register, registered_ops
+from graphprune.ops.registry import (
+    CoupleContext,
+    Dim,
+    OpRule,
+    Port,
+    RewriteContext,
+    lookup,
+    lookup_rule,
+    register,
+    registered_ops,
+)
 
-__all__ = ["CoupleContext", "Dim", "OpRule", "Port", "RewriteContext", "lookup", "register", "registered_ops"]
+__all__ = ["CoupleContext", "Dim", "OpRule", "Port", "RewriteContext", "lookup", "lookup_rule", "register",
+           "registered_ops"]

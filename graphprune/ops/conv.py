@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ir.values import const_of
+from graphprune.ops.encodings import Affine, Encoding
 from graphprune.ops.registry import (
     CoupleContext,
     Dim,
@@ -22,8 +24,6 @@ from graphprune.ops.registry import (
     per_channel,
     register,
 )
-from graphprune.quantization import Affine, Encoding
-from graphprune.values import const_of
 
 
 class _ConvLike(OpRule):

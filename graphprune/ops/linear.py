@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ir.values import const_of
 from graphprune.ops.elementwise import couple_broadcast
+from graphprune.ops.encodings import Affine, Encoding
 from graphprune.ops.registry import MS, CoupleContext, Dim, OpRule, Port, attr_int, input_at, per_channel, register
-from graphprune.quantization import Affine, Encoding
-from graphprune.values import const_of
 
 
 class _Quantized(OpRule):

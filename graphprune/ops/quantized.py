@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ir.values import const_of
 from graphprune.ops.elementwise import couple_broadcast
-from graphprune.ops.pool import Pool, Softmax
+from graphprune.ops.encodings import Affine, Encoding, NBits, pack, unpack
+from graphprune.ops.pool import Pool
+from graphprune.ops.reduce import Softmax
 from graphprune.ops.registry import (
     MS,
     CoupleContext,
@@ -29,8 +32,6 @@ from graphprune.ops.registry import (
     register,
 )
 from graphprune.ops.slicing import couple_pieces
-from graphprune.quantization import Affine, Encoding, NBits, pack, unpack
-from graphprune.values import const_of
 
 
 def _per_tensor(ctx: CoupleContext, node: ir.Node, indices: tuple[int, ...]) -> bool:

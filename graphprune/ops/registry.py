@@ -13,9 +13,9 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from graphprune import values
-from graphprune.quantization import Encoding
-from graphprune.values import attr_int  # noqa: F401 - op rules read attributes through the registry
+from graphprune.ir import values
+from graphprune.ir.values import attr_int  # noqa: F401 - op rules read attributes through the registry
+from graphprune.ops.encodings import Encoding
 
 MS = "com.microsoft"  # ONNX Runtime's contrib op domain
 
@@ -66,7 +66,7 @@ class CoupleContext(Protocol):
     def consumer(self, weight: Dim, reads: Dim, node: ir.Node) -> None: ...  # `weight` consumes `reads`
     def freeze(self, dim: Dim, reason: str) -> None: ...
     def approximate(self, dim: Dim, reason: str) -> None: ...
-    # mixture of experts: the expert axis is the router's output axis (see graphprune.experts)
+    # mixture of experts: the expert axis is the router's output axis (see graphprune.analysis.experts)
     def expert(self, dim: Dim) -> bool: ...  # True once `dim` is coupled to a router's expert axis
     def router(self, dim: Dim, top_k: int) -> None: ...  # `dim` is routed over: its units are experts
     def expert_ids(self, value: ir.Value, dim: Dim) -> None: ...  # `value` holds indices into `dim`
@@ -154,6 +154,16 @@ def lookup(node: ir.Node) -> OpRule | None:
     """The rule for a node, or None when its op is not modelled (it then freezes)."""
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     return _RULES.get((domain, node.op_type))
+
+
+def lookup_rule(domain: str, op_type: str) -> OpRule | None:
+    """The rule registered for `domain::op_type` ("ai.onnx" or "" for the default domain)."""
+    return _RULES.get(("" if domain in ("", "ai.onnx") else domain, op_type))
+
+
+def registered_rules() -> dict[tuple[str, str], OpRule]:
+    """(domain, op type) → the rule serving it ("" is the default ONNX domain)."""
+    return dict(_RULES)
 
 
 def registered_ops() -> list[str]:

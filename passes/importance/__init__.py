@@ -3,11 +3,11 @@
 from graphprune.passes.importance import activation, experts, magnitude, obs, policy  # noqa: F401
 from graphprune.passes.importance.registry import (
     Criterion,
-    criteria,
     criteria_for,
+    criterion_class,
     get_criterion,
     needs_data,
     register_criterion,
 )
 
-__all__ = ["Criterion", "criteria", "criteria_for", "get_criterion", "needs_data", "register_criterion"]
+__all__ = ["Criterion", "criteria_for", "criterion_class", "get_criterion", "needs_data", "register_criterion"]

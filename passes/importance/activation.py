@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphprune.analysis import Analysis
-from graphprune.groups import Group, Member
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.groups import Group, Member
+from graphprune.analysis.weights import ConsumerView, consumer_view
 from graphprune.passes.importance.magnitude import per_unit
 from graphprune.passes.importance.registry import Criterion, register_criterion
-from graphprune.weights import ConsumerView, consumer_view
 
 
 class _Activation(Criterion):
@@ -47,7 +47,9 @@ class WandaSP(_Activation):
 
 @register_criterion("flap")
 class Flap(_Activation):
-    """Mean over a unit's channels of Var(X_j) · ‖W_:,j‖²."""
+    """Mean over a unit's channels of Var(X_j) · ‖W_:,j‖²; removals get the mean shift as bias (FLAP)."""
+
+    compensation = "bias"
 
     def per_position(self, member: Member, view: ConsumerView) -> np.ndarray:
         stats = self.calibration.of(member.reads.value, member.reads.axis)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphprune.analysis.groups import Group
 from graphprune.errors import GraphpruneError
-from graphprune.groups import Group
-from graphprune.passes.calibration import Calibration
+from graphprune.passes.calibration.statistics import Calibration
 
 
 def block_influence(calibration: Calibration | None, group: Group) -> np.ndarray:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.analysis import Analysis
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.experts import branch_weights
+from graphprune.analysis.groups import Group
 from graphprune.errors import GraphpruneError
-from graphprune.experts import branch_weights
-from graphprune.groups import Group
 from graphprune.passes.importance.registry import Criterion, register_criterion
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphprune.analysis import Analysis
-from graphprune.groups import Group
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.groups import Group
+from graphprune.analysis.weights import position_norms, stored_weight
 from graphprune.passes.importance.registry import Criterion, register_criterion
-from graphprune.weights import position_norms, stored_weight
 
 
 def per_unit(unit_of: np.ndarray, per_position: np.ndarray, size: int) -> np.ndarray:

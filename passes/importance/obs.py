@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphprune.analysis import Analysis
-from graphprune.groups import Group, Member
-from graphprune.io import spilled
-from graphprune.passes.calibration import Calibration
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.groups import Group, Member
+from graphprune.analysis.weights import consumer_view
+from graphprune.io.scratch import spilled
+from graphprune.passes.calibration.statistics import Calibration
 from graphprune.passes.importance.registry import Criterion, register_criterion
-from graphprune.weights import consumer_view
 
 DAMPING = 0.01
 GREEDY_LIMIT = 256  # groups up to this many units are ordered by greedy removal with re-scoring
@@ -71,6 +71,8 @@ class OBS(Criterion):
     """Second-order saliency of removing each unit, with optimal weight compensation."""
 
     needs_data = True
+    compensation = "weights"
+    gram_limit = GRAM_LIMIT
 
     def score(self, analysis: Analysis, group: Group) -> np.ndarray:
         consumers = [m for m in group.members if m.consumer]

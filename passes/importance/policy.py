@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from graphprune import progress
-from graphprune.analysis import Analysis
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.groups import Group
+from graphprune.analysis.weights import stored_weight
 from graphprune.errors import GraphpruneError
-from graphprune.groups import Group
 from graphprune.passes.importance.registry import Criterion, register_criterion
-from graphprune.weights import stored_weight
 
 EPISODES, GAMMA, LEARNING_RATE, HIDDEN, SAMPLES = 20, 0.99, 1e-3, 32, 8
 

@@ -6,18 +6,21 @@ from typing import Callable
 
 import numpy as np
 
-from graphprune.analysis import Analysis
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.groups import Group
 from graphprune.errors import GraphpruneError
-from graphprune.groups import Group
-from graphprune.passes.calibration import Calibration
+from graphprune.passes.calibration.statistics import Calibration
 
 
 class Criterion:
-    """Scores units of a group (higher = keep). Criteria with `needs_data` read calibration statistics."""
+    """Scores units of a group (higher = keep). What a criterion needs and provides is declared here, so the
+    pipeline asks the criterion instead of checking names."""
 
     name: str
-    needs_data = False
+    needs_data = False  # reads calibration statistics
     for_experts = False  # scores MoE experts (--expert-criterion) rather than channels, heads and neurons
+    compensation: str | None = None  # what removals get by default: "bias" (mean shift), "weights" (OBS update)
+    gram_limit = 0  # widest consumer input whose Gram matrix calibration gathers for it
 
     def __init__(self, calibration: Calibration | None = None, seed: int = 0, options: dict | None = None) -> None:
         if self.needs_data and calibration is None:
@@ -46,20 +49,21 @@ def register_criterion(name: str) -> Callable:
     return decorate
 
 
+def criterion_class(name: str) -> type[Criterion]:
+    """The class registered as `name` (its declared needs, without making one)."""
+    if name not in _CRITERIA:
+        raise GraphpruneError(f"unknown criterion {name!r}; available: {', '.join(sorted(_CRITERIA))}")
+    return _CRITERIA[name]
+
+
 def get_criterion(name: str, calibration: Calibration | None = None, seed: int = 0,
                   options: dict | None = None) -> Criterion:
     """An instance of criterion `name`; `options` carries criterion-specific settings (e.g. policy_file)."""
-    if name not in _CRITERIA:
-        raise GraphpruneError(f"unknown criterion {name!r}; available: {', '.join(sorted(_CRITERIA))}")
-    return _CRITERIA[name](calibration=calibration, seed=seed, options=options)
+    return criterion_class(name)(calibration=calibration, seed=seed, options=options)
 
 
 def needs_data(name: str) -> bool:
-    return _CRITERIA[name].needs_data
-
-
-def criteria() -> list[str]:
-    return sorted(_CRITERIA)
+    return criterion_class(name).needs_data
 
 
 def criteria_for(experts: bool) -> list[str]:

@@ -202,7 +202,7 @@ def test_moe_layers_listed_and_experts_pruned(capsys, tmp_path, exported):
 def test_start_up_and_loading_import_no_torch():
     """`--help`, `--version` and option errors answer at once, and loading a model (ORT's symbolic shape
     inference included) does not pay torch's import either: torch loads only where a feature needs it."""
-    code = ("import sys, graphprune.cli.main, graphprune.passes; from graphprune.io import load_model; "
+    code = ("import sys, graphprune.cli.main, graphprune.passes; from graphprune.io.load import load_model; "
             f"load_model({str(DEMO_MODEL)!r}); print(sorted({{'torch', 'transformers'}} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

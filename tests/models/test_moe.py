@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphprune import runtime
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
+from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import PlanError
-from graphprune.io import from_proto, load_model
+from graphprune.io import runtime
+from graphprune.io.load import from_proto, load_model
 from graphprune.models.reference import MOES
 from graphprune.passes import apply_plan
-from graphprune.plan import PruningPlan
 from tests.graphs import GraphBuilder, looped_moe
 from tests.harness import assert_group_equivalent, masked_check
 

@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from graphprune.models import ocr
 from graphprune.passes import Allocation, CalibrationSpec, prune_file, run_calibration
-from graphprune.passes.norm_moments import use_norm_moments
+from graphprune.passes.calibration.norm_moments import use_norm_moments
 from tests.harness import assert_group_equivalent, load
 
 
@@ -67,7 +67,7 @@ def test_pruned_recognizer_still_reads(tmp_path, words, data_free, kinds, strate
         np.savez(tmp_path / "calib.npz", x=ocr.render(64, seed=11)[0])
         spec = CalibrationSpec(str(tmp_path / "calib.npz"), samples=64, batch_size=32)
     ratio = 0.0 if kinds else 0.3
-    prune_file(ocr.RECOGNIZER, tmp_path / "small.onnx", "obs", ratio, kind_ratios=kinds, calibration=spec,
-               allocation=Allocation(strategy, ratio, kinds))
+    prune_file(ocr.RECOGNIZER, tmp_path / "small.onnx", criterion="obs", ratio=ratio, kind_ratios=kinds,
+               calibration=spec, allocation=Allocation(strategy, ratio, kinds))
     kept = ocr.agreement(ocr.read(ocr.RECOGNIZER, images), ocr.read(tmp_path / "small.onnx", images))
     assert kept >= least, kept

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from graphprune.models import ocr
 from graphprune.passes import CalibrationSpec, prune_file
 from tests.harness import assert_group_equivalent, load
@@ -60,7 +60,7 @@ def test_obs_pruned_recognizer_keeps_its_dictionary_and_its_reading(recognizer, 
     kept = {}
     for compensate in (True, False):
         target = tmp_path / f"{compensate}.onnx"
-        prune_file(recognizer, target, "obs", 0.2, compensate=compensate,
+        prune_file(recognizer, target, criterion="obs", ratio=0.2, compensate=compensate,
                    calibration=CalibrationSpec(str(tmp_path / "calib.npz"), batch_size=32))
         kept[compensate] = ocr.agreement(dense, ocr.read(target, images))
         metadata = {p.key: p.value for p in onnx.load(target, load_external_data=False).metadata_props}

@@ -13,13 +13,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphprune import runtime
-from graphprune.analysis import analyze
-from graphprune.io import load_model
-from graphprune.metrics import count_params
+from graphprune.analysis.coupling import analyze
+from graphprune.io import runtime
+from graphprune.io.load import load_model
+from graphprune.ops.encodings import NBits, pack, unpack
 from graphprune.passes import prune_file
-from graphprune.passes.calibration import calibrate
-from graphprune.quantization import NBits, pack, unpack
+from graphprune.passes.calibration.statistics import calibrate
+from graphprune.verify.cost import count_params
 from tests.harness import assert_group_equivalent, load, masked_check, random_subset_plan
 
 pytest.importorskip("torch")

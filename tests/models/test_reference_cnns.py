@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from graphprune import runtime, verify
-from graphprune.analysis import analyze
-from graphprune.io import load_model
+from graphprune import verify
+from graphprune.analysis.coupling import analyze
+from graphprune.io import runtime
+from graphprune.io.load import load_model
 from graphprune.passes import make_plan, prune_file
 from tests.harness import assert_group_equivalent, masked_check, outputs
 
@@ -65,7 +66,7 @@ def test_masked_equivalence_every_group(exported, name, dynamo):
 def test_half_ratio_pipeline(exported, name, dynamo, tmp_path):
     path = exported(name, dynamo)
     target = tmp_path / "pruned.onnx"
-    result = prune_file(path, target, "l2", 0.5, round_to=2)
+    result = prune_file(path, target, criterion="l2", ratio=0.5, round_to=2)
     assert "onnxruntime run" in result.verification.passed
     verify.check(target)
     assert result.after.params < result.before.params and result.after.macs < result.before.macs
@@ -77,7 +78,7 @@ def test_half_ratio_pipeline(exported, name, dynamo, tmp_path):
 
 def test_pruned_file_loads_again_and_groups_shrink(exported, tmp_path):
     target = tmp_path / "resnet_pruned.onnx"
-    prune_file(exported("resnet", True), target, "l1", 0.5)
+    prune_file(exported("resnet", True), target, criterion="l1", ratio=0.5)
     before = sorted(g.size for g in analyze(load_model(exported("resnet", True))).prunable())
     after = sorted(g.size for g in analyze(load_model(target)).prunable())
     assert after == [s - int(np.floor(s * 0.5)) for s in before]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphprune import runtime, verify
-from graphprune.analysis import analyze
-from graphprune.io import load_model
+from graphprune import verify
+from graphprune.analysis.coupling import analyze
+from graphprune.io import runtime
+from graphprune.io.load import load_model
 from graphprune.passes import apply_plan, make_plan
 from tests.harness import assert_group_equivalent
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from graphprune.passes import apply_plan, make_plan
 from tests.graphs import GraphBuilder
 from tests.harness import assert_group_equivalent, load

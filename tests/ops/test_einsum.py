@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphprune.analysis import analyze
+from graphprune.analysis.coupling import analyze
 from tests.graphs import GraphBuilder
 from tests.harness import assert_group_equivalent, load
 

@@ -1,0 +1,58 @@
+"""Output locations, checked before any work: a file graphprune writes must be creatable and must never be
+one the input reads (the model, its external data), whatever path, symlink or hard link names it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from graphprune.errors import GraphpruneError
+from graphprune.io.save import output_files
+
+
+def check_location(path: str | os.PathLike, label: str = "output") -> Path:
+    """Refuse a path that cannot become a file: an existing folder, a parent that is a file, a folder
+    that cannot be written. Missing parent folders are fine (they are created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise GraphpruneError(f"{label} {path} is a folder; give a file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise GraphpruneError(f"cannot write {label} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise GraphpruneError(f"cannot write {label} {path}: folder {ancestor} is not writable")
+    return path
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` name one file: same inode when both exist, else the same resolved path."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_distinct(written: list[Path], read: list[Path], label: str = "output") -> None:
+    """Refuse when a file to be written is one the run reads (`read[0]`: the input model)."""
+    for out in written:
+        for source in read:
+            if same_file(out, source):
+                what = "the input model" if source == read[0] else f"{source}, which this run reads"
+                raise GraphpruneError(f"writing {label} {out} would overwrite {what}; the input is never "
+                                      "modified: choose another output path")
+
+
+def check_outputs(model_path: str | os.PathLike | None, read: list[Path],
+                  plan_path: str | os.PathLike | None = None) -> None:
+    """All checks for one run: the model (and the external data file it may get), the optional plan file."""
+    model_files = []
+    if model_path is not None:
+        model_path = check_location(model_path)
+        model_files = output_files(model_path, external_data=True)
+        check_distinct(model_files, read)
+    if plan_path is not None:
+        plan_path = check_location(plan_path, "plan")
+        check_distinct([plan_path], read, "plan")
+        if any(same_file(plan_path, file) for file in model_files):
+            raise GraphpruneError(f"plan {plan_path} and output model {model_path} would be the same file")

@@ -1,0 +1,2 @@
+"""Allocation: how many units each group loses under a target — ratios, params, FLOPs, measured sensitivity,
+measured latency."""

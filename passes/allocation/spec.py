@@ -1,0 +1,85 @@
+"""What an allocation is asked for (`Allocation`): a strategy and a ratio or target, and what the pipeline
+hands it (sizes, fast widths, a latency probe, calibration batches, a compensation preview)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphprune.analysis.coupling import Analysis
+from graphprune.analysis.plan import PruningPlan
+from graphprune.errors import GraphpruneError
+from graphprune.passes.allocation.latency import LatencyProbe, search
+from graphprune.passes.allocation.sensitivity import Compensation, measure
+from graphprune.passes.allocation.strategies import RoundTo, experts, measured, ranked, to_target, uniform
+from graphprune.passes.calibration.sources import Feeds
+
+STRATEGIES = ("uniform", "global", "adaptive", "measured")
+
+
+MEASURED_NEEDS_DATA = "allocation 'measured' runs the model on calibration data: pass --calib FILE or --data-free"
+
+
+@dataclass
+class Allocation:
+    """How much to remove: a ratio (per kind under uniform allocation) or a params/flops/latency target, and
+    the ratio of every MoE layer's experts (0: experts are kept). `fast_widths` rounds each group's kept width
+    to the multiple its layers run fast at (measured once into `latency_table`, a file reused when it fits)."""
+
+    strategy: str = "uniform"
+    ratio: float = 0.5
+    kind_ratios: dict[str, float] | None = None
+    round_to: RoundTo = 1
+    max_group_ratio: float = 0.99
+    target: tuple[str, float] | None = None
+    expert_ratio: float = 0.0
+    dims: dict[str, int] | None = None  # symbolic sizes a FLOPs target is counted at (absent: 1)
+    fast_widths: bool = False
+    latency_table: str | None = None
+    threads: int | None = None  # ONNX Runtime threads when timing (latency target, latency table)
+    latency: LatencyProbe | None = None  # set by prune_file for a latency target
+    batches: list[Feeds] | None = None  # calibration inputs the measured strategy runs the model on
+    compensation: Compensation | None = None  # the weights a removal will get, previewed when measuring
+
+    def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        plan = self._strategy_plan(analysis, scores)
+        if self.expert_ratio:
+            plan.removed.update(experts(analysis, scores, self.expert_ratio).removed)
+            plan.meta["expert_ratio"] = self.expert_ratio
+        return plan
+
+    def _strategy_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        if self.strategy not in STRATEGIES:
+            raise GraphpruneError(f"unknown allocation {self.strategy!r}: {', '.join(STRATEGIES)}")
+        if self.strategy == "measured":
+            return self._measured_plan(analysis, scores)
+        if self.target is not None and self.target[0] == "latency":
+            if self.latency is None:
+                raise GraphpruneError("a latency target needs the model file to time: use prune_file")
+            return search(lambda flops: to_target(analysis, scores, "flops", flops, self.round_to, self.strategy,
+                                                  self.max_group_ratio, self.dims), self.latency, self.target[1])
+        if self.target is not None:
+            return to_target(analysis, scores, *self.target, self.round_to, self.strategy, self.max_group_ratio,
+                             self.dims)
+        if self.strategy == "uniform":
+            return uniform(analysis, scores, self.ratio, self.round_to, self.kind_ratios, self.max_group_ratio)
+        return ranked(analysis, scores, self.ratio, self.round_to, self.strategy, self.max_group_ratio)
+
+    def _measured_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        if self.batches is None:
+            raise GraphpruneError(MEASURED_NEEDS_DATA)
+        if self.target is not None and self.target[0] == "latency":
+            raise GraphpruneError("allocation 'measured' takes --ratio, per-kind ratios, --target-params or "
+                                  "--target-flops (not a latency target)")
+        groups = [g for g in analysis.prunable() if g.kind != "expert"]
+        sensitivity = measure(analysis, scores, groups, self.batches, max_group_ratio=self.max_group_ratio,
+                              compensation=self.compensation)
+        ranking = sensitivity.ranking(analysis, scores)
+        if self.target is not None:
+            plan = to_target(analysis, scores, *self.target, self.round_to, "measured", self.max_group_ratio,
+                             self.dims, ranking)
+        else:
+            plan = measured(analysis, scores, ranking, self.ratio, self.round_to, self.kind_ratios,
+                            self.max_group_ratio)
+        plan.meta["sensitivity"] = {str(gid): [round(float(e), 6) for e in errors]
+                                    for gid, errors in sensitivity.errors.items()}
+        return plan

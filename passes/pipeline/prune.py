@@ -1,0 +1,280 @@
+"""The whole job, in pipeline order: load → analyze → score → allocate → rewrite → verify → save."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune import progress, verify
+from graphprune.analysis.coupling import Analysis, analyze
+from graphprune.analysis.groups import Group
+from graphprune.analysis.plan import PruningPlan, check_made_for, fingerprint
+from graphprune.errors import GraphpruneError
+from graphprune.io.load import load_model, source_files, unmap
+from graphprune.io.save import StagedModel
+from graphprune.passes.allocation.latency import LatencyProbe
+from graphprune.passes.allocation.latency_table import load_or_measure, table_key
+from graphprune.passes.allocation.spec import Allocation
+from graphprune.passes.calibration.sources import Batches, Feeds
+from graphprune.passes.calibration.spec import CalibrationSpec, calibrated
+from graphprune.passes.calibration.statistics import Calibration
+from graphprune.passes.importance import Criterion, criterion_class, get_criterion, needs_data
+from graphprune.passes.importance.depth import block_influence
+from graphprune.passes.pipeline.request import EXPERT_CRITERION, Output, PruneRequest
+from graphprune.passes.rewrite.apply import apply_plan
+from graphprune.passes.rewrite.compensation import apply_weight_updates, bias_deltas, obs_preview, obs_weight_updates
+from graphprune.passes.rewrite.expert_merge import merge_updates
+from graphprune.passes.rewrite.optimize import fuse
+from graphprune.passes.rewrite.reconstruction import reconstruct
+from graphprune.verify.cost import Cost, cost, projected_cost
+
+log = logging.getLogger("graphprune")
+
+
+@dataclass
+class PruneResult:
+    """What a run did: the plan, costs before/after (projected when nothing was written: a dry run) and what
+    verification established."""
+
+    plan: PruningPlan
+    before: Cost
+    after: Cost
+    groups: list[Group]
+    verification: verify.Verification | None
+    fusion: dict | None = None  # what --optimize fused, its error, whether it was kept
+
+    @property
+    def dry_run(self) -> bool:
+        return self.verification is None
+
+    @property
+    def groups_pruned(self) -> int:
+        return len(self.plan.removed)
+
+
+def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, round_to: int = 1,
+              seed: int = 0, kind_ratios: dict[str, float] | None = None,
+              calibration: Calibration | None = None, allocation: Allocation | None = None,
+              options: dict | None = None, expert_criterion: str = EXPERT_CRITERION) -> PruningPlan:
+    """Score every prunable group with `criterion` (its `options`), MoE experts with `expert_criterion` when the
+    allocation removes experts, and allocate: `allocation`, or `ratio` (per kind: `kind_ratios`) uniformly."""
+    allocation = allocation or Allocation("uniform", ratio, kind_ratios, round_to)
+    scorer = get_criterion(criterion, calibration, seed, options)
+    expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if allocation.expert_ratio else None
+    groups = [g for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None]
+
+    def score(group: Group) -> np.ndarray:
+        if group.blocks is not None:
+            return block_influence(calibration, group)
+        scores = (expert_scorer if group.kind == "expert" else scorer).score(analysis, group)
+        unmap(analysis.model)  # the weights read stay on disk, not resident
+        return scores
+
+    with progress.step(f"scoring ({criterion})"):
+        scores = {group.id: score(group) for group in progress.iterate(groups, "scoring", "group")}
+    plan = allocation.plan(analysis, scores)
+    log.info("plan: %d units from %d groups", sum(len(u) for u in plan.removed.values()), len(plan.removed))
+    plan.meta["criterion"] = criterion
+    if expert_scorer is not None:
+        plan.meta["expert_criterion"] = expert_criterion
+    if calibration is not None:
+        plan.meta["calibration"] = {"source": calibration.source, "samples": calibration.samples}
+    return plan
+
+
+def _load(source: Path, output: Output, *reads: str | os.PathLike | None) -> ir.Model:
+    """Load `source` once the output locations are known safe: before loading against the model file, the
+    output's and these other `reads`, after it also against the external data files the model names."""
+    others = [Path(p) for p in (*output.reads, *reads) if p is not None and Path(p).is_file()]
+    output.check([source, *others])
+    model = load_model(source)
+    output.check(source_files(model) + others)
+    return model
+
+
+def run_analysis(model: ir.Model, **options) -> Analysis:
+    """`analyze` as a pipeline step: shown as progress, its groups logged (INFO counts, DEBUG each group)."""
+    with progress.step("analyzing"):
+        analysis = analyze(model, **options)
+    log.info("%d groups, %d prunable", len(analysis.groups), len(analysis.prunable()))
+    for group in analysis.groups:
+        log.debug("group %d %s %s (%s): %d units%s", group.id, group.kind, group.layer, group.label, group.size,
+                  f", frozen: {group.frozen_reasons[0]}" if group.frozen else "")
+    return analysis
+
+
+def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | None,
+               request: PruneRequest | None = None, /, **fields) -> PruneResult:
+    """Prune `source` into `target` (a path, or an `Output`: plan file, dry run, verification inputs) as
+    `request` asks (a `PruneRequest`, or its fields as keywords, which also override a given request's). The
+    model is written only once it passed the checks the original passes; nothing the input reads is written.
+    Stages: check → load → calibrate → analyze → allocate → refit (sequential) → rewrite → verify → save."""
+    request = replace(request, **fields) if request is not None else PruneRequest(**fields)
+    source, output = Path(source), target if isinstance(target, Output) else Output(target)
+    request.check()
+    spec, compensate, criterion = request.spec, request.compensates, criterion_class(request.criterion)
+    model = _load(source, output, spec.path)
+    batches = spec.open(model, request.seed) if spec.wanted() else None
+    kept_batches = list(batches) if request.sequential or request.measures else None
+    before = cost(model, source, output.dims)
+    model_fingerprint = fingerprint(model)
+    analysis = run_analysis(model, **request.analysis_options())
+    _check_prunable(analysis, request)
+    one_shot = batches is not None and not (request.sequential and not criterion.needs_data and not request.depth)
+    if kept_batches is not None:  # calibrated on the kept list, which keeps the source's name and count
+        batches = Batches(batches.samples, batches.source, iter(kept_batches))
+    stats = calibrated(analysis, batches, criterion.gram_limit, spec) if one_shot else None
+    allocation = request.allocation
+    if request.measures:
+        previews = criterion.compensation == "weights" and stats is not None and (compensate or request.sequential)
+        allocation = replace(allocation, batches=kept_batches,
+                             compensation=obs_preview(analysis, stats) if previews else None)
+    if allocation is not None:
+        allocation = _timed(allocation, analysis, source, output, model_fingerprint,
+                            lambda: run_analysis(load_model(source), **request.analysis_options()))
+    plan = make_plan(analysis, request.criterion, request.ratio, request.round_to, request.seed, request.kind_ratios,
+                     stats, allocation, request.options, request.expert_criterion)
+    if not plan.removed and request.requested():
+        raise GraphpruneError("the requested ratios remove no unit: every prunable group is too small for them "
+                              "(see the warnings above); nothing was written")
+    plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
+    plan.meta["prune_hidden"], plan.meta["gqa_units"] = request.prune_hidden, request.gqa_units
+    plan.meta["depth"] = request.depth
+    if request.expert_merge:
+        plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
+    if request.sequential and not output.dry_run:
+        _refit(analysis, plan, kept_batches, request)
+    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before, refit=request.sequential)
+
+
+def _refit(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], request: PruneRequest) -> None:
+    """Sequential reconstruction: prune stage by stage on the pruned model's activations, refitting as it goes;
+    criteria that read data rank each stage again on its own activations (weight-only ones rank the same)."""
+    def rescore(stage: Calibration) -> Callable[[Group], np.ndarray]:
+        scorer = get_criterion(request.criterion, stage, request.seed, request.options)
+        return lambda group: scorer.score(analysis, group)
+
+    report = reconstruct(analysis, plan, batches, rescore if needs_data(request.criterion) else None)
+    plan.meta["reconstruction"] = report.as_meta()
+
+
+def _check_prunable(analysis: Analysis, request: PruneRequest) -> None:
+    """Refuse, before calibrating, a request nothing in the model can serve — saying why."""
+    def reasons(groups: list[Group]) -> str:
+        counts: dict[str, int] = {}
+        for group in groups:
+            for reason in group.frozen_reasons[:1]:
+                text = reason.split(": ", 1)[-1]
+                counts[text] = counts.get(text, 0) + 1
+        return "; ".join(f"{n} × {text}" for text, n in sorted(counts.items(), key=lambda i: -i[1])[:3])
+
+    if request.removes_experts and not any(g.kind == "expert" for g in analysis.prunable()):
+        layers = [g for g in analysis.groups if g.kind == "expert"]
+        why = f"all {len(layers)} MoE layer(s) are frozen: {reasons(layers)}" if layers else \
+            "no MoE layer was found (experts are recognised from a router's TopK)"
+        raise GraphpruneError(f"--expert-ratio: no expert can be removed: {why}")
+    widths = request if request.allocation is None else \
+        replace(request, allocation=replace(request.allocation, expert_ratio=0.0))
+    if widths.requested() and not any(g.kind != "expert" for g in analysis.prunable()):
+        raise GraphpruneError(f"nothing can be pruned: all {len(analysis.groups)} groups are frozen: "
+                              f"{reasons(analysis.groups)} (graphprune analyze lists every group)")
+
+
+def _timed(allocation: Allocation, analysis: Analysis, source: Path, output: Output, model_fingerprint: str,
+           fresh: Callable[[], Analysis]) -> Allocation:
+    """The allocation with what needs the model file and the user's inputs: FLOPs counted at their sizes,
+    fast widths from the latency table, the probe a latency target times plans with."""
+    changes: dict = {"dims": allocation.dims if allocation.dims is not None else output.dims}
+    if allocation.fast_widths:
+        key = table_key(model_fingerprint, output.dims, allocation.threads)
+        table = load_or_measure(allocation.latency_table, analysis, key, output.dims, allocation.threads)
+        base = allocation.round_to if isinstance(allocation.round_to, int) else 1
+        changes["round_to"] = {gid: max(base, m) for gid, m in table.group_multiples(analysis).items()}
+    if allocation.target is not None and allocation.target[0] == "latency":
+        changes["latency"] = LatencyProbe.of(fresh, str(source), output.feeds, output.dims, allocation.threads)
+    return replace(allocation, **changes)
+
+
+def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: str | os.PathLike | Output | None,
+               calibration: CalibrationSpec | None = None, compensate: bool | None = None) -> PruneResult:
+    """Apply a saved plan to `source`; a plan made for another model is refused. Compensation (default: as
+    when the plan was made) is recomputed from calibration data, so it needs the same `calibration` source."""
+    source, output = Path(source), target if isinstance(target, Output) else Output(target)
+    probe = PruningPlan.read_meta(plan_path)
+    compensate = bool(probe.get("compensation")) if compensate is None else compensate
+    refit = compensate and probe.get("compensation") == "refit"
+    spec = calibration or CalibrationSpec()
+    if compensate and not spec.wanted():
+        raise GraphpruneError("this plan compensates removed channels: pass --calib FILE or --data-free to "
+                              "recompute the compensation, or --no-compensate")
+    merge_by_gate = probe.get("expert_merge") == "by gate weight"
+    if merge_by_gate and not spec.wanted():
+        raise GraphpruneError("this plan merges experts by gate weight: pass --calib FILE or --data-free")
+    needs_stats = compensate or merge_by_gate
+    if needs_stats:
+        spec.check()
+    model = _load(source, output, plan_path, spec.path)
+    check_made_for(probe, plan_path, fingerprint(model), source)
+    if not (probe.get("model") or {}).get("fingerprint"):
+        log.warning("%s records no model fingerprint: only its group ids, labels and sizes were checked", plan_path)
+    batches = spec.open(model) if needs_stats else None
+    before = cost(model, source, output.dims)
+    analysis = run_analysis(model, allow_approximate=bool(probe.get("prune_hidden")),
+                            gqa_units=probe.get("gqa_units") or "kv-group", depth=bool(probe.get("depth")))
+    plan = PruningPlan.load(plan_path, analysis.groups)
+    if refit:
+        reconstruct(analysis, plan, list(batches))
+        return _rewrite_and_save(source, output, analysis, plan, None, False, before, refit=True)
+    gram_limit = _criterion_of(plan).gram_limit if compensate else 0
+    stats = calibrated(analysis, batches, gram_limit, spec) if batches is not None else None
+    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before)
+
+
+def _criterion_of(plan: PruningPlan) -> type[Criterion]:
+    """The criterion class the plan was made with (the base class when it records none)."""
+    name = plan.meta.get("criterion")
+    return criterion_class(name) if name else Criterion
+
+
+def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: PruningPlan,
+                      stats: Calibration | None, compensate: bool, before: Cost, refit: bool = False) -> PruneResult:
+    """Merge experts if the plan says so, compensate, rewrite, write the result once (staged), verify that
+    file against the original's checks, then move it into place — or, for a dry run, only project the costs.
+    `refit`: the layers were already refit in place (sequential reconstruction). The plan file, if asked for,
+    is written last."""
+    by_weights = _criterion_of(plan).compensation == "weights"
+    compensate = compensate and any(analysis.group(gid).experts is None for gid in plan.removed)  # else vacuous
+    plan.meta["compensation"] = "refit" if refit else ("obs-weights" if by_weights else "bias") if compensate else None
+    if output.dry_run:
+        result = PruneResult(plan, before, projected_cost(analysis, plan, output.dims), analysis.groups, None)
+    else:
+        with progress.step("rewriting"):
+            if plan.meta.get("expert_merge"):
+                gate_stats = stats if plan.meta["expert_merge"] != "equal" else None
+                apply_weight_updates(merge_updates(analysis, plan, gate_stats))
+            deltas, weights = None, None
+            if plan.meta["compensation"] == "obs-weights":
+                weights = obs_weight_updates(analysis, plan, stats, release=True)
+            elif compensate:
+                deltas = bias_deltas(analysis, plan, stats)
+            pruned = apply_plan(analysis, plan, deltas, weights)
+        fusion = None
+        if output.optimize:
+            pruned, fusion = fuse(pruned, output.optimize, output.feeds, output.dims)
+        with progress.step(f"writing {output.model}"):
+            staged = StagedModel(pruned, output.model)
+        with staged:
+            with progress.step("verifying"):
+                checks = verify.verify_like(source, staged.path, output.feeds, output.dims)
+            staged.publish()
+        result = PruneResult(plan, before, cost(pruned, output.model, output.dims), analysis.groups, checks,
+                             fusion)
+    if output.plan is not None:
+        plan.save(output.plan, analysis.groups)
+    return result
