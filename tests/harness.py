@@ -107,11 +107,12 @@ def random_subset_plan(group_id: int, seed: int = 0) -> PlanMaker:
     return make
 
 
-def assert_all_groups_equivalent(model, least: int = 1) -> None:
+def assert_all_groups_equivalent(model, least: int = 1, dims: dict | None = None) -> None:
+    """Masked equivalence of every prunable group (at least `least` of them), random inputs sized by `dims`."""
     prunable = analyze(load(model)).prunable()
     assert len(prunable) >= least, [g.summary() for g in analyze(load(model)).groups]
     for group in prunable:
-        assert_group_equivalent(model, group)
+        assert_group_equivalent(model, group, dims=dims)
 
 
 def frozen_reasons(model) -> list[str]:

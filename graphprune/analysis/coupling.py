@@ -188,7 +188,7 @@ class _Propagator:
             retry, self.deferred = self.deferred, []
             self.last_chance = True
             for node, port, dim in retry:
-                ops.lookup(node).couple(self, node, port, dim.axis)
+                self._couple(ops.lookup(node), node, port, dim)
             self.last_chance = False
 
     def _process(self, dim: Dim) -> None:
@@ -228,7 +228,17 @@ class _Propagator:
         if rule is None:
             self.freeze(dim, f"unsupported op {node.domain or 'ai.onnx'}::{node.op_type}")
             return
-        rule.couple(self, node, port, dim.axis)
+        self._couple(rule, node, port, dim)
+
+    def _couple(self, rule: ops.OpRule, node: ir.Node, port: Port, dim: Dim) -> None:
+        """Ask `rule` about `dim` at `port`; a rule that fails on a form it does not expect freezes what it was
+        asked about, naming the op, the rule and the error — analysis never crashes on a model."""
+        try:
+            rule.couple(self, node, port, dim.axis)
+        except Exception as exc:  # noqa: BLE001 - any failure of a rule is a form it does not model
+            op = f"{node.domain or 'ai.onnx'}::{node.op_type}"
+            self.freeze(dim, f"{op} ({node.name}): rule {type(rule).__name__} cannot model this form "
+                             f"({type(exc).__name__}: {str(exc)[:120]})")
 
     # grouping ------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
@@ -313,6 +323,8 @@ class _Propagator:
             return "expert"
         if any("head" in self.tags.get(d, ()) for d in key_dims):
             return "head"
+        if any("neuron" in self.tags.get(d, ()) for d in key_dims):
+            return "neuron"  # recurrent hidden units (their weights are 3-D)
         if approx:
             return "hidden"
         if all(_weight_rank(m.value) <= 2 for m in members if m.is_param):

@@ -1,9 +1,12 @@
 """Constants at load, made to look like what the dimension rules model:
 
 - Shared constants: exporters de-duplicate identical constants (tf2onnx: one zero bias for every conv of a
-  width; TorchScript: tied or identical weights behind Identity nodes), which would couple unrelated layers.
-  Every extra reader gets its own copy — a lazy view of the same tensor, so no memory until one is sliced —
-  and `reshare_constants` merges the copies that end up identical when the model is written.
+  width; one shape vector for many Reshapes), which would couple unrelated layers: every extra reader of an
+  integer constant or of a uniform one (all elements equal) gets its own copy — a lazy view of the same tensor,
+  so no memory until one is sliced — and `reshare_constants` merges the copies that end up identical when the
+  model is written. A weight with distinct values read by several layers is genuinely shared (tied
+  embeddings, ALBERT's layers, one conv applied twice): it stays one tensor, read directly where TorchScript
+  wrote an Identity, so its axes are coupled across all its readers and it is written once.
 - Layout ops on weights (torch's `in_proj_weight.split(...)`, `weight.t()` written as Split, Slice or Transpose
   of an initializer): their outputs become constants, computed lazily from the source tensor when read.
 """
@@ -41,25 +44,43 @@ def _copy_of(model: ir.Model, value: ir.Value, name: str) -> ir.Value:
 
 
 def unshare_constants(model: ir.Model) -> int:
-    """Give every main-graph reader of a shared initializer beyond the first its own copy, and every Identity
-    of an initializer (the TorchScript exporter shares tied or de-duplicated weights that way) a copy in its
-    place; returns how many."""
+    """Give every main-graph reader of a shared initializer de-duplicated by value (integer, or uniform) beyond
+    the first its own copy, and every Identity of an initializer (the TorchScript exporter shares tied or
+    de-duplicated weights that way) a copy in its place — or, for a genuinely shared weight, the weight itself;
+    returns how many."""
     count = 0
     for node in list(model.graph):
         source = node.inputs[0] if node.op_type == "Identity" and node.inputs else None
         output = node.outputs[0] if node.outputs else None
         if source is not None and source.const_value is not None and output is not None and output.uses() \
                 and not output.is_graph_output():
-            output.replace_all_uses_with(_copy_of(model, source, f"{output.name}{CLONE}"))
+            shared = not _deduplicated(source.const_value) and not source.is_graph_input()
+            output.replace_all_uses_with(source if shared else _copy_of(model, source, f"{output.name}{CLONE}"))
             count += 1
     for value in list(model.graph.initializers.values()):
-        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
+        if value.const_value is None or value.is_graph_input() or value.is_graph_output() \
+                or not _deduplicated(value.const_value):
             continue
         readers = [u for u in value.uses() if u.node.graph is model.graph]
         for index, usage in enumerate(readers[1:], 1):
             usage.node.replace_input_with(usage.idx, _copy_of(model, value, f"{value.name}{CLONE}{index}"))
             count += 1
     return count
+
+
+UNIFORM_CHECK_BYTES = 1 << 20  # shared float constants up to this size are read to see whether all values are equal
+
+
+def _deduplicated(tensor: ir.TensorProtocol) -> bool:
+    """Whether readers of `tensor` may share it only because an exporter de-duplicated equal constants: integer
+    tensors (shape vectors, indices) and float tensors whose elements are all equal (zero biases, unit scales).
+    A weight with distinct values is one the model really reuses."""
+    if not tensor.dtype.is_floating_point():
+        return True
+    if tensor.nbytes > UNIFORM_CHECK_BYTES:  # never read a large weight to ask: one that size is a real weight
+        return False
+    array = tensor.numpy()
+    return array.size <= 1 or bool(np.all(array.reshape(-1) == array.reshape(-1)[0]))
 
 
 def reshare_constants(model: ir.Model) -> int:

@@ -89,7 +89,7 @@ def _fold_shape_read(node: ir.Node) -> np.ndarray | None:
     return np.array(values, dtype=np.int64).reshape(np.shape(picked))
 
 
-def _folded_value(node: ir.Node) -> np.ndarray | None:
+def _folded_value(node: ir.Node, opset: int) -> np.ndarray | None:
     if len(node.outputs) != 1:
         return None
     if node.op_type == "Shape":
@@ -98,20 +98,51 @@ def _folded_value(node: ir.Node) -> np.ndarray | None:
         read = _fold_shape_read(node)
         if read is not None:
             return read
-    folder = _FOLDERS.get(node.op_type)
     values = [const_of(v) for v in node.inputs if v is not None]
-    if folder is None or not values or any(v is None or v.size > _FOLDABLE_ELEMENTS for v in values):
+    if not values or any(v is None or v.size > _FOLDABLE_ELEMENTS for v in values):
         return None
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLDED:
         return None
-    return np.asarray(folder(node, values))
+    folder = _FOLDERS.get(node.op_type)
+    if folder is not None:
+        return np.asarray(folder(node, values))
+    if any(np.issubdtype(v.dtype, np.floating) for v in values) or node.op_type in _NEVER_FOLDED:
+        return None  # shape arithmetic only: weights (and their quantized forms) stay as they are stored
+    result = _evaluated(node, opset)
+    return None if result is None or np.issubdtype(result.dtype, np.floating) else result
+
+
+_NEVER_FOLDED = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                 "Bernoulli", "If", "Loop", "Scan", "SequenceConstruct", "SequenceInsert", "SequenceAt",
+                 "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalGetElement", "DequantizeLinear",
+                 "QuantizeLinear", "DynamicQuantizeLinear"}
+
+
+def _evaluated(node: ir.Node, opset: int) -> np.ndarray | None:
+    """Any other standard op over small integer constants, computed by ONNX's reference implementation (the
+    legacy exporter writes F.pad's pads as ConstantOfShape → Concat → Reshape → Slice → Transpose → Cast)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [v.name if v is not None else "" for v in node.inputs]
+    attrs = {name: attr.value for name, attr in node.attributes.items()
+             if attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS, ir.AttributeType.TENSOR)}
+    if len(attrs) != len(node.attributes):
+        return None
+    proto = onnx.helper.make_node(node.op_type, inputs, ["y"], **attrs)
+    feeds = {v.name: const_of(v) for v in node.inputs if v is not None}
+    graph = onnx.helper.make_graph([proto], "fold", [], [onnx.helper.make_empty_tensor_value_info("y")],
+                                   [onnx.numpy_helper.from_array(a, n) for n, a in feeds.items()])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    (result,) = ReferenceEvaluator(model).run(None, {})
+    return np.asarray(result)
 
 
 def _fold_static_shape(model: ir.Model, node: ir.Node) -> bool:
     """Replace a static shape read or constant shape arithmetic by a constant."""
     try:
-        value = _folded_value(node)
-    except (ValueError, IndexError, TypeError):
+        value = _folded_value(node, model.opset_imports.get("", 1))
+    except Exception:  # noqa: BLE001 - a form the folders do not handle stays as it is
         return False
     output = node.outputs[0] if node.outputs else None
     if value is None or output is None or output.is_graph_output() or not output.uses():
@@ -330,3 +361,43 @@ def fold_copied_targets(model: ir.Model) -> int:
 def fold_transpose_sandwiches(model: ir.Model) -> int:
     """Provable Reshape→Transpose→Reshape sandwiches become one Transpose; returns how many."""
     return _each_node(model, _fold_sandwich)
+
+
+_VALUE_PRESERVING = ("Slice", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Identity", "Cast", "Transpose", "Gather")
+_RECURRENT_STATES = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # initial_h (initial_c): omitted means zeros
+
+
+def _all_zeros(value: ir.Value | None) -> bool:
+    """Whether every element of `value` is provably 0: a zero constant, or a zero ConstantOfShape fill seen
+    through ops that only move or select elements."""
+    for _ in range(16):
+        if value is None:
+            return False
+        constant = const_of(value)
+        if constant is not None:
+            return constant.size > 0 and not np.any(constant)
+        node = value.producer()
+        if node is None:
+            return False
+        if node.op_type == "ConstantOfShape":
+            return not np.any(_fill_value(node))
+        if node.op_type not in _VALUE_PRESERVING or node.outputs[0] is not value:
+            return False
+        value = node.inputs[0]
+    return False
+
+
+def _drop_zero_states(model: ir.Model, node: ir.Node) -> bool:
+    """A recurrent layer's initial state that is all zeros is the default: the input is omitted."""
+    dropped = False
+    for index in _RECURRENT_STATES.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+        if index < len(node.inputs) and node.inputs[index] is not None and _all_zeros(node.inputs[index]):
+            node.replace_input_with(index, None)
+            dropped = True
+    return dropped
+
+
+def fold_zero_initial_states(model: ir.Model) -> int:
+    """Zero initial states of LSTM/GRU/RNN (the legacy exporter builds them from ConstantOfShape) are dropped,
+    so the hidden axis no longer runs into a shape computation; returns how many layers."""
+    return _each_node(model, _drop_zero_states)

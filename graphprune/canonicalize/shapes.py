@@ -19,6 +19,18 @@ _SAME_SHAPE_CONTRIB = ("QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu")
 _FLOAT_MATMUL_CONTRIB = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")  # A @ B → float
 
 
+def unknown_negative_sizes(model: ir.Model) -> int:
+    """Declared negative sizes (tf2onnx writes -1 for a size it does not know) become unknown ones, which
+    inference then names and relates like any other; returns how many values had one."""
+    count = 0
+    for value in [*model.graph.inputs, *model.graph.outputs, *(v for node in model.graph for v in node.outputs)]:
+        if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+            value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d
+                                    for d in value.shape])
+            count += 1
+    return count
+
+
 def infer_reconciled(model: ir.Model) -> None:
     """Infer shapes without the declared ones of intermediate values (they can be stale: jax2onnx leaves NHWC
     ones on NCHW tensors), then keep each declaration inference does not contradict (its names relate dims)."""

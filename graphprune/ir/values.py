@@ -9,14 +9,15 @@ import onnx_ir as ir
 
 
 def shape_of(value: ir.Value | None) -> list | None:
-    """Static sizes as int, symbolic ones as their name (None when anonymous); None for unknown rank."""
+    """Static sizes as int, symbolic ones as their name (None when anonymous or declared negative — tf2onnx
+    writes -1 for a size it does not know); None for unknown rank."""
     if value is None:
         return None
     if value.const_value is not None:
         return [int(d) for d in value.const_value.shape]
     if value.shape is None:
         return None
-    return [d if isinstance(d, int) else d.value for d in value.shape]
+    return [(d if d >= 0 else None) if isinstance(d, int) else d.value for d in value.shape]
 
 
 def const_of(value: ir.Value | None) -> np.ndarray | None:

@@ -12,6 +12,7 @@ from graphprune.ops import (  # noqa: F401
     norm,
     pool,
     quantized,
+    recurrent,
     reduce,
     resize,
     shape,

@@ -164,6 +164,9 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, l
             return
         in_axis = carriers[0]
     sizes = [src[a] for a in left]
+    if not all(isinstance(n, int) for n in sizes):
+        ctx.freeze(Dim(x, in_axis), f"{node.op_type} merges this axis with axes of symbolic size ({sizes})")
+        return
     positions = np.arange(int(np.prod(sizes)))
     channel_of = np.unravel_index(positions, sizes)[left.index(in_axis)]
     ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
@@ -184,6 +187,9 @@ def _broadcast_axes(ctx: CoupleContext, value: ir.Value) -> set[int]:
 def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, right: list[int], dst: list) -> None:
     """Input axis splits into output axes `right` (heads x head_dim, shuffle groups x group size): a unit is
     one index of the outermost factor, i.e. a block of consecutive input channels."""
+    if not all(isinstance(dst[a], int) for a in right):
+        ctx.freeze(Dim(x, in_axis), f"axis {in_axis} splits into axes of symbolic size {[dst[a] for a in right]}")
+        return
     inner = int(np.prod([dst[a] for a in right[1:]]))
     positions = np.arange(dst[right[0]] * inner)
     ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, right[0]), positions // inner)

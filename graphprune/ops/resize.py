@@ -1,4 +1,5 @@
-"""Resize/Upsample and Pad: the channel axis passes through when it is neither scaled nor padded."""
+"""Resize/Upsample and Pad: the channel axis passes through when it is not scaled; padded with constants, its
+positions move by the padding before them."""
 
 from __future__ import annotations
 
@@ -52,18 +53,69 @@ class Resize(OpRule):
 
 @register("Pad")
 class Pad(OpRule):
-    """Zero padding on the channel axis only; `pads` is [begin_0.., end_0..]."""
+    """Padding an axis: a constant-mode Pad appends constants before and after the input's positions, so input
+    position i is output position begin + i and the padded positions are constants of their own — exact to
+    prune both (TFLite grows residual channels this way: zeros padded on, then an Add with a wider tensor).
+    Other modes copy input values into the padding: the padded axis freezes. `pads` is [begin_0.., end_0..]."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if not port.output and port.index != 0:
+            ctx.freeze(Dim(port.value(node), axis), f"Pad input {port.index} carries no channels")
+            return
+        padded = self._padding(ctx, node, axis)
+        if padded == (0, 0):
+            ctx.link(Dim(node.inputs[0], axis), Dim(node.outputs[0], axis))
+        elif padded is None:
+            ctx.freeze(Dim(port.value(node), axis), "Pad pads (or may pad) this axis")
+        elif min(padded) < 0:
+            ctx.freeze(Dim(port.value(node), axis), "Pad crops this axis (negative pads)")
+        elif _mode(node) != "constant":
+            ctx.freeze(Dim(port.value(node), axis), f"Pad in {_mode(node)} mode copies values into the padding")
+        else:
+            size = (ctx.shape(node.inputs[0]) or [None] * (axis + 1))[axis]
+            if not isinstance(size, int):
+                ctx.freeze(Dim(port.value(node), axis), "Pad pads an axis of unknown size")
+                return
+            ctx.link_pairs(Dim(node.inputs[0], axis), np.arange(size), Dim(node.outputs[0], axis),
+                           padded[0] + np.arange(size))
+
+    @staticmethod
+    def _padding(ctx, node: ir.Node, axis: int) -> tuple[int, int] | None:
+        """(begin, end) padding of `axis`; None when the pads are not known constants."""
         pads = int_list(ctx, node, "pads", 1)
         shape = ctx.shape(node.inputs[0])
-        axes = int_list(ctx, node, "axes", 3) if len(node.inputs) > 3 else None
-        untouched = False
-        if pads is not None and shape is not None:
-            axes = axes if axes is not None else list(range(len(shape)))
-            axes = [a + len(shape) if a < 0 else a for a in axes]
-            n = len(axes)
-            untouched = axis not in axes or (pads[axes.index(axis)] == 0 and pads[n + axes.index(axis)] == 0)
-        _pass_through(ctx, node, port, axis, untouched, "pads (or may pad)")
+        if pads is None or shape is None:
+            return None
+        axes = int_list(ctx, node, "axes", 3) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        if len(node.inputs) > 3 and node.inputs[3] is not None and axes is None:
+            return None
+        axes = [a + len(shape) if a < 0 else a for a in (axes if axes is not None else range(len(shape)))]
+        if axis not in axes:
+            return 0, 0
+        n, at = len(axes), axes.index(axis)
+        return pads[at], pads[n + at]
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        """Padding shrinks by the padded positions removed (kept input positions move up with them)."""
+        for axis in range(len(ctx.shape(node.outputs[0]) or [])):
+            kept = ctx.kept(node.outputs[0], axis)
+            padded = self._padding(ctx, node, axis)
+            if kept is None or padded is None or padded == (0, 0):
+                continue
+            size = ctx.shape(node.inputs[0])[axis]
+            begin, end = int(np.sum(kept < padded[0])), int(np.sum(kept >= padded[0] + size))
+            pads = list(int_list(ctx, node, "pads", 1))
+            axes = int_list(ctx, node, "axes", 3) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+            rank = len(ctx.shape(node.inputs[0]))
+            axes = [a + rank if a < 0 else a for a in (axes if axes is not None else range(rank))]
+            at = axes.index(axis)
+            pads[at], pads[len(axes) + at] = begin, end
+            if "pads" in node.attributes:
+                ctx.set_attr(node, ir.AttrInt64s("pads", pads))
+            else:
+                ctx.set_input_const(node, 1, np.array(pads, dtype=np.int64))
 
 
+def _mode(node: ir.Node) -> str:
+    attr = node.attributes.get("mode")
+    return attr.as_string() if attr is not None else "constant"

@@ -166,24 +166,31 @@ def _refit(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], request:
 
 def _check_prunable(analysis: Analysis, request: PruneRequest) -> None:
     """Refuse, before calibrating, a request nothing in the model can serve — saying why."""
-    def reasons(groups: list[Group]) -> str:
-        counts: dict[str, int] = {}
-        for group in groups:
-            for reason in group.frozen_reasons[:1]:
-                text = reason.split(": ", 1)[-1]
-                counts[text] = counts.get(text, 0) + 1
-        return "; ".join(f"{n} × {text}" for text, n in sorted(counts.items(), key=lambda i: -i[1])[:3])
-
     if request.removes_experts and not any(g.kind == "expert" for g in analysis.prunable()):
         layers = [g for g in analysis.groups if g.kind == "expert"]
-        why = f"all {len(layers)} MoE layer(s) are frozen: {reasons(layers)}" if layers else \
+        why = f"all {len(layers)} MoE layer(s) are frozen: {_why_not(layers)}" if layers else \
             "no MoE layer was found (experts are recognised from a router's TopK)"
         raise GraphpruneError(f"--expert-ratio: no expert can be removed: {why}")
     widths = request if request.allocation is None else \
         replace(request, allocation=replace(request.allocation, expert_ratio=0.0))
     if widths.requested() and not any(g.kind != "expert" for g in analysis.prunable()):
+        if not analysis.groups:
+            raise GraphpruneError("nothing can be pruned: the model has no structure graphprune can prune (no weight "
+                                  "layer whose channels it can follow; `graphprune ops` lists the supported ops)")
         raise GraphpruneError(f"nothing can be pruned: all {len(analysis.groups)} groups are frozen: "
-                              f"{reasons(analysis.groups)} (graphprune analyze lists every group)")
+                              f"{_why_not(analysis.groups)} (graphprune analyze lists every group)")
+
+
+def _why_not(groups: list[Group]) -> str:
+    """The commonest reasons these groups cannot be pruned, counted (a one-unit group has nothing to remove)."""
+    counts: dict[str, int] = {}
+    for group in groups:
+        reasons = group.frozen_reasons[:1] or (["a single unit: nothing to remove but all of it"]
+                                               if group.size <= 1 else [])
+        for reason in reasons:
+            text = reason.split(": ", 1)[-1]
+            counts[text] = counts.get(text, 0) + 1
+    return "; ".join(f"{n} × {text}" for text, n in sorted(counts.items(), key=lambda i: -i[1])[:3])
 
 
 def _timed(allocation: Allocation, analysis: Analysis, source: Path, output: Output, model_fingerprint: str,

@@ -143,3 +143,39 @@ def test_keras_dense_on_sequences_becomes_a_batched_matmul():
     (group,) = analyze(loaded).prunable()
     assert group.size == 16 and group.kind == "neuron"
     assert_group_equivalent(model, group)
+
+
+def padded_conv_stack(dynamo: bool, path) -> onnx.ModelProto:
+    """F.pad before each conv: the legacy exporter writes constant pads as a ConstantOfShape → Concat →
+    Reshape → Slice → Transpose → Cast subgraph, the dynamo exporter as a constant."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    class Padded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv1d(4, 16, 3), torch.nn.Conv1d(16, 16, 3)
+            self.head = torch.nn.Linear(16, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.a(F.pad(x, (1, 1))))
+            y = torch.relu(self.b(F.pad(y, (2, 0), mode="reflect")))
+            return self.head(y.mean(-1))
+
+    torch.manual_seed(0)
+    torch.onnx.export(Padded().eval(), (torch.randn(1, 4, 20),), str(path), dynamo=dynamo, input_names=["x"],
+                      dynamic_axes=None if dynamo else {"x": {0: "batch"}}, opset_version=18 if dynamo else 13)
+    return onnx.load(str(path))
+
+
+def test_constant_pad_subgraphs_fold_like_the_dynamo_constant(tmp_path):
+    """Any standard op over small constants folds (ONNX's reference implementation computes the ones without a
+    folder of their own), so both exports give the same prunable structure, each exact."""
+    shapes = {}
+    for dynamo in (False, True):
+        model = padded_conv_stack(dynamo, tmp_path / f"padded_{dynamo}.onnx")
+        analysis = analyze(from_proto(model))
+        shapes[dynamo] = sorted((g.kind, g.size) for g in analysis.prunable())
+        for group in analysis.prunable():
+            assert_group_equivalent(model, group, dims={"batch": 2})
+    assert shapes[False] == shapes[True] == [("channel", 16), ("channel", 16)]

@@ -3,6 +3,7 @@ and every canonicalisation is registered once, in the one ordered list."""
 
 from __future__ import annotations
 
+import onnx
 import pytest
 
 from graphprune.canonicalize import CANONICALISATIONS
@@ -24,7 +25,7 @@ def folds(root) -> list[str]:
 
 def test_every_canonicalisation_is_listed_once():
     names = folds(CANONICALISATIONS)
-    assert len(names) == len(set(names)) == 13 and names[0] == "unshare_constants"
+    assert len(names) == len(set(names)) == 14 and names[0] == "unshare_constants"
     assert names[-2:] == ["fold_inferred_targets", "fold_batch_merges"]  # once the rest has settled
 
 
@@ -34,3 +35,25 @@ def test_a_loaded_model_is_at_the_fixed_point(path):
     nodes = [(n.op_type, n.name) for n in model.graph]
     assert not CANONICALISATIONS(model).modified
     assert [(n.op_type, n.name) for n in model.graph] == nodes
+
+
+def declared_batch(value) -> onnx.ModelProto:
+    model = onnx.load(str(DEMO_MODEL))
+    for info in [*model.graph.input, *model.graph.output]:
+        dim = info.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        if value is not None:
+            dim.dim_value = value
+    return model
+
+
+def test_a_declared_negative_size_is_an_unknown_one(tmp_path):
+    """tf2onnx declares unknown sizes as -1: the same structure as an unnamed size, and counts never negative."""
+    from graphprune.analysis.coupling import analyze
+    from graphprune.io.load import from_proto
+    from graphprune.verify.cost import cost
+
+    negative, unnamed = from_proto(declared_batch(-1)), from_proto(declared_batch(None))
+    assert cost(negative).macs == cost(unnamed).macs > 0
+    summary = lambda m: [(g.kind, g.size, g.frozen) for g in analyze(m).groups]  # noqa: E731
+    assert summary(negative) == summary(unnamed) and sum(not f for _, _, f in summary(negative)) == 3

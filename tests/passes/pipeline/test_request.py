@@ -52,3 +52,14 @@ def test_requests_that_cannot_work_are_refused_before_reading(tmp_path, fields, 
     with pytest.raises(GraphpruneError, match=message):
         prune_file(missing, tmp_path / "out.onnx", **fields)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_without_structure_is_refused_saying_so(tmp_path):
+    from tests.graphs import GraphBuilder
+
+    b = GraphBuilder()
+    source = tmp_path / "relu.onnx"
+    source.write_bytes(b.build({"x": ["batch", 4]}, [b.op("Relu", ["x"])]).SerializeToString())
+    with pytest.raises(GraphpruneError, match="no structure graphprune can prune .*graphprune ops"):
+        prune_file(source, tmp_path / "out.onnx", ratio=0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relu.onnx"]
