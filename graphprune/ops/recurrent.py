@@ -12,8 +12,8 @@ import onnx_ir as ir
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, input_at, register
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-_BLOCKS = {1: 1, 2: 1, 3: 2, 7: 0}  # input → gate blocks per unit along axis 1, in units of `gates` (P: 3)
-_STATES = (5, 6)  # initial_h, initial_c (LSTM only)
+_STACKED = (1, 2, 3, 7)  # W, R, B, P: hidden units stacked in blocks along axis 1
+_STATES = (5, 6)  # initial_h, initial_c (GRU and RNN have no input 6)
 
 
 @register("LSTM", "GRU", "RNN")
@@ -32,10 +32,10 @@ class Recurrent(OpRule):
             return
         last = len(ctx.shape(port.value(node)) or []) - 1
         index = None if port.output else port.index
-        if (index in (0, 1) and axis == 2) or (index == 1 and axis == 2):
+        if index in (0, 1) and axis == 2:
             ctx.link(Dim(node.inputs[0], 2), Dim(node.inputs[1], 2))
             ctx.consumer(Dim(node.inputs[1], 2), Dim(node.inputs[0], 2), node)
-        elif (index in _BLOCKS and axis == 1) or (index == 2 and axis == 2) or \
+        elif (index in _STACKED and axis == 1) or (index == 2 and axis == 2) or \
                 ((index is None or index in _STATES) and axis == last):
             _couple_hidden(ctx, node)
         else:
@@ -66,13 +66,12 @@ def _couple_hidden(ctx: CoupleContext, node: ir.Node) -> None:
     hidden, gates = attr_int(node, "hidden_size", 0), _GATES[node.op_type]
     units = np.arange(hidden)
     anchor = Dim(node.inputs[2], 2)
-    for index, per_gate in _BLOCKS.items():
+    blocks = dict(zip(_STACKED, (gates, gates, 2 * gates, 3), strict=True))  # P: input, output, forget peepholes
+    for index, count in blocks.items():
         value = input_at(node, index)
         if value is not None:
-            blocks = per_gate * gates if index != 7 else 3
-            ctx.link_pairs(anchor, np.tile(units, blocks), Dim(value, 1), np.arange(blocks * hidden))
-    states = [input_at(node, i) for i in _STATES if node.op_type == "LSTM" or i == 5]
-    for value in [*states, *node.outputs]:
+            ctx.link_pairs(anchor, np.tile(units, count), Dim(value, 1), np.arange(count * hidden))
+    for value in [*(input_at(node, i) for i in _STATES), *node.outputs]:
         if value is not None and ctx.shape(value) is not None:
             ctx.link(anchor, Dim(value, len(ctx.shape(value)) - 1))
     state = next((v for v in node.outputs if v is not None and ctx.shape(v) is not None), None)

@@ -82,38 +82,43 @@ class Pad(OpRule):
     @staticmethod
     def _padding(ctx, node: ir.Node, axis: int) -> tuple[int, int] | None:
         """(begin, end) padding of `axis`; None when the pads are not known constants."""
-        pads = int_list(ctx, node, "pads", 1)
-        shape = ctx.shape(node.inputs[0])
-        if pads is None or shape is None:
+        pads, axes = int_list(ctx, node, "pads", 1), _padded_axes(ctx, node)
+        if pads is None or axes is None:
             return None
-        axes = int_list(ctx, node, "axes", 3) if len(node.inputs) > 3 and node.inputs[3] is not None else None
-        if len(node.inputs) > 3 and node.inputs[3] is not None and axes is None:
-            return None
-        axes = [a + len(shape) if a < 0 else a for a in (axes if axes is not None else range(len(shape)))]
         if axis not in axes:
             return 0, 0
-        n, at = len(axes), axes.index(axis)
-        return pads[at], pads[n + at]
+        at = axes.index(axis)
+        return pads[at], pads[len(axes) + at]
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
         """Padding shrinks by the padded positions removed (kept input positions move up with them)."""
-        for axis in range(len(ctx.shape(node.outputs[0]) or [])):
-            kept = ctx.kept(node.outputs[0], axis)
-            padded = self._padding(ctx, node, axis)
-            if kept is None or padded is None or padded == (0, 0):
+        pads, axes = int_list(ctx, node, "pads", 1), _padded_axes(ctx, node)
+        if pads is None or axes is None:
+            return
+        changed = False
+        for at, axis in enumerate(axes):
+            kept, begin = ctx.kept(node.outputs[0], axis), pads[at]
+            if kept is None or (begin, pads[len(axes) + at]) == (0, 0):
                 continue
             size = ctx.shape(node.inputs[0])[axis]
-            begin, end = int(np.sum(kept < padded[0])), int(np.sum(kept >= padded[0] + size))
-            pads = list(int_list(ctx, node, "pads", 1))
-            axes = int_list(ctx, node, "axes", 3) if len(node.inputs) > 3 and node.inputs[3] is not None else None
-            rank = len(ctx.shape(node.inputs[0]))
-            axes = [a + rank if a < 0 else a for a in (axes if axes is not None else range(rank))]
-            at = axes.index(axis)
-            pads[at], pads[len(axes) + at] = begin, end
-            if "pads" in node.attributes:
-                ctx.set_attr(node, ir.AttrInt64s("pads", pads))
-            else:
-                ctx.set_input_const(node, 1, np.array(pads, dtype=np.int64))
+            pads[at], pads[len(axes) + at] = int(np.sum(kept < begin)), int(np.sum(kept >= begin + size))
+            changed = True
+        if not changed:
+            return
+        if "pads" in node.attributes:
+            ctx.set_attr(node, ir.AttrInt64s("pads", pads))
+        else:
+            ctx.set_input_const(node, 1, np.array(pads, dtype=np.int64))
+
+
+def _padded_axes(ctx, node: ir.Node) -> list[int] | None:
+    """The axes `pads` lists (its `axes` input, else every axis), non-negative; None when not known."""
+    shape = ctx.shape(node.inputs[0])
+    given = node.inputs[3] if len(node.inputs) > 3 else None
+    axes = int_list(ctx, node, "axes", 3) if given is not None else list(range(len(shape or [])))
+    if shape is None or axes is None:
+        return None
+    return [a + len(shape) if a < 0 else a for a in axes]
 
 
 def _mode(node: ir.Node) -> str:
