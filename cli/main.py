@@ -8,12 +8,15 @@ import json
 import logging
 import os
 import sys
+import tempfile
 
 import graphprune
 from graphprune import progress
 from graphprune.analysis.coupling import GQA_UNITS, Analysis
+from graphprune.analysis.groups import Group
 from graphprune.cli import options
 from graphprune.cli.report import bench_summary, report
+from graphprune.cli.sweep import run_sweep
 from graphprune.cli.table import human, render
 from graphprune.errors import GraphpruneError
 from graphprune.io import runtime
@@ -31,23 +34,29 @@ from graphprune.passes.rewrite.optimize import model_types
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     analysis = run_analysis(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units,
-                            depth=args.depth)
+                            depth=True)
+    blocks = [g for g in analysis.groups if g.kind == "block"]
+    shown = analysis.groups if args.depth else [g for g in analysis.groups if g.kind != "block"]
     if args.json:
-        print(json.dumps([g.summary() for g in analysis.groups], indent=1))
+        print(json.dumps([g.summary() for g in shown], indent=1))
         return 0
-    print_groups(analysis)
+    print_groups(analysis, shown)
+    if blocks and not args.depth:
+        print(f"\nnot listed: {blocks[0].size} residual blocks, one more group (kind block) that --depth lists; prune "
+              "removes whole blocks with --depth, and by default when it has calibration data")
     return 0
 
 
-def print_groups(analysis: Analysis) -> None:
+def print_groups(analysis: Analysis, shown: list[Group]) -> None:
     rows = [
         [g.id, g.kind, g.size, human(g.params), "frozen" if g.frozen else "prunable", g.layer, g.label,
          g.frozen_reasons[0] if g.frozen else g.detail()]
-        for g in analysis.groups
+        for g in shown
     ]
     print(render(["id", "kind", "size", "params", "status", "layer", "anchor", "reason / detail"], rows))
-    print(f"\n{len(analysis.groups)} groups, {len(analysis.prunable())} prunable")
-    layers = [g for g in analysis.groups if g.experts is not None]
+    prunable = [g for g in analysis.prunable() if g in shown]
+    print(f"\n{len(shown)} groups, {len(prunable)} prunable")
+    layers = [g for g in shown if g.experts is not None]
     if layers:
         print(f"\n{len(layers)} MoE layer(s):")
         for g in layers:
@@ -63,22 +72,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
     free_hand = args.compensate is None and not args.expert_ratio and not args.expert_merge
     method = choose_method(calibration_spec(args), args.criterion, args.sequential, args.allocation,
-                           args.depth or args.block_ratio is not None, free_hand, args.target_latency is not None)
+                           args.depth or args.block_ratio is not None, free_hand)
     criterion, sequential, strategy, depth, picked = method.criterion, method.sequential, method.allocation, \
         method.depth, method.why
     allocation = Allocation(strategy, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
-                            threads=args.threads)
+                            threads=args.threads, max_error=args.max_error)
     request = PruneRequest(criterion, args.ratio, args.round_to, args.seed, kind_ratios, args.prune_hidden,
                            calibration_spec(args), args.compensate, allocation,
                            {"policy_file": args.policy} if args.policy else None, args.gqa_units,
                            args.expert_criterion, args.expert_merge, sequential, depth)
-    result = prune_file(args.model, output_of(args), request)
-    ratios = ", ".join([f"{strategy} ratio {args.ratio}" if not target else f"target {target[0]} {target[1]}"]
-                       + [f"{kind} {value}" for kind, value in kind_ratios.items()]
-                       + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
     method = criterion + (" refit sequentially" if sequential else "") + (" with depth" if depth else "") \
         + (f" ({picked})" if picked else "")
+    if args.sweep is not None:
+        return run_sweep(args, request, method)
+    result = prune_file(args.model, output_of(args), request)
+    stop = f"target {target[0]} {target[1]}" if target else f"held-out error at most {args.max_error}" \
+        if args.max_error is not None else f"{strategy} ratio {args.ratio}"
+    ratios = ", ".join([stop]
+                       + [f"{kind} {value}" for kind, value in kind_ratios.items()]
+                       + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
     report(result, args, f"{method}, {ratios}")
     if args.provider == "cuda":
         _warn_unaligned_widths(result)
@@ -117,14 +130,13 @@ def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     result = apply_file(args.model, args.plan, output_of(args), calibration_spec(args), args.compensate)
-    report(result, args, f"plan {args.plan}")
+    report(result, args, f"plan {args.plan}", replayed=True)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     for path in args.models:
-        if not os.path.isfile(path):
-            raise GraphpruneError(f"{path}: no such file")
+        options.existing_file(path)
     given = runtime.load_feeds(args.feeds) if args.feeds else None
     sessions = [runtime.session(path, threads=args.threads, timing=True) for path in args.models]
     specs = [{i.name: (list(i.shape), None) for i in sess.get_inputs()} for sess in sessions]
@@ -147,7 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"\n{inputs}{bound}; {args.runs} runs each, interleaved in {runtime.ROUNDS} rounds")
     if "ratio" in summary:
         ratio = summary["ratio"]
-        print(f"latency ratio (second / first, medians): {ratio['median']:.3f} "
+        print(f"latency ratio (second / first, median of the rounds' median ratios): {ratio['median']:.3f} "
               f"(per round {ratio['min']:.3f} to {ratio['max']:.3f})")
     return 0
 
@@ -314,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("prune", "remove the least important units and write a smaller, verified model", cmd_prune)
     p.add_argument("model", help="ONNX model file; it and its external data are never modified")
     p.add_argument("-o", "--output", help="where to write the pruned model (its external data goes beside it as "
-                                          "OUTPUT.data when needed); missing folders are created")
+                                          "OUTPUT.<run>.data when needed); missing folders are created")
     p.add_argument("--dry-run", action="store_true",
                    help="analyze, score and allocate, print what would be removed and the projected costs; "
                         "write no model (only --save-plan, if given)")
@@ -367,7 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-latency", type=options.kept_fraction, metavar="FRACTION",
                         help="run in this fraction of the dense model's ONNX Runtime latency, in (0, 1]: plans are "
                              "timed on --feeds or random inputs sized by --dim until one is within 3 %% "
-                             "(turns on --fast-widths)")
+                             "(turns on --fast-widths); with calibration data, units go by measured error per "
+                             "millisecond from the latency table")
+    target.add_argument("--sweep", type=options.sweep, metavar="METRIC=T1,T2,…", default=None,
+                        help="prune at each target of latency, params or flops (e.g. latency=0.9,0.7,0.5) into the "
+                             "folder -o, re-time each result, and write report.html there (quality against "
+                             "latency and parameters, kept widths, frozen groups, settings)")
+    target.add_argument("--max-error", type=options.fraction, metavar="E", default=None,
+                        help="a quality floor: prune as far as the output error (relative squared error) on a "
+                             "held-out quarter of the calibration batches stays within E, in (0, 1) (needs "
+                             "calibration data; overrides --ratio)")
     p.add_argument("--fast-widths", action=argparse.BooleanOptionalAction, default=None,
                    help="round each group's kept width down to the multiple its layers run fast at, measured per "
                         "layer in ONNX Runtime (default: on with --target-latency)")
@@ -417,6 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(exc: Exception) -> str:
+    """One line for an unexpected error; an OSError names its file, or, with none (a full disk while writing a
+    mapped or temporary file), the folders the run writes to."""
+    if not isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{exc.strerror or exc} (this run writes temporary files to {tempfile.gettempdir()}, set by TMPDIR, " \
+           "and its output beside the output path)"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -435,10 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
         if args.debug:
             raise
-        message = str(exc) if isinstance(exc, GraphpruneError) else f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, GraphpruneError) else _describe(exc)
         print(f"graphprune: error: {message}", file=sys.stderr)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from graphprune.cli.entry import main as entry
+
+    sys.exit(entry())

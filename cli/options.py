@@ -61,12 +61,28 @@ def dim(text: str) -> tuple[str, int]:
     return name, positive_int(value)
 
 
+def sweep(text: str) -> tuple[str, list[float]]:
+    """METRIC=T1,T2,…: the cost a sweep varies (latency, params, flops) and its targets, each in (0, 1]."""
+    metric, _, values = text.partition("=")
+    if metric not in ("latency", "params", "flops") or not values:
+        raise argparse.ArgumentTypeError(f"expected latency|params|flops=T1,T2,…, got {text!r}")
+    return metric, [kept_fraction(v) for v in values.split(",")]
+
+
+def existing_file(path: str | Path) -> None:
+    """Raise unless `path` is a file, saying whether it is missing or a folder."""
+    if Path(path).is_dir():
+        raise GraphpruneError(f"{path} is a folder, not a file")
+    if not Path(path).is_file():
+        raise GraphpruneError(f"{path}: no such file")
+
+
 def check(args: argparse.Namespace) -> None:
     """Checks that involve several options or the file system; raise GraphpruneError before any work."""
     for name in ("feeds", "plan", "tokenizer"):
         path = getattr(args, name, None)
-        if path is not None and not Path(path).is_file():
-            raise GraphpruneError(f"{path}: no such file")
+        if path is not None:
+            existing_file(path)
     if getattr(args, "output", None) is None and getattr(args, "dry_run", None) is False:
         raise GraphpruneError("prune needs -o/--output (or --dry-run)")
     channels = 1 if getattr(args, "grayscale", False) else 3

@@ -9,9 +9,9 @@ import statistics
 import sys
 from collections import Counter
 
-import numpy as np
-
 from graphprune.cli.table import human, ratio, render
+from graphprune.io import runtime
+from graphprune.passes.allocation.latency import TOLERANCE
 from graphprune.passes.pipeline.prune import PruneResult
 
 
@@ -46,7 +46,7 @@ def frozen_summary(result: PruneResult) -> dict[str, int]:
     return dict(Counter(g.frozen_reasons[0] for g in result.groups if g.frozen).most_common())
 
 
-def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
+def as_json(result: PruneResult, args: argparse.Namespace, how: str, replayed: bool = False) -> dict:
     check = result.verification
     return {
         "output": None if result.dry_run else str(args.output),
@@ -61,21 +61,29 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str) -> dict:
         "frozen": frozen_summary(result),
         "calibration": result.plan.meta.get("calibration"),
         "latency": result.plan.meta.get("latency"),
+        "quality": result.plan.meta.get("quality"),
         "reconstruction": result.plan.meta.get("reconstruction"),
         "fusion": result.fusion,
+        "warnings": missed(result, replayed),
         "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
                                                     "drift": check.drift, "inputs": check.inputs},
     }
 
 
-def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
-    """Print the run's outcome (JSON with --json); warnings go to stderr."""
+DRIFT_WARNING = 0.5  # an output drift from this size (half the outputs' range) is said to be large
+
+
+def report(result: PruneResult, args: argparse.Namespace, how: str, replayed: bool = False) -> None:
+    """Print the run's outcome (JSON with --json); warnings go to stderr. `replayed`: a saved plan was applied,
+    so what the plan records of its own making (latency probes) is shown as such, not as measured now."""
     check = result.verification
     if check is not None and not check.passed:
         print("graphprune: warning: the output passed no check (the original fails them all); see 'not verified'",
               file=sys.stderr)
+    for warning in missed(result, replayed):
+        print(f"graphprune: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(as_json(result, args, how), indent=1))
+        print(json.dumps(as_json(result, args, how, replayed), indent=1))
         return
     b, a = result.before, result.after
     projected = " (projected)" if result.dry_run else ""
@@ -85,7 +93,7 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
         ["file bytes", human(b.bytes), human(a.bytes), ratio(a.bytes, b.bytes)],
     ]))
     if b.formula is not None and b.formula.symbols():
-        sizes = ", ".join(f"{name}={dict(args.dim).get(name, 1)}" for name in sorted(b.formula.symbols()))
+        sizes = ", ".join(f"{name}={dict(args.dim).get(name, 1)}" for name in sorted(b.formula.free_sizes()))
         print(f"MACs at {sizes} (--dim NAME=VALUE sets them); before: {b.formula}"
               + (f"; after: {a.formula}" if a.formula is not None else ""))
     rows = [[r["group"], r["kind"], r["layer"], f"{r['before']} -> {r['after']}"] for r in widths(result)]
@@ -113,8 +121,14 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
     latency = result.plan.meta.get("latency")
     if latency:
         probes = ", ".join(f"{p['flops']:.2f}→{p['latency']:.2f}" for p in latency["probes"])
-        print(f"latency: {latency['measured']:.3f}x the dense model's, measured (target {latency['target']:g}); "
-              f"probes, FLOPs→latency: {probes}")
+        when = "measured when the plan was made" if replayed else "measured"
+        searched = "kept layer ms" if result.plan.meta.get("cost") == "ms" else "FLOPs"
+        print(f"latency: {latency['measured']:.3f}x the dense model's, {when} (target {latency['target']:g}); "
+              f"probes, {searched}→latency: {probes}")
+    quality = result.plan.meta.get("quality")
+    if quality:
+        print(f"quality floor: held-out error {quality['held_out_error']:.4g} (at most {quality['max_error']:g}; "
+              f"{quality['held_out_batches']} held-out calibration batches, units masked before any refit)")
     rebuilt = result.plan.meta.get("reconstruction")
     if rebuilt:
         print(f"reconstruction: {rebuilt['stages']} stages, {rebuilt['layers refit']} layers refit, "
@@ -131,15 +145,29 @@ def report(result: PruneResult, args: argparse.Namespace, how: str) -> None:
         print(f"output drift vs the original: {check.drift:.3g} (max relative error, {check.inputs})")
 
 
+def missed(result: PruneResult, replayed: bool = False) -> list[str]:
+    """What the result says it fell short of: a latency target missed by more than the search's tolerance, an
+    output drift large enough that the pruned model is unlikely to do the original's job."""
+    warnings = []
+    latency = result.plan.meta.get("latency")
+    if latency and not replayed and abs(latency["measured"] - latency["target"]) > TOLERANCE * latency["target"]:
+        warnings.append(f"the measured latency, {latency['measured']:.3f}x the dense model's, misses the target "
+                        f"{latency['target']:g} by more than {TOLERANCE:.0%} (no probe landed closer; the "
+                        "nearest under the target was kept)")
+    drift = result.verification.drift if result.verification is not None else None
+    if drift is not None and drift >= DRIFT_WARNING:
+        warnings.append(f"the outputs drift {drift:.3g} (max relative error, {result.verification.inputs}) from the "
+                        "original's: check the pruned model on real data (--feeds), calibrate with --calib, or prune "
+                        "less")
+    return warnings
+
+
 def bench_summary(models: list[str], times: list[list[float]], rounds: int) -> dict:
     """min/median/max per model and, for two models, the ratio of medians with its spread over the `rounds`
     blocks the runs were interleaved in."""
     summary: dict = {"models": [{"model": m, "min_ms": min(t), "median_ms": statistics.median(t), "max_ms": max(t),
                                  "runs": len(t)} for m, t in zip(models, times, strict=True)]}
     if len(times) == 2:
-        blocks = np.array_split(np.arange(len(times[0])), rounds)
-        per_round = [statistics.median(np.take(times[1], b)) / statistics.median(np.take(times[0], b))
-                     for b in blocks if len(b)]
-        summary["ratio"] = {"median": summary["models"][1]["median_ms"] / summary["models"][0]["median_ms"],
-                            "min": min(per_round), "max": max(per_round)}
+        per_round = runtime.round_ratios(times[0], times[1], rounds)
+        summary["ratio"] = {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
     return summary

@@ -6,16 +6,21 @@ dimension-rule registry), `analysis` (groups, plans, masking), `verify` (checks,
 command line in `graphprune.cli`; reference models in `graphprune.models`.
 """
 
-from graphprune.analysis.coupling import Analysis, analyze
-from graphprune.analysis.groups import Group, Member
-from graphprune.analysis.plan import PruningPlan
-from graphprune.errors import GraphpruneError, ModelLoadError, PlanError
-from graphprune.io.load import load_model
-from graphprune.io.save import save_model
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Analysis", "GraphpruneError", "Group", "Member", "ModelLoadError", "PlanError", "PruningPlan",
-    "analyze", "load_model", "save_model",
-]
+_EXPORTS = {  # name -> module; imported on first use, so `import graphprune.cli.entry` stays light
+    "Analysis": "graphprune.analysis.coupling", "analyze": "graphprune.analysis.coupling",
+    "Group": "graphprune.analysis.groups", "Member": "graphprune.analysis.groups",
+    "PruningPlan": "graphprune.analysis.plan", "GraphpruneError": "graphprune.errors",
+    "ModelLoadError": "graphprune.errors", "PlanError": "graphprune.errors",
+    "load_model": "graphprune.io.load", "save_model": "graphprune.io.save",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'graphprune' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from graphprune.io.load import external_data_files
-from graphprune.io.save import output_files
+from graphprune.io.save import model_files
 
 
 def _status(field: str) -> int:
@@ -60,7 +60,7 @@ def measure(source: str, target: str, criterion: str = "l2", ratio: float = 0.5,
     return {
         "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2),
         "model_bytes": sum(f.stat().st_size for f in files if f.exists()),
-        "output_bytes": sum(f.stat().st_size for f in output_files(target, True) if f.exists()),
+        "output_bytes": sum(f.stat().st_size for f in model_files(target)),
         "written_bytes": _written() - written, "peak_rss_bytes": _status("VmHWM"),
         "peak_anonymous_bytes": peak["anonymous"], "verified": result.verification.passed,
         "removed": {str(group): units.tolist() for group, units in result.plan.removed.items()},

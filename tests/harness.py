@@ -51,11 +51,11 @@ def compensation_for(analysis: Analysis, plan: PruningPlan, calibration: Calibra
 
 def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int = 0,
                  calibration: Calibration | None = None, compensation: str = "bias", dims: dict | None = None,
-                 **analysis_options) -> dict:
+                 feeds: dict | None = None, **analysis_options) -> dict:
     """Prune `source` with the plan `make_plan` builds; return the errors of the pruned model against the
     masked original and of the dense original against the masked one (which must be non-zero to be a test).
     With `calibration`, both get the same compensation (bias deltas or OBS weight updates); `dims` sizes the
-    inputs' symbolic axes (default: `batch` leading, 1 elsewhere)."""
+    inputs' symbolic axes (default: `batch` leading, 1 elsewhere), or `feeds` are the inputs."""
     pruned_analysis = analyze(load(source), **analysis_options)
     plan = make_plan(pruned_analysis)
     masked_analysis = analyze(load(source), **analysis_options)
@@ -68,7 +68,8 @@ def masked_check(source: Source, make_plan: PlanMaker, batch: int = 2, seed: int
     deltas, weights = compensation_for(pruned_analysis, plan, calibration, compensation)
     pruned = apply_plan(pruned_analysis, plan, deltas, weights)
     verify.check(pruned)
-    feeds = runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed, dims=dims)
+    feeds = feeds if feeds is not None else runtime.random_feeds(runtime.session(dense), batch=batch, seed=seed,
+                                                                  dims=dims)
     reference = outputs(masked, feeds)
     return {
         "plan": plan,

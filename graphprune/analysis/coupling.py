@@ -46,6 +46,7 @@ class _Propagator:
         self.allow_approximate = allow_approximate
         self.options = {"gqa_units": gqa_units}
         self.graph = model.graph
+        self.graphs = {id(graph) for graph in model.graphs()}  # the main graph and every If/Loop/Scan body
         self.uf = UnionFind()
         self.dims: dict[Dim, tuple[int, int]] = {}
         self.frozen: dict[Dim, list[str]] = {}
@@ -174,7 +175,7 @@ class _Propagator:
                 self.freeze(dim, reason)
 
     def run(self) -> None:
-        for node in self.graph:
+        for node in ir.traversal.RecursiveGraphIterator(self.graph):
             rule = ops.lookup(node)
             if rule is not None:
                 for dim in rule.seeds(self, node):
@@ -196,7 +197,8 @@ class _Propagator:
         if value.is_graph_input():
             self.freeze(dim, "graph input")
         if value.is_graph_output():
-            self.freeze(dim, "graph output")
+            self.freeze(dim, "graph output" if value.graph is self.graph else
+                        "output of an If/Loop/Scan body (the results of control flow are not rewritten)")
         producer = value.producer()
         if producer is not None:
             self._visit(producer, Port(True, value.index()), dim)
@@ -211,7 +213,7 @@ class _Propagator:
             self.freeze(dim, "expert indices are a graph output")
         for usage in value.uses():
             rule = ops.lookup(usage.node)
-            if usage.node.graph is not self.graph or rule is None:
+            if id(usage.node.graph) not in self.graphs or rule is None:
                 self.freeze(dim, f"expert indices reach unsupported op {usage.node.op_type}")
             else:
                 rule.couple_ids(self, usage.node, usage.idx, dim)
@@ -221,8 +223,8 @@ class _Propagator:
         if key in self.visited:
             return
         self.visited.add(key)
-        if node.graph is not self.graph:
-            self.freeze(dim, f"used inside a subgraph of {node.op_type}")
+        if id(node.graph) not in self.graphs:
+            self.freeze(dim, f"used inside a function body ({node.op_type})")
             return
         rule = ops.lookup(node)
         if rule is None:

@@ -64,7 +64,7 @@ def _mask_ranges(model: ir.Model, value: ir.Value, axis: int, positions: np.ndar
     constant = ir.Value(name=f"{value.name}_range_mask", const_value=ir.tensor(mask))
     model.graph.register_initializer(constant)
     masked = ir.node("Mul", [value, constant], name=f"{value.name}_mask_range")
-    model.graph.insert_before(readers[0].node, masked)
+    readers[0].node.graph.insert_before(readers[0].node, masked)
     for usage in readers:
         usage.node.replace_input_with(usage.idx, masked.outputs[0])
 
@@ -81,7 +81,7 @@ def _mask_experts(model: ir.Model, group: Group, units: np.ndarray) -> None:
         masked = ir.node("Add", [logits, mask], name=f"{logits.name}_mask_experts")
         ir.convenience.replace_all_uses_with(logits, masked.outputs[0])
         masked.replace_input_with(0, logits)
-        model.graph.insert_after(logits.producer(), masked)
+        logits.producer().graph.insert_after(logits.producer(), masked)
 
 
 def _zero(member: Member, units: np.ndarray) -> tuple[ir.Value, ir.TensorProtocol]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import onnx_ir as ir
 from graphprune.analysis.groups import Group
 from graphprune.errors import PlanError
 from graphprune.io.load import unmap
+from graphprune.io.staging import staging_folder
 
 SAMPLE_BYTES = 1 << 16  # bytes of each weight that enter a fingerprint
 
@@ -87,17 +87,12 @@ class PruningPlan:
         return json.dumps({"meta": self.meta, "groups": entries}, indent=1)
 
     def save(self, path: str | Path, groups: list[Group]) -> None:
-        """Write the plan atomically (a temporary file beside it, then renamed); missing folders are created."""
+        """Write the plan atomically (staged beside it, then renamed); missing folders are created."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging = tempfile.mkstemp(prefix=".graphprune-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as file:
-                file.write(self.to_json(groups))
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+        with staging_folder(path.parent) as folder:
+            (folder / path.name).write_text(self.to_json(groups))
+            os.replace(folder / path.name, path)
 
     @staticmethod
     def read_meta(path: str | Path) -> dict:

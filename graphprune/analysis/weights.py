@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from graphprune import ops
 from graphprune.analysis.groups import Member
+from graphprune.errors import GraphpruneError
 from graphprune.ir.values import shape_of
 from graphprune.ops.encodings import Encoding, axis_index
 
@@ -47,10 +48,21 @@ class StoredWeight:
 
     def store(self, dense: np.ndarray) -> None:
         """Replace the real values, requantized with the existing scales where the tensor is quantized (an
-        array already of the stored type is kept as it is: it now belongs to the weight)."""
+        array already of the stored type is kept as it is: it now belongs to the weight). Values computed as NaN
+        or Inf where the weight had none are refused: a model is never written with them."""
         like = self.stored()
+        if dense.dtype.kind in "fc" and not np.isfinite(dense).all() and np.isfinite(self.dense()).all():
+            refuse_non_finite(self.value.name, dense)
         array = dense.astype(like.dtype, copy=False) if self.encoding is None else self.encoding.encode(dense, like)
         self.value.const_value = ir.tensor(array, name=self.value.name)
+
+
+def refuse_non_finite(name: str, computed: np.ndarray) -> None:
+    """Raise when values computed for weight `name` hold NaN or Inf (refit or compensation gone wrong)."""
+    bad = int(np.count_nonzero(~np.isfinite(computed)))
+    if bad:
+        raise GraphpruneError(f"computing new values for weight {name!r} gave {bad} NaN or Inf value(s); nothing "
+                              "was written (try --no-compensate, or more or other calibration data)")
 
 
 def stored_weight(value: ir.Value) -> StoredWeight | None:

@@ -20,6 +20,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     """Read an ONNX file (external data kept lazy), lift Constant nodes to initializers, infer shapes.
     Models whose value names are not unique are refused: runtimes disagree on which copy they use."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not an ONNX model file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     with progress.step(f"loading {path.name}"):
@@ -30,6 +32,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         if not proto.graph.node and not proto.graph.output:
             raise ModelLoadError(f"{path}: the file parsed but holds no ONNX graph")
         _refuse_duplicate_names(proto.graph, path)
+        _refuse_damaged_tensors(proto.graph, path)
         try:
             model = ir.serde.deserialize_model(proto)
         except Exception as exc:  # noqa: BLE001 - onnx-ir raises SerdeError wrapping many causes
@@ -52,6 +55,54 @@ def _refuse_duplicate_names(graph: onnx.GraphProto, path: Path) -> None:
         shown = ", ".join(repr(d) for d in duplicates[:5]) + (" …" if len(duplicates) > 5 else "")
         raise ModelLoadError(f"{path}: value names defined more than once ({shown}); ONNX requires unique names "
                              "and runtimes disagree on which copy they use: de-duplicate the model first")
+
+
+_PACKED = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, getattr(onnx.TensorProto, "FLOAT4E2M1", -1)}
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int | None:
+    """How many bytes of data `tensor`'s type and shape need (None for strings and unknown types)."""
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    if tensor.data_type in _PACKED:
+        return (count + 1) // 2
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _refuse_damaged_tensors(graph: onnx.GraphProto, path: Path) -> None:
+    """Raise naming the tensor, the file and the fault when a weight's stored bytes do not match its shape: a
+    short or long `raw_data`, a missing external data file, one too short for the bytes the tensor names."""
+    tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                                         if a.type == onnx.AttributeProto.TENSOR]
+    sizes: dict[Path, int | None] = {}
+    for tensor in tensors:
+        need = _data_bytes(tensor)
+        if need is None:
+            continue
+        what = f"tensor {tensor.name!r} ({onnx.TensorProto.DataType.Name(tensor.data_type).lower()} " \
+               f"{list(tensor.dims)}, {need} bytes)"
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            if tensor.HasField("raw_data") and len(tensor.raw_data) != need:
+                raise ModelLoadError(f"{path}: {what} stores {len(tensor.raw_data)} bytes of data: the model "
+                                     "file is damaged")
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        file = path.parent / entries.get("location", "")
+        offset, length = int(entries.get("offset", 0) or 0), entries.get("length")
+        if file not in sizes:
+            sizes[file] = file.stat().st_size if file.is_file() else None
+        if sizes[file] is None:
+            raise ModelLoadError(f"{path}: {what} is stored in {file}, which does not exist")
+        if length is not None and int(length) != need:
+            raise ModelLoadError(f"{path}: {what} is said to take {length} bytes of {file}: the model file is "
+                                 "damaged")
+        if offset + need > sizes[file]:
+            raise ModelLoadError(f"{path}: {what} needs bytes {offset}–{offset + need} of {file}, which has "
+                                 f"{sizes[file]}: the data file is truncated")
 
 
 def external_data_files(graph: onnx.GraphProto, base: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from graphprune.errors import GraphpruneError
-from graphprune.io.save import output_files
+from graphprune.io.save import same_file
 
 
 def check_location(path: str | os.PathLike, label: str = "output") -> Path:
@@ -26,13 +26,6 @@ def check_location(path: str | os.PathLike, label: str = "output") -> Path:
     return path
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """True when `a` and `b` name one file: same inode when both exist, else the same resolved path."""
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
 def check_distinct(written: list[Path], read: list[Path], label: str = "output") -> None:
     """Refuse when a file to be written is one the run reads (`read[0]`: the input model)."""
     for out in written:
@@ -45,14 +38,13 @@ def check_distinct(written: list[Path], read: list[Path], label: str = "output")
 
 def check_outputs(model_path: str | os.PathLike | None, read: list[Path],
                   plan_path: str | os.PathLike | None = None) -> None:
-    """All checks for one run: the model (and the external data file it may get), the optional plan file."""
-    model_files = []
+    """All checks for one run: the model file, the optional plan file. (External data the model may get are
+    named uniquely per run, so they cannot clash with anything; see `StagedModel`.)"""
     if model_path is not None:
         model_path = check_location(model_path)
-        model_files = output_files(model_path, external_data=True)
-        check_distinct(model_files, read)
+        check_distinct([model_path], read)
     if plan_path is not None:
         plan_path = check_location(plan_path, "plan")
         check_distinct([plan_path], read, "plan")
-        if any(same_file(plan_path, file) for file in model_files):
+        if model_path is not None and same_file(plan_path, model_path):
             raise GraphpruneError(f"plan {plan_path} and output model {model_path} would be the same file")

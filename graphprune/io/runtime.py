@@ -7,8 +7,8 @@ import logging
 import mmap
 import os
 import statistics
-import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -60,8 +60,8 @@ def provider_name() -> str:
 def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = None,
             threads: int | None = None, timing: bool = False) -> ort.InferenceSession:
     """An InferenceSession for a model file or an in-memory model. An in-memory model whose weights live in
-    external data files is read in place: ONNX Runtime maps those files itself (the graph is written beside
-    them for a moment), or, where their folder is read-only, copies them from our maps. Sessions for
+    external data files is read in place: ONNX Runtime maps those files itself (told their folder; nothing is
+    written), or, where they lie in several folders, copies them from our maps. Sessions for
     checks and calibration skip weight prepacking (a copy of every MatMul/Conv weight, seconds per GB);
     `timing` sessions keep ONNX Runtime's defaults, as users run them."""
     options = ort.SessionOptions()
@@ -77,7 +77,7 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
         with _handing_over(model, feed=providers[0] == "CPUExecutionProvider") as (fed, handed):
             proto = to_proto(model).SerializeToString()
         options.add_external_initializers(list(handed), [ort.OrtValue.ortvalue_from_numpy(a) for a in handed.values()])
-        sess = (_session_beside_data(proto, files, options, providers) if files else None) \
+        sess = (_session_reading_data_in_place(proto, files, options, providers) if files else None) \
             or _session_over_mapped_files(proto, files, options, providers)
         sess = _FedSession(sess, fed, handed) if fed or handed else sess
     else:
@@ -195,24 +195,19 @@ class _FedSession:
 IN_MEMORY = "graphprune-in-memory"  # the location in-memory weights are said to have (never read)
 
 
-def _session_beside_data(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,
+def _session_reading_data_in_place(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,
                          providers: list[str]) -> ort.InferenceSession | None:
-    """ORT maps the external data files it finds beside a model file: the graph is written, for as long as the
-    session takes to open, as a hidden temporary file in the folder the data's locations are relative to
-    (nothing of the input is written or linked); None where that folder cannot be written."""
+    """ORT maps the external data files itself: the graph is handed over as bytes and told the folder the data's
+    locations are relative to, so nothing is written anywhere (a killed run leaves nothing beside the input);
+    None where the locations do not share one folder or this ONNX Runtime cannot open the model so."""
     folders = {path.parents[len(Path(location).parts) - 1] for location, path in files.items()}
     if len(folders) != 1:
         return None
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folders.pop()))
     try:
-        handle, name = tempfile.mkstemp(prefix=".graphprune-", suffix=".onnx", dir=folders.pop())
-    except OSError:
+        return ort.InferenceSession(proto, options, providers=providers)
+    except Exception:  # noqa: BLE001 - an ONNX Runtime without the option: read them from our maps instead
         return None
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(proto)
-        return ort.InferenceSession(name, options, providers=providers)
-    finally:
-        os.unlink(name)
 
 
 def _session_over_mapped_files(proto: bytes, files: dict[str, Path], options: ort.SessionOptions,
@@ -300,13 +295,53 @@ def conform_feeds(feeds: dict[str, np.ndarray], specs: dict[str, InputSpec], ori
     return conformed
 
 
-def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Arrays keyed by input name from a .npz file."""
+def load_feeds(path: str | os.PathLike, samples: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays keyed by input name from a .npz file; with `samples`, only each array's leading `samples` rows
+    are read (streamed out of the archive: a large file costs the memory of what is used, not its size)."""
     try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
-    except Exception as exc:  # noqa: BLE001 - numpy raises OSError, ValueError, zipfile and pickle errors
+        with zipfile.ZipFile(path) as archive:
+            return {name[:-len(".npy")]: _leading_rows(archive, name, samples)
+                    for name in archive.namelist() if name.endswith(".npy")}
+    except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise OSError, ValueError, BadZipFile…
         raise GraphpruneError(f"{path}: not a readable .npz file of arrays keyed by input name") from exc
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _leading_rows(archive: zipfile.ZipFile, name: str, samples: int | None) -> np.ndarray:
+    """The first `samples` rows (all when None) of one .npy member, reading no more of it than they take."""
+    with archive.open(name) as member:
+        header = _NPY_HEADERS.get(np.lib.format.read_magic(member))
+        shape, fortran, dtype = header(member) if header else ((), True, np.dtype(object))
+        if samples is None or fortran or dtype.hasobject or not shape:
+            member.seek(0)
+            return np.lib.format.read_array(member, allow_pickle=False)
+        shape = (min(shape[0], samples), *shape[1:])
+        count = int(np.prod(shape))
+        data = member.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise ValueError(f"{name} is truncated")
+        return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+
+
+def require_finite(arrays: dict[str, np.ndarray], origin: str) -> None:
+    """Raise naming the input and the first sample when a floating-point array holds NaN or Inf: one such value
+    in calibration data makes statistics, compensation and refit non-finite, and the pruned model with them."""
+    for name, array in arrays.items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = ~np.isfinite(array)
+            first = int(np.argwhere(bad)[0][0]) if array.ndim else 0
+            raise GraphpruneError(f"{origin}: input {name!r} holds {int(bad.sum())} NaN or Inf value(s) (the "
+                                  f"first in sample {first}); calibration values must be finite")
+
+
+def round_ratios(first_ms: list[float], second_ms: list[float], rounds: int = ROUNDS) -> list[float]:
+    """Per interleaving round (see `interleaved_ms`), the second model's median time over the first's. Their
+    median is the ratio to report: it always lies inside their range, where a ratio of overall medians may not."""
+    blocks = np.array_split(np.arange(len(first_ms)), rounds)
+    return [statistics.median(np.take(second_ms, b)) / statistics.median(np.take(first_ms, b))
+            for b in blocks if len(b)]
 
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

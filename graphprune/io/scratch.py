@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -10,12 +11,28 @@ from typing import Iterator
 
 import numpy as np
 
+from graphprune.errors import GraphpruneError
+from graphprune.io.staging import staging_folder
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # reserving failed for want of space
+
 
 def spilled(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A zeroed array mapped from an unlinked temporary file: page cache the kernel writes out under memory
     pressure, never anonymous memory that statistics or refit weights growing with the model could exhaust;
-    gone however the process ends."""
+    gone however the process ends. Its blocks are reserved first: a full disk is one clear error here, not a
+    SIGBUS when a page is first written."""
+    nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
     with tempfile.TemporaryFile(prefix="graphprune-") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, nbytes)
+        except OSError as exc:
+            if exc.errno not in _FULL:  # a filesystem that cannot reserve: a sparse file, as before
+                file.truncate(nbytes)
+            else:
+                raise GraphpruneError(f"no room for {nbytes / 2**20:.1f} MiB of scratch in the temporary folder "
+                                      f"{tempfile.gettempdir()} ({exc.strerror or exc}): point TMPDIR at a folder "
+                                      "with more free space") from exc
         return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
 
 
@@ -45,7 +62,7 @@ def scratch_folder() -> Iterator[Path]:
     files into the current folder (its symbolic shape inference leaves `sym_shape_infer_temp.onnx` and a data
     file there when inference is incomplete); run them in here, with absolute paths."""
     previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="graphprune-") as folder:
+    with staging_folder() as folder:
         os.chdir(folder)
         try:
             yield Path(folder)

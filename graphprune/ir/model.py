@@ -31,3 +31,11 @@ def uses_external_data(model: ir.Model) -> bool:
         if tensor is not None:
             total += tensor.nbytes
     return total > PROTOBUF_LIMIT // 2
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """A copy to rewrite while `model` stays as it is: new graph, nodes and values, the same (immutable) tensors
+    and the same metadata (what a fresh load of the file would give, without reading or inferring again)."""
+    copy = model.clone()
+    copy.meta.update(model.meta)
+    return copy

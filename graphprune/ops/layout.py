@@ -155,14 +155,23 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, l
             return
         in_axis = slots[0]
         ctx.tag(Dim(x, in_axis), "query-slot")
+    if in_axis is not None and not slots:
+        outer = [a for a in left[:left.index(in_axis)] if src[a] != 1]
+        if any(ctx.has_dim(Dim(x, a)) for a in outer):
+            ctx.freeze(Dim(x, in_axis), _merged_under(node))
+            return
+        if outer and ctx.defer(node, Port(False, 0), in_axis):
+            return  # an inner axis yields to an outer one that propagation may still reach
     if in_axis is None:
         carriers = [a for a in left if ctx.has_dim(Dim(x, a))]
         if not carriers and ctx.defer(node, Port(True, 0), out_axis):
             return  # asked again once propagation has reached the input side
-        if len(carriers) != 1:
+        if not carriers:
             ctx.freeze(Dim(y, out_axis), f"{node.op_type} merges axes {left}; none alone is known to carry channels")
             return
-        in_axis = carriers[0]
+        in_axis = carriers[0]  # the outermost; inner ones (head_dim under heads) cannot carry units through it
+        for inner in carriers[1:]:
+            ctx.freeze(Dim(x, inner), _merged_under(node))
     sizes = [src[a] for a in left]
     if not all(isinstance(n, int) for n in sizes):
         ctx.freeze(Dim(x, in_axis), f"{node.op_type} merges this axis with axes of symbolic size ({sizes})")
@@ -170,6 +179,10 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, l
     positions = np.arange(int(np.prod(sizes)))
     channel_of = np.unravel_index(positions, sizes)[left.index(in_axis)]
     ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
+
+
+def _merged_under(node: ir.Node) -> str:
+    return f"{node.op_type} merges this axis under an outer axis that carries units (e.g. head_dim under heads)"
 
 
 def _broadcast_axes(ctx: CoupleContext, value: ir.Value) -> set[int]:
@@ -248,7 +261,9 @@ class Expand(OpRule):
             return
         if in_axis < 0 or x_shape[in_axis] != y_shape[out_axis]:
             if not (port.output and ctx.option("gqa_units") == "query-slot"):
-                ctx.freeze(dim, "Expand broadcasts this axis from size 1")
+                ctx.freeze(dim, "Expand broadcasts this axis from size 1 (repeated KV heads: under the default "
+                                "kv-group units a KV head goes with all its query heads; --gqa-units query-slot "
+                                "prunes query heads)" if port.output else "Expand broadcasts this axis from size 1")
             return  # query slots: fewer copies of the same KV head, nothing upstream changes
         ctx.link(Dim(x, in_axis), Dim(y, out_axis))
 

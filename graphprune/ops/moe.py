@@ -65,8 +65,11 @@ def _is_router_scores(ctx: CoupleContext, value: ir.Value, axis: int) -> bool:
 def masked_zero(ctx: CoupleContext, value: ir.Value, axis: int, depth: int = 0) -> bool:
     """Whether entries of `value` along expert axis `axis` are zero for experts whose logits are -inf."""
     node = value.producer()
-    if node is None or depth > 32 or not ctx.expert(Dim(value, axis)):
+    if depth > 32 or not ctx.expert(Dim(value, axis)):
         return False
+    if node is None:  # a constant: zeros a static export folded (`zeros_like(probs)` at fixed sizes)
+        fill = ctx.const(value)
+        return fill is not None and not np.any(fill)
     op, rank = node.op_type, len(ctx.shape(value) or [])
     if op in ("Softmax", "Sigmoid"):  # softmax or sigmoid of -inf logits: 0
         return _is_router_scores(ctx, value, axis)

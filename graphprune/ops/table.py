@@ -1,7 +1,7 @@
 """The op table, generated from the registry so it cannot drift: every modelled op, its domain, the rule class
 and file serving it, and the frozen (or approximate) reasons that rule's code can give. Reasons are read from
-the rule's source: the literal texts its `ctx.freeze`/`ctx.approximate` calls pass, directly or through a
-helper of its module that forwards a reason argument."""
+the rule's source: the literal texts its `ctx.freeze`/`ctx.approximate` calls pass, directly, through a
+helper of its module that forwards a reason argument, or returned by a function that makes the text."""
 
 from __future__ import annotations
 
@@ -137,6 +137,10 @@ def _texts(arg: ast.expr, module, op: str) -> list[str]:
         returned = _returned(arg.id, module, op)
         if returned:
             return returned
+    if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name):
+        returned = _returns_of({arg.func.id}, module, op)
+        if returned:
+            return returned
     return [f"<{ast.unparse(arg)}>"]
 
 
@@ -147,8 +151,13 @@ def _returned(name: str, module, op: str) -> list[str]:
     called = {(v.func.attr if isinstance(v.func, ast.Attribute) else getattr(v.func, "id", None))
               for a in ast.walk(tree) if isinstance(a, ast.Assign) and isinstance(v := a.value, ast.Call)
               and any(isinstance(t, ast.Name) and t.id == name for t in a.targets)}
+    return _returns_of(called, module, op)
+
+
+def _returns_of(names: set[str | None], module, op: str) -> list[str]:
+    """The literal texts the module's functions or methods called `names` return."""
     texts = []
-    for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name in called):
+    for func in (n for n in ast.walk(_tree(module.__name__)) if isinstance(n, ast.FunctionDef) and n.name in names):
         for ret in (r for r in ast.walk(func) if isinstance(r, ast.Return) and r.value is not None):
             texts += [t for t in _texts(ret.value, module, op) if not t.startswith("<")]
     return texts

@@ -13,7 +13,7 @@ from graphprune.errors import GraphpruneError, first_line
 from graphprune.io import runtime
 from graphprune.io.save import as_file, to_proto
 from graphprune.ir.model import uses_external_data
-from graphprune.verify.drift import max_relative_error
+from graphprune.verify.drift import max_relative_error, new_non_finite
 
 
 class VerificationError(GraphpruneError):
@@ -79,9 +79,13 @@ def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model | str |
         if dense is not None:
             break
     actual[ran], pruned_outputs = _run(pruned, feeds, dims, side)
-    inputs = "the given inputs" if feeds is not None else f"random inputs, batch 1, other symbolic axes {side}"
+    sized = "".join(f"{name}={size}, " for name, size in sorted((dims or {}).items()))
+    inputs = "the given inputs" if feeds is not None else f"random inputs, {sized}batch 1, other symbolic axes {side}"
     result = Verification(inputs=inputs)
     if dense is not None and pruned_outputs is not None:
+        if broken := new_non_finite(dense, pruned_outputs):
+            raise VerificationError(f"the pruned model outputs {broken} NaN or Inf value(s) where the original's "
+                                    f"outputs are finite ({inputs})")
         result.drift = max_relative_error(dense, pruned_outputs)
     for name, reason in reference.items():
         if reason is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -14,6 +13,7 @@ from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.plan import PruningPlan
 from graphprune.analysis.weights import stored_weight
 from graphprune.canonicalize.constants import origin
+from graphprune.io.save import model_files
 from graphprune.ir.values import shape_of
 from graphprune.verify.polynomial import Poly
 
@@ -47,8 +47,9 @@ def weight_elements(value: ir.Value) -> int:
 
 
 def _distinct_initializers(model: ir.Model) -> list[ir.Value]:
-    """Initializers, one per tensor (per-reader copies of a shared constant count once)."""
-    values = reversed(list(model.graph.initializers.values()))
+    """Initializers of every graph (If/Loop/Scan bodies too), one per tensor (per-reader copies of a shared
+    constant count once)."""
+    values = reversed([v for graph in model.graphs() for v in graph.initializers.values()])
     return list({id(origin(v.const_value)): v for v in values if v.const_value is not None}.values())
 
 
@@ -138,9 +139,10 @@ def node_macs(node: ir.Node) -> Poly:
 
 
 def macs(model: ir.Model) -> Poly:
-    """Multiply-accumulates of the whole graph, as a polynomial in its symbolic sizes."""
+    """Multiply-accumulates of the whole graph, as a polynomial in its symbolic sizes. Control-flow bodies count
+    once each: every If branch (an upper bound: one runs), a Loop or Scan body for one iteration."""
     total = Poly()
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
         total = total + node_macs(node)
     return total
 
@@ -150,9 +152,7 @@ def cost(model: ir.Model, path: str | os.PathLike | None = None, dims: dict[str,
     `path` (and its external data) when given."""
     size = None
     if path is not None:
-        path = Path(path)
-        data = path.with_name(path.name + ".data")
-        size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        size = sum(file.stat().st_size for file in model_files(path))
     formula = macs(model)
     return Cost(count_params(model), formula.evaluate(dims), size, formula)
 
@@ -193,7 +193,7 @@ def projected_cost(analysis: Analysis, plan: PruningPlan, dims: dict[str, int] |
         if elements:
             params += elements * _fraction(fractions, value, value.const_value.shape.rank())
     total = 0.0
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):  # counted as `macs` counts
         base = node_macs(node).evaluate(dims) if id(node) not in dead else 0
         if not base:
             continue

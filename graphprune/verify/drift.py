@@ -7,15 +7,30 @@ import numpy as np
 
 
 def max_relative_error(reference: list[np.ndarray], actual: list[np.ndarray]) -> float:
-    """Largest ‖ref − act‖∞ / max(‖ref‖∞, 1e-12) over paired outputs (inf on a shape mismatch)."""
+    """Largest ‖ref − act‖∞ / max(‖ref‖∞, 1e-12) over paired outputs, on the elements the reference has finite
+    (inf on a shape mismatch or where `actual` is non-finite and the reference is not: never a NaN that a
+    `max` would drop)."""
     worst = 0.0
     for ref, act in zip(reference, actual, strict=True):
         if ref.shape != act.shape:
             return float("inf")
         ref64, act64 = ref.astype(np.float64), act.astype(np.float64)
+        finite = np.isfinite(ref64)
+        if not np.isfinite(act64[finite]).all():
+            return float("inf")
+        ref64, act64 = ref64[finite], act64[finite]
         scale = max(float(np.max(np.abs(ref64), initial=0.0)), 1e-12)
         worst = max(worst, float(np.max(np.abs(ref64 - act64), initial=0.0)) / scale)
     return worst
+
+
+def new_non_finite(reference: list[np.ndarray], actual: list[np.ndarray]) -> int:
+    """How many elements of `actual` are NaN or Inf where the paired `reference` element is finite."""
+    count = 0
+    for ref, act in zip(reference, actual, strict=True):
+        if ref.shape == act.shape and act.dtype.kind in "fc":
+            count += int(np.count_nonzero(np.isfinite(ref) & ~np.isfinite(act)))
+    return count
 
 
 def squared_error_ratio(dense: list[list[np.ndarray]], masked: list[list[np.ndarray]]) -> float:

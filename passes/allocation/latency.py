@@ -46,10 +46,11 @@ class LatencyProbe:
         return cls(fresh, dense, feeds if feeds is not None else runtime.random_feeds(dense, dims=dims), threads)
 
     def ratio(self, plan: PruningPlan) -> float:
-        """Median latency of the model pruned by `plan` over the dense model's, timed interleaved."""
+        """Latency of the model pruned by `plan` over the dense model's, timed interleaved (the median of the
+        rounds' ratios)."""
         pruned = runtime.session(apply_plan(self.fresh(), plan), threads=self.threads, timing=True)
         dense_ms, pruned_ms = runtime.interleaved_ms([self.dense, pruned], [self.feeds, self.feeds], runs=self.runs)
-        return statistics.median(pruned_ms) / statistics.median(dense_ms)
+        return statistics.median(runtime.round_ratios(dense_ms, pruned_ms))
 
 
 def search(plan_at: Callable[[float], PruningPlan], probe: LatencyProbe, target: float) -> PruningPlan:

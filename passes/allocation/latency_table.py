@@ -71,6 +71,43 @@ class LatencyTable:
         return multiples
 
 
+    def full_ms(self, layer: str) -> float:
+        """The layer's time at its full output width (0 where it was not timed)."""
+        table = self.layers.get(layer, {})
+        value = table[max(table)] if table else 0.0
+        return 0.0 if np.isnan(value) else value
+
+    def total_ms(self) -> float:
+        """The timed layers' time at full width: the part of the model's latency pruning can save."""
+        return sum(self.full_ms(layer) for layer in self.layers)
+
+    def unit_ms(self, analysis: Analysis) -> dict[int, np.ndarray]:
+        """Group id → milliseconds each unit saves: the slope of its layers' time over output width (full to
+        half), plus its share of the time of the layers reading it (their input width), and for residual blocks
+        the whole time of the layers inside; never negative (timing noise)."""
+        costs: dict[int, np.ndarray] = {}
+        for group in analysis.prunable():
+            if group.blocks is not None:
+                timed = {id(n.inputs[1]): self.full_ms(n.name) for n in _layers(analysis) if n.name in self.layers}
+                costs[group.id] = np.array([sum(timed.get(id(w), 0.0) for w in block.weights)
+                                            for block in group.blocks])
+                continue
+            per_unit = sum(self._slope(node.name) for node in _producers(group))
+            readers = {m.node.name: m.node for m in group.members if m.consumer and m.node is not None}
+            per_unit += sum(self.full_ms(name) / max(group.size, 1) for name in readers if name in self.layers)
+            costs[group.id] = np.full(group.size, max(per_unit, 0.0))
+        return costs
+
+    def _slope(self, layer: str) -> float:
+        """ms per output channel of `layer` between its full width and the width nearest half of it."""
+        table = {w: ms for w, ms in self.layers.get(layer, {}).items() if not np.isnan(ms)}
+        if len(table) < 2:
+            return 0.0
+        full = max(table)
+        half = min(table, key=lambda w: abs(w - full / 2) if w < full else np.inf)
+        return (table[full] - table[half]) / (full - half)
+
+
 def table_key(fingerprint: str, dims: dict[str, int] | None, threads: int | None) -> str:
     sizes = ",".join(f"{k}={v}" for k, v in sorted((dims or {}).items()))
     return f"{fingerprint}|{runtime.provider_name()}|threads={threads or 'default'}|{sizes}"

@@ -40,18 +40,22 @@ class Sensitivity:
     counts: dict[int, np.ndarray]
     errors: dict[int, np.ndarray]
 
-    def ranking(self, analysis: Analysis, scores: dict[int, np.ndarray]) -> list[tuple[float, int, float]]:
-        """(error per parameter, group id, parameter cost) of every unit the measurements cover, cheapest first;
-        a group's units come in its score order, valued by the convex hull of its error curve."""
+    def ranking(self, analysis: Analysis, scores: dict[int, np.ndarray],
+                unit_costs: dict[int, np.ndarray] | None = None) -> list[tuple[float, int, float]]:
+        """(error per unit of cost, group id, cost) of every unit the measurements cover, cheapest first; a
+        group's units come in its score order, valued by the convex hull of its error curve over cost. The cost
+        of a unit is its parameters, or `unit_costs[group id][unit]` (milliseconds, MACs); at equal error per
+        cost the unit that saves more goes first (one that saves nothing never precedes one that does)."""
         ranked = []
         for gid, counts in self.counts.items():
             group = analysis.group(gid)
+            costs = unit_costs.get(gid, np.zeros(group.size)) if unit_costs is not None else group.params_per_unit
             order = np.argsort(scores[gid], kind="stable")
-            params = np.concatenate([[0.0], np.cumsum(group.params_per_unit[order])])[counts]
-            for start, end, slope in _hull_segments(params, self.errors[gid]):
+            spent = np.concatenate([[0.0], np.cumsum(costs[order])])[counts]
+            for start, end, slope in _hull_segments(spent, self.errors[gid]):
                 for unit in order[counts[start]:counts[end]]:
-                    ranked.append((slope, gid, float(group.params_per_unit[unit])))
-        ranked.sort(key=lambda item: item[0])
+                    ranked.append((slope, gid, float(costs[unit])))
+        ranked.sort(key=lambda item: (item[0], -item[2]))
         return ranked
 
 
@@ -66,7 +70,11 @@ def _hull_segments(x: np.ndarray, y: np.ndarray) -> list[tuple[int, int, float]]
 
 
 def _slope(x: np.ndarray, y: np.ndarray, a: int, b: int) -> float:
-    return (y[b] - y[a]) / max(x[b] - x[a], 1e-12)
+    """Error per cost between points a and b; a stretch that saves nothing is worth nothing (infinitely dear,
+    unless it costs no error either)."""
+    if x[b] - x[a] <= 1e-12:
+        return 0.0 if y[b] - y[a] <= 0 else float("inf")
+    return (y[b] - y[a]) / (x[b] - x[a])
 
 
 def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Group], batches: list[Feeds],
@@ -77,7 +85,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
     gives for that removal in place; the model is restored."""
     if not batches:
         raise GraphpruneError("measuring sensitivity needs calibration inputs")
-    dense = _outputs(analysis.model, batches)
+    dense = run_batches(analysis.model, batches)
     counts, errors = {}, {}
     points = [(g, c) for g in groups for c in _counts(g.size, grid, max_group_ratio)]
     with progress.step("measuring sensitivity"), progress.bar(len(points), "sensitivity", "point") as bar:
@@ -89,7 +97,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
                 units = order[:count]
                 updates = compensation(group, units) if compensation and group.blocks is None else None
                 with Masked(analysis.model, group, units, updates):
-                    measured.append(squared_error_ratio(dense, _outputs(analysis.model, batches)))
+                    measured.append(squared_error_ratio(dense, run_batches(analysis.model, batches)))
                 bar.update(1)
             errors[group.id] = np.array(measured)
     log.info("sensitivity measured at %d points over %d groups", len(points), len(groups))
@@ -102,7 +110,7 @@ def _counts(size: int, grid: tuple[float, ...], max_group_ratio: float) -> list[
     return sorted({min(most, max(1, int(round(size * fraction)))) for fraction in grid} - {0}) if most > 0 else []
 
 
-def _outputs(model, batches: list[Feeds]) -> list[list[np.ndarray]]:
+def run_batches(model, batches: list[Feeds]) -> list[list[np.ndarray]]:
     try:
         sess = runtime.session(model)
         names = [i.name for i in sess.get_inputs()]

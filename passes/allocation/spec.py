@@ -9,8 +9,10 @@ from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import GraphpruneError
 from graphprune.passes.allocation.latency import LatencyProbe, search
+from graphprune.passes.allocation.latency_table import LatencyTable
+from graphprune.passes.allocation.quality import split, within_error
 from graphprune.passes.allocation.sensitivity import Compensation, measure
-from graphprune.passes.allocation.strategies import RoundTo, experts, measured, ranked, to_target, uniform
+from graphprune.passes.allocation.strategies import RoundTo, experts, measured, ranked, spend, to_target, uniform
 from graphprune.passes.calibration.sources import Feeds
 
 STRATEGIES = ("uniform", "global", "adaptive", "measured")
@@ -39,6 +41,8 @@ class Allocation:
     latency: LatencyProbe | None = None  # set by prune_file for a latency target
     batches: list[Feeds] | None = None  # calibration inputs the measured strategy runs the model on
     compensation: Compensation | None = None  # the weights a removal will get, previewed when measuring
+    table: LatencyTable | None = None  # set by prune_file for fast widths and latency targets
+    max_error: float | None = None  # a quality floor: held-out output error the removal may reach
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -65,16 +69,25 @@ class Allocation:
         return ranked(analysis, scores, self.ratio, self.round_to, self.strategy, self.max_group_ratio)
 
     def _measured_plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
+        """Measured error per unit of the targeted cost — parameters, or milliseconds from the latency table for
+        a latency target (verified by timing) — spent to the ratio, the target or the quality floor."""
         if self.batches is None:
             raise GraphpruneError(MEASURED_NEEDS_DATA)
-        if self.target is not None and self.target[0] == "latency":
-            raise GraphpruneError("allocation 'measured' takes --ratio, per-kind ratios, --target-params or "
-                                  "--target-flops (not a latency target)")
+        latency = self.target is not None and self.target[0] == "latency"
+        if latency and (self.latency is None or self.table is None):
+            raise GraphpruneError("a latency target needs the model file to time: use prune_file")
+        fit, held = split(self.batches) if self.max_error is not None else (self.batches, None)
         groups = [g for g in analysis.prunable() if g.kind != "expert"]
-        sensitivity = measure(analysis, scores, groups, self.batches, max_group_ratio=self.max_group_ratio,
+        sensitivity = measure(analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio,
                               compensation=self.compensation)
-        ranking = sensitivity.ranking(analysis, scores)
-        if self.target is not None:
+        ranking = sensitivity.ranking(analysis, scores, self.table.unit_ms(analysis) if latency else None)
+        if latency:
+            total, meta = self.table.total_ms(), {"allocation": "measured", "cost": "ms", "round_to": self.round_to}
+            plan = search(lambda kept: spend(analysis, scores, ranking, (1 - kept) * total, self.round_to,
+                                             self.max_group_ratio, meta), self.latency, self.target[1])
+        elif held is not None:
+            plan = within_error(analysis, scores, ranking, held, self.max_error, self.round_to, self.max_group_ratio)
+        elif self.target is not None:
             plan = to_target(analysis, scores, *self.target, self.round_to, "measured", self.max_group_ratio,
                              self.dims, ranking)
         else:

@@ -185,6 +185,17 @@ def measured(analysis: Analysis, scores: Scores, ranking: Ranking, ratio: float,
     return plan_at(scales)
 
 
+def spend(analysis: Analysis, scores: Scores, ranking: Ranking, budget: float, round_to: RoundTo = 1,
+          max_group_ratio: float = 0.99, meta: dict | None = None) -> PruningPlan:
+    """Units in `ranking` order (measured error per unit of its cost: parameters, milliseconds) while their
+    costs add up to at most `budget`; residual blocks and widths share the one budget."""
+    groups = _strategy_groups(analysis, blocks=True)
+    home = _enclosing_blocks(groups)
+    block_order = {g.id: np.argsort(scores[g.id], kind="stable") for g in groups if g.blocks is not None}
+    removals = _spend(analysis, ranking, {"all": budget}, True, home, block_order)
+    return _plan_from_counts(groups, scores, removals, round_to, max_group_ratio, dict(meta or {}))
+
+
 BUDGET_STEPS = 24  # bisection steps of the budget scale, in [0, 4]: 2.4e-7 of the budget
 
 

@@ -3,6 +3,7 @@ a tokenizer), or a folder of images; each checked against the model's inputs bef
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.io import runtime
 
 Feeds = dict[str, np.ndarray]
+log = logging.getLogger("graphprune")
 
 
 @dataclass
@@ -58,12 +60,12 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
     if not path.is_file():
         raise GraphpruneError(f"{path}: no such calibration file")
     if path.suffix != ".npy":
-        arrays = runtime.load_feeds(path)
+        arrays = runtime.load_feeds(path, samples)
     elif len(input_names) != 1:
         raise GraphpruneError(f"{path}: a .npy file only serves a single-input model; use .npz keyed by input name")
     else:
         try:
-            arrays = {input_names[0]: np.load(path)}
+            arrays = {input_names[0]: np.load(path, mmap_mode="r")[:samples]}
         except Exception as exc:  # noqa: BLE001 - numpy raises OSError, ValueError and pickle errors
             raise GraphpruneError(f"{path}: not a readable .npy file") from exc
     if len(input_names) == 1 and input_names[0] not in arrays and len(arrays) == 1:
@@ -71,11 +73,17 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
     missing = [n for n in input_names if n not in arrays]
     if missing:
         raise GraphpruneError(f"{path}: no arrays for model inputs {missing} (has {sorted(arrays)})")
+    unknown = sorted(set(arrays) - set(input_names))
+    if unknown:
+        log.warning("%s: ignoring %s, which %s no input of the model (its inputs: %s)", path,
+                    ", ".join(repr(k) for k in unknown), "is" if len(unknown) == 1 else "are", ", ".join(input_names))
     if any(arrays[n].ndim == 0 for n in input_names):
         raise GraphpruneError(f"{path}: arrays must have a leading sample axis")
     count = min(len(arrays[n]) for n in input_names)
     count = min(count, samples) if samples else count
-    return Batches(count, str(path), _split({n: arrays[n] for n in input_names}, count, batch_size))
+    arrays = {n: arrays[n][:count] for n in input_names}
+    runtime.require_finite(arrays, str(path))
+    return Batches(count, str(path), _split(arrays, count, batch_size))
 
 
 def token_batches(path: str | os.PathLike, input_names: list[str], batch_size: int,

@@ -34,15 +34,16 @@ def default_method(spec: CalibrationSpec) -> Method:
 
 
 def choose_method(spec: CalibrationSpec, criterion: str | None, sequential: bool, allocation: str | None,
-                  depth: bool, free_hand: bool, latency_target: bool) -> Method:
+                  depth: bool, free_hand: bool) -> Method:
     """The method a run uses: what the user named, and where no criterion was named, the default for the data
     given — its refit only with `free_hand` (no compensation, expert ratio or merge asked for), its allocation
-    and depth only where the user chose no allocation and no latency target either."""
+    and depth only where the user chose no allocation. Under a latency target the measured allocation spends
+    measured error per millisecond from the latency table."""
     if criterion is not None:
         return Method(criterion, sequential, allocation or "uniform", depth, "")
     method = default_method(spec)
     sequential = sequential or (method.sequential and free_hand)
     strategy = allocation or "uniform"
-    if method.allocation and free_hand and allocation is None and not latency_target:
+    if method.allocation and free_hand and allocation is None:
         strategy, depth = method.allocation, depth or method.depth
     return Method(method.criterion, sequential, strategy, depth, method.why)

@@ -18,6 +18,7 @@ from graphprune.analysis.plan import PruningPlan, check_made_for, fingerprint
 from graphprune.errors import GraphpruneError
 from graphprune.io.load import load_model, source_files, unmap
 from graphprune.io.save import StagedModel
+from graphprune.ir.model import copy_model
 from graphprune.passes.allocation.latency import LatencyProbe
 from graphprune.passes.allocation.latency_table import load_or_measure, table_key
 from graphprune.passes.allocation.spec import Allocation
@@ -98,6 +99,22 @@ def _load(source: Path, output: Output, *reads: str | os.PathLike | None) -> ir.
     return model
 
 
+def _check_dims(model: ir.Model, dims: dict[str, int] | None, timed: bool = False) -> None:
+    """Refuse a --dim naming no symbolic input axis (a typo would size nothing, silently); when the run times
+    the model (`timed`), warn about symbolic axes past the batch axis that it times at size 1."""
+    axes = [(axis, str(d)) for value in model.graph.inputs for axis, d in enumerate(value.shape or ())
+            if isinstance(d, ir.SymbolicDim) and d.value is not None]
+    names = {name for _, name in axes}
+    unknown = sorted(set(dims or {}) - names)
+    if unknown:
+        raise GraphpruneError(f"--dim {', '.join(unknown)}: no input of the model has an axis of that name "
+                              f"(its symbolic axes: {', '.join(sorted(names)) or 'none'})")
+    unsized = sorted({name for axis, name in axes if axis > 0 and name not in (dims or {})})
+    if timed and unsized:
+        log.warning("symbolic input axes %s are timed at size 1; give real sizes with --dim NAME=VALUE",
+                    ", ".join(unsized))
+
+
 def run_analysis(model: ir.Model, **options) -> Analysis:
     """`analyze` as a pipeline step: shown as progress, its groups logged (INFO counts, DEBUG each group)."""
     with progress.step("analyzing"):
@@ -120,11 +137,16 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     request.check()
     spec, compensate, criterion = request.spec, request.compensates, criterion_class(request.criterion)
     model = _load(source, output, spec.path)
+    times = request.allocation is not None and (request.allocation.target or ("",))[0] == "latency"
+    _check_dims(model, output.dims, times)
+    pristine = copy_model(model) if times else None  # each latency probe rewrites a copy of it
     batches = spec.open(model, request.seed) if spec.wanted() else None
     kept_batches = list(batches) if request.sequential or request.measures else None
     before = cost(model, source, output.dims)
     model_fingerprint = fingerprint(model)
     analysis = run_analysis(model, **request.analysis_options())
+    if batches is not None:
+        _freeze_unobserved(analysis)
     _check_prunable(analysis, request)
     one_shot = batches is not None and not (request.sequential and not criterion.needs_data and not request.depth)
     if kept_batches is not None:  # calibrated on the kept list, which keeps the source's name and count
@@ -137,7 +159,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
                              compensation=obs_preview(analysis, stats) if previews else None)
     if allocation is not None:
         allocation = _timed(allocation, analysis, source, output, model_fingerprint,
-                            lambda: run_analysis(load_model(source), **request.analysis_options()))
+                            lambda: run_analysis(copy_model(pristine), **request.analysis_options()))
     plan = make_plan(analysis, request.criterion, request.ratio, request.round_to, request.seed, request.kind_ratios,
                      stats, allocation, request.options, request.expert_criterion)
     if not plan.removed and request.requested():
@@ -146,6 +168,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = request.prune_hidden, request.gqa_units
     plan.meta["depth"] = request.depth
+    plan.meta["dims"] = output.dims
     if request.expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
     if request.sequential and not output.dry_run:
@@ -162,6 +185,17 @@ def _refit(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], request:
 
     report = reconstruct(analysis, plan, batches, rescore if needs_data(request.criterion) else None)
     plan.meta["reconstruction"] = report.as_meta()
+
+
+def _freeze_unobserved(analysis: Analysis) -> None:
+    """Freeze, for a run that reads activations, the groups inside If/Loop/Scan bodies: ONNX Runtime cannot
+    return a body's intermediate values, so calibration cannot observe them."""
+    main = analysis.model.graph
+    for group in analysis.prunable():
+        values = [v for m in group.members for v in (m.value, m.reads.value if m.reads else None) if v is not None]
+        if any(v.graph is not None and v.graph is not main for v in values):
+            group.frozen_reasons.append("inside an If/Loop/Scan body, where calibration cannot observe activations "
+                                        "(prune it with a data-free criterion such as --criterion l2)")
 
 
 def _check_prunable(analysis: Analysis, request: PruneRequest) -> None:
@@ -198,12 +232,15 @@ def _timed(allocation: Allocation, analysis: Analysis, source: Path, output: Out
     """The allocation with what needs the model file and the user's inputs: FLOPs counted at their sizes,
     fast widths from the latency table, the probe a latency target times plans with."""
     changes: dict = {"dims": allocation.dims if allocation.dims is not None else output.dims}
-    if allocation.fast_widths:
+    latency = allocation.target is not None and allocation.target[0] == "latency"
+    if allocation.fast_widths or (latency and allocation.strategy == "measured"):
         key = table_key(model_fingerprint, output.dims, allocation.threads)
         table = load_or_measure(allocation.latency_table, analysis, key, output.dims, allocation.threads)
+        changes["table"] = table
+    if allocation.fast_widths:
         base = allocation.round_to if isinstance(allocation.round_to, int) else 1
         changes["round_to"] = {gid: max(base, m) for gid, m in table.group_multiples(analysis).items()}
-    if allocation.target is not None and allocation.target[0] == "latency":
+    if latency:
         changes["latency"] = LatencyProbe.of(fresh, str(source), output.feeds, output.dims, allocation.threads)
     return replace(allocation, **changes)
 
@@ -228,6 +265,11 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
         spec.check()
     model = _load(source, output, plan_path, spec.path)
     check_made_for(probe, plan_path, fingerprint(model), source)
+    if output.dims is None and probe.get("dims"):
+        output = replace(output, dims=dict(probe["dims"]))
+        log.info("sizing symbolic axes as the plan was made: %s",
+                 ", ".join(f"{k}={v}" for k, v in output.dims.items()))
+    _check_dims(model, output.dims)
     if not (probe.get("model") or {}).get("fingerprint"):
         log.warning("%s records no model fingerprint: only its group ids, labels and sizes were checked", plan_path)
     batches = spec.open(model) if needs_stats else None
@@ -236,7 +278,7 @@ def apply_file(source: str | os.PathLike, plan_path: str | os.PathLike, target: 
                             gqa_units=probe.get("gqa_units") or "kv-group", depth=bool(probe.get("depth")))
     plan = PruningPlan.load(plan_path, analysis.groups)
     if refit:
-        reconstruct(analysis, plan, list(batches))
+        plan.meta["reconstruction"] = reconstruct(analysis, plan, list(batches)).as_meta()
         return _rewrite_and_save(source, output, analysis, plan, None, False, before, refit=True)
     gram_limit = _criterion_of(plan).gram_limit if compensate else 0
     stats = calibrated(analysis, batches, gram_limit, spec) if batches is not None else None

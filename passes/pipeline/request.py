@@ -76,6 +76,16 @@ class PruneRequest:
                                   "--data-free")
         if self.measures and not spec.wanted():
             raise GraphpruneError(MEASURED_NEEDS_DATA)
+        floor = self.allocation.max_error if self.allocation is not None else None
+        if floor is not None:
+            if not 0 < floor < 1:
+                raise GraphpruneError(f"--max-error is a relative squared error in (0, 1), got {floor:g}")
+            if self.allocation.target is not None:
+                raise GraphpruneError("--max-error and a --target-… are two different stops: give one")
+            if not self.measures:
+                raise GraphpruneError("--max-error judges removals on held-out calibration data with the measured "
+                                      "allocation: pass --calib FILE or --data-free, without --allocation or "
+                                      "--criterion other than the default")
         if self.sequential and (compensate or self.expert_merge or self.removes_experts):
             raise GraphpruneError("--sequential refits layers itself: it does not combine with --compensate, "
                                   "--expert-ratio or --expert-merge")
@@ -89,7 +99,8 @@ class PruneRequest:
     def requested(self) -> bool:
         """Whether the run asks to remove anything (a ratio, a per-kind ratio, an expert ratio or a target)."""
         allocation = self.allocation
-        if allocation is not None and (allocation.target is not None or allocation.expert_ratio > 0):
+        if allocation is not None and (allocation.target is not None or allocation.expert_ratio > 0
+                                       or allocation.max_error is not None):
             return True
         ratios = allocation.kind_ratios if allocation is not None and allocation.kind_ratios else self.kind_ratios
         ratio = allocation.ratio if allocation is not None else self.ratio

@@ -87,7 +87,7 @@ class _Rewriter:
     def add_node(self, op_type: str, inputs: list[ir.Value], attributes: dict, before: ir.Node) -> ir.Value:
         new = ir.node(op_type, inputs, attributes, name=f"graphprune_{op_type}_{next(self._names)}")
         new.outputs[0].name = f"{new.name}_output"
-        self.model.graph.insert_before(before, new)
+        before.graph.insert_before(before, new)
         return new.outputs[0]
 
     def set_attr(self, node: ir.Node, attr: ir.Attr) -> None:
@@ -103,7 +103,7 @@ class _Rewriter:
         apply_weight_updates(self.weights)  # on the full-size tensors, read with their original encodings
         apply_bias_deltas(self.model, self.deltas, self._prune_like_output)
         pruned_ids = {key[0] for key in self.removed}
-        for node in list(self.model.graph):
+        for node in list(ir.traversal.RecursiveGraphIterator(self.model.graph)):  # If/Loop/Scan bodies too
             touched = any(v is not None and id(v) in pruned_ids for v in (*node.inputs, *node.outputs))
             rule = ops.lookup(node)
             if touched and rule is not None:

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.groups import Group, Member
 from graphprune.analysis.plan import PruningPlan
-from graphprune.analysis.weights import ConsumerView, StoredWeight, consumer_view, stored_weight
+from graphprune.analysis.weights import ConsumerView, StoredWeight, consumer_view, refuse_non_finite, stored_weight
 from graphprune.io.scratch import scratch_array
 from graphprune.ir.values import attr_float
 from graphprune.passes.calibration.statistics import Calibration
@@ -63,6 +63,7 @@ def apply_bias_deltas(model: ir.Model, deltas: BiasDeltas,
             continue
         if node.op_type not in _FLOAT_BIAS:
             continue
+        refuse_non_finite(f"{node.name} bias", delta)
         created = _constant(model, delta.astype(node.outputs[0].dtype.numpy() if node.outputs[0].dtype else np.float32))
         if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
             if len(node.inputs) < 3:
@@ -132,9 +133,9 @@ def _add_after(model: ir.Model, node: ir.Node, bias: ir.Value) -> None:
     for usage in readers:
         usage.node.replace_input_with(usage.idx, add.outputs[0])
     if out.is_graph_output():
-        outputs = model.graph.outputs
+        outputs = node.graph.outputs
         outputs[outputs.index(out)] = add.outputs[0]
-    model.graph.insert_after(node, add)
+    node.graph.insert_after(node, add)
 
 
 def obs_weight_updates(analysis: Analysis, plan: PruningPlan, calibration: Calibration,

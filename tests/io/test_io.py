@@ -12,7 +12,7 @@ from graphprune.analysis.coupling import analyze
 from graphprune.errors import GraphpruneError, ModelLoadError
 from graphprune.io import runtime
 from graphprune.io.load import from_proto, load_model
-from graphprune.io.save import save_model
+from graphprune.io.save import model_files, save_model
 from graphprune.models.demo import DEMO_MODEL
 from graphprune.passes import apply_plan, make_plan, prune_file
 from tests.graphs import GraphBuilder
@@ -25,7 +25,9 @@ def test_external_data_round_trip_and_prune(tmp_path):
     original = source.read_bytes(), (tmp_path / "ext.onnx.data").read_bytes()
     result = prune_file(source, tmp_path / "out" / "small.onnx", ratio=0.5)
     assert "onnxruntime run" in result.verification.passed
-    assert (tmp_path / "out" / "small.onnx.data").exists()
+    (data,) = (tmp_path / "out").glob("small.onnx.*.data")  # named by the run that wrote it
+    assert model_files(tmp_path / "out" / "small.onnx") == [tmp_path / "out" / "small.onnx", data]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.onnx", data.name]
     assert (source.read_bytes(), (tmp_path / "ext.onnx.data").read_bytes()) == original
     feeds = {"x": np.zeros((2, 1, 8, 8), np.float32)}
     assert runtime.run(runtime.session(tmp_path / "out" / "small.onnx"), feeds)[0].shape == (2, 10)
@@ -79,12 +81,12 @@ def test_incomplete_shape_inference_writes_nothing_to_the_working_directory(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("writable", [True, False], ids=["beside-data", "read-only-folder"])
-def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monkeypatch, writable):
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "from-our-maps"])
+def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monkeypatch, in_place):
     """An in-memory model whose weights live in external data (calibration of the original) gets its ORT
-    session over the data files themselves — ORT maps them from their folder, where the graph sits for a
-    moment, or, where that folder is read-only, copies them from our memory maps: nothing is spilled,
-    nothing is left behind, and the outputs are the file's."""
+    session over the data files themselves — ORT maps them from their folder, told where it is, or (data in
+    several folders) copies them from our memory maps: nothing is spilled, nothing is written (not even for a
+    moment, so a killed run leaves nothing beside the input), and the outputs are the file's."""
     source = tmp_path / "ext.onnx"
     onnx.save(onnx.load(DEMO_MODEL), source, save_as_external_data=True, all_tensors_to_one_file=True,
               location="weights.bin", size_threshold=0)
@@ -93,12 +95,11 @@ def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monk
     def fail(*args, **kwargs):
         raise AssertionError("the model was spilled to disk")
 
-    def read_only(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
     monkeypatch.setattr("graphprune.io.runtime.as_file", fail)
-    monkeypatch.setattr("graphprune.io.runtime._session_over_mapped_files" if writable else "tempfile.mkstemp",
-                        fail if writable else read_only)
+    monkeypatch.setattr("tempfile.mkstemp", fail)
+    monkeypatch.setattr("graphprune.io.runtime._session_over_mapped_files" if in_place
+                        else "graphprune.io.runtime._session_reading_data_in_place",
+                        fail if in_place else lambda *args: None)
     feeds = {"x": np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)}
     in_memory = runtime.run(runtime.session(model), feeds)
     monkeypatch.undo()
@@ -106,8 +107,8 @@ def test_sessions_on_external_data_models_read_the_files_in_place(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "weights.bin"]
 
 
-@pytest.mark.parametrize("writable", [True, False], ids=["beside-data", "read-only-folder"])
-def test_weights_changed_in_memory_reach_onnx_runtime_unserialised(tmp_path, monkeypatch, writable):
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "from-our-maps"])
+def test_weights_changed_in_memory_reach_onnx_runtime_unserialised(tmp_path, monkeypatch, in_place):
     """Weights refit, masked or compensated in memory, in a model whose others stay in external data, are
     never serialised: a weight only linear ops read becomes a graph input fed at every run (callers do not
     see it among the inputs); another (a BatchNormalization's scale) is handed over as a buffer. The outputs
@@ -126,8 +127,8 @@ def test_weights_changed_in_memory_reach_onnx_runtime_unserialised(tmp_path, mon
     to_proto = runtime.to_proto
     monkeypatch.setattr("graphprune.io.runtime.to_proto", lambda m: serialised.append(to_proto(m)) or serialised[-1])
     monkeypatch.setattr("graphprune.io.runtime.HANDED_OVER_BYTES", 0)
-    if not writable:
-        monkeypatch.setattr("tempfile.mkstemp", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "no")))
+    if not in_place:
+        monkeypatch.setattr("graphprune.io.runtime._session_reading_data_in_place", lambda *args: None)
     feeds = {"x": np.random.default_rng(0).random((2, 3, 6, 6), dtype=np.float32)}
     sess = runtime.session(model)
     outputs = runtime.run(sess, feeds)

@@ -15,7 +15,8 @@ from graphprune.io.load import load_model
 
 pytest.importorskip("torch")
 from graphprune.models.reference import ExportForm, export_form  # noqa: E402
-from tests.harness import assert_group_equivalent  # noqa: E402
+from tests.harness import assert_group_equivalent, masked_check  # noqa: E402
+from tests.models.test_moe import REMOVED, remove_experts  # noqa: E402
 
 REFERENCE = ExportForm(False, "batch+seq", 17)
 FORMS = [ExportForm(False, "static", 17), ExportForm(True, "batch+seq", 18), ExportForm(True, "static", 18),
@@ -51,8 +52,18 @@ def test_every_form_has_the_same_prunable_structure(folder, name, form):
         assert_group_equivalent(onnx.load(str(path)), largest, dims=dims)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 25, open): exported with static shapes, the stacked-expert "
-                                       "MoE loses its expert groups")
-def test_static_moe_keeps_its_experts(folder):
-    reference = structure(export_form("moe_stacked", REFERENCE, folder))
-    assert structure(export_form("moe_stacked", ExportForm(False, "static", 17), folder)) == reference
+@pytest.mark.parametrize("name", ["moe_stacked", "moe_sliced"])
+@pytest.mark.parametrize("form", [ExportForm(False, "static", 17), ExportForm(True, "static", 18)],
+                         ids=["legacy-static", "dynamo-static"])
+def test_static_moe_keeps_its_experts(folder, name, form):
+    """A static export folds `zeros_like(probs)`, the base the top-k gate is scattered into, to a constant: its
+    zeros still mark unrouted experts (once each expert became a one-expert layer, or the combine froze on
+    `ReduceSum reduces over this axis`). The experts prune exactly."""
+    reference = structure(export_form(name, REFERENCE, folder))
+    path = export_form(name, form, folder)
+    assert structure(path) == reference and reference[("expert", 8)] == 2
+    result = masked_check(path, remove_experts(REMOVED), dims={"batch": 1})
+    assert result["error"] <= 1e-5 < 1e-2 < result["masking_effect"], result
+    # per removed expert: gate, up, down and a router row; and up to 6 entries (one per token) of the folded zeros
+    experts = 2 * len(REMOVED) * (3 * 32 * 48 + 32)
+    assert experts <= result["params"][0] - result["params"][1] <= experts + 2 * len(REMOVED) * 6
