@@ -14,6 +14,7 @@ import graphprune
 from graphprune import progress
 from graphprune.analysis.coupling import GQA_UNITS, Analysis
 from graphprune.analysis.groups import Group
+from graphprune.analysis.tokens import TokenFlow, find_token_flow
 from graphprune.cli import options
 from graphprune.cli.report import bench_summary, report
 from graphprune.cli.sweep import run_sweep
@@ -30,11 +31,14 @@ from graphprune.passes.pipeline.method import choose_method
 from graphprune.passes.pipeline.prune import PruneResult, apply_file, prune_file, run_analysis
 from graphprune.passes.pipeline.request import EXPERT_CRITERION, Output, PruneRequest
 from graphprune.passes.rewrite.optimize import model_types
+from graphprune.passes.rewrite.tokens import RESTORES, TOKEN_METHODS, TOKEN_SCORES, TokenSchedule
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    analysis = run_analysis(load_model(args.model), allow_approximate=args.prune_hidden, gqa_units=args.gqa_units,
-                            depth=True)
+    model = load_model(args.model)
+    if args.tokens:
+        return print_token_flow(find_token_flow(model), args.json)
+    analysis = run_analysis(model, allow_approximate=args.prune_hidden, gqa_units=args.gqa_units, depth=True)
     blocks = [g for g in analysis.groups if g.kind == "block"]
     shown = analysis.groups if args.depth else [g for g in analysis.groups if g.kind != "block"]
     if args.json:
@@ -44,6 +48,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if blocks and not args.depth:
         print(f"\nnot listed: {blocks[0].size} residual blocks, one more group (kind block) that --depth lists; prune "
               "removes whole blocks with --depth, and by default when it has calibration data")
+    return 0
+
+
+def print_token_flow(flow: TokenFlow, as_json: bool) -> int:
+    """The token axis, the blocks found and, before each, whether tokens can be reduced there and why not."""
+    rows = [[site.block, "eligible" if site.reason is None else "no", site.hidden.name,
+             site.reason or ("; ".join(sorted(set(site.walk.pooled))) or "per-token outputs restored")]
+            for site in flow.sites]
+    if as_json:
+        print(json.dumps({"blocks": flow.blocks, "tokens": flow.tokens, "reason": flow.reason,
+                          "sites": [dict(zip(["block", "status", "input", "detail"], r, strict=True)) for r in rows]},
+                         indent=1))
+        return 0
+    if flow.reason is not None:
+        print(f"no token reduction: {flow.reason}")
+        return 0
+    print(f"{flow.blocks} attention blocks; token axis 1 of the residual stream, {flow.tokens} tokens\n")
+    print(render(["before block", "tokens", "block input", "reason / what reads the tokens"], rows))
+    print(f"\n{len(flow.eligible())} of {len(flow.sites)} blocks can reduce their tokens (prune --tokens KEEP "
+          "--token-blocks B1,B2,…)")
     return 0
 
 
@@ -69,6 +93,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
                    if getattr(args, f"{kind}_ratio") is not None}
     targets = {"params": args.target_params, "flops": args.target_flops, "latency": args.target_latency}
     target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
+    token_target = None
+    if args.tokens == "auto":  # the rates are measured to reach --target-flops: it is the tokens' budget
+        if args.target_flops is None:
+            raise GraphpruneError("--tokens auto measures a keep rate per block to reach --target-flops FRACTION: "
+                                  "give one (or a fixed --tokens KEEP)")
+        token_target, target = args.target_flops, None
+    if args.ratio is None:  # --tokens alone reduces tokens only
+        alone = args.tokens is not None and not kind_ratios and target is None and args.max_error is None
+        args.ratio = 0.0 if alone else 0.5
+    tokens = TokenSchedule(1.0 if token_target else args.tokens, args.token_blocks, args.token_score,
+                           args.token_protect, args.token_restore, args.token_method) \
+        if args.tokens is not None else None
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
     free_hand = args.compensate is None and not args.expert_ratio and not args.expert_merge
     method = choose_method(calibration_spec(args), args.criterion, args.sequential, args.allocation,
@@ -81,7 +117,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     request = PruneRequest(criterion, args.ratio, args.round_to, args.seed, kind_ratios, args.prune_hidden,
                            calibration_spec(args), args.compensate, allocation,
                            {"policy_file": args.policy} if args.policy else None, args.gqa_units,
-                           args.expert_criterion, args.expert_merge, sequential, depth)
+                           args.expert_criterion, args.expert_merge, sequential, depth, tokens, token_target)
     method = criterion + (" refit sequentially" if sequential else "") + (" with depth" if depth else "") \
         + (f" ({picked})" if picked else "")
     if args.sweep is not None:
@@ -188,11 +224,12 @@ def cmd_ops(args: argparse.Namespace) -> int:
         print(markdown(rows), end="")
     elif args.names:
         for row in rows:
-            print(f"{row.domain}::{row.op}: {row.rule} ({row.file})")
+            print(f"{row.domain}::{row.op}: {row.rule} ({row.file}); token rule: {row.token_rule or 'none'}")
             print("".join(f"  - {reason}\n" for reason in row.reasons) or "  (never freezes)\n", end="")
     else:
-        print(render(["op", "domain", "rule", "file", "reasons"],
-                     [[row.op, row.domain, row.rule, row.file, len(row.reasons)] for row in rows]))
+        print(render(["op", "domain", "rule", "file", "reasons", "token rule"],
+                     [[row.op, row.domain, row.rule, row.file, len(row.reasons), row.token_rule or "-"]
+                      for row in rows]))
         print(f"\n{len(rows)} ops; `graphprune ops OP` spells out the reasons")
     return 0
 
@@ -321,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output (one entry per group)")
     p.add_argument("--prune-hidden", action="store_true", help="treat approximate (hidden) groups as prunable")
     p.add_argument("--depth", action="store_true", help="also list the residual blocks (one group of kind block)")
+    p.add_argument("--tokens", action="store_true",
+                   help="list the token axis and the blocks token reduction (prune --tokens) can go before, or why not")
     add_gqa_argument(p)
 
     p = command("prune", "remove the least important units and write a smaller, verified model", cmd_prune)
@@ -330,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="analyze, score and allocate, print what would be removed and the projected costs; "
                         "write no model (only --save-plan, if given)")
-    p.add_argument("--ratio", type=options.fraction, default=0.5,
-                   help="fraction of each group's units to remove, in [0, 1) (default 0.5)")
+    p.add_argument("--ratio", type=options.fraction, default=None,
+                   help="fraction of each group's units to remove, in [0, 1) (default 0.5; 0 with --tokens alone)")
     for kind in KINDS:
         p.add_argument(f"--{kind}-ratio", type=options.fraction, default=None,
                        help=f"fraction of each {kind} group to remove (default: --ratio)")
@@ -389,6 +428,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a quality floor: prune as far as the output error (relative squared error) on a "
                              "held-out quarter of the calibration batches stays within E, in (0, 1) (needs "
                              "calibration data; overrides --ratio)")
+    p.add_argument("--tokens", type=options.token_keep, metavar="KEEP|auto", default=None,
+                   help="compile token reduction into the graph: before each of --token-blocks keep this fraction "
+                        "of the tokens, those the previous block's attention ranks highest, in order; per-token "
+                        "outputs get the dropped tokens back (alone, it prunes no width). auto: a rate per block, "
+                        "measured (output error per MAC saved, on the calibration data or random inputs at --dim) "
+                        "to reach --target-flops")
+    p.add_argument("--token-blocks", type=options.blocks, metavar="B1,B2,…", default=None,
+                   help="blocks to reduce the tokens before (default: a quarter, half and three quarters down the "
+                        "stack; `graphprune analyze --tokens` lists the eligible ones)")
+    p.add_argument("--token-method", choices=list(TOKEN_METHODS), default="topk",
+                   help="topk: keep the tokens the previous block's attention ranks highest; merge: average the most "
+                        "similar tokens into one another (ToMe) with proportional attention, at most half per block "
+                        "(default topk)")
+    p.add_argument("--token-score", choices=list(TOKEN_SCORES), default="received",
+                   help="token importance: received (attention each token receives, mean over heads and queries) "
+                        "or cls (attention from the first token) (default received)")
+    p.add_argument("--token-protect", type=options.non_negative_int, default=1, metavar="N",
+                   help="always keep the first N tokens (CLS; default 1)")
+    p.add_argument("--token-restore", choices=list(RESTORES), default="nearest",
+                   help="what a per-token output holds for a dropped token: nearest (the final value of the kept "
+                        "token most similar to it when dropped) or dropped (its own value when dropped) "
+                        "(default nearest)")
     p.add_argument("--fast-widths", action=argparse.BooleanOptionalAction, default=None,
                    help="round each group's kept width down to the multiple its layers run fast at, measured per "
                         "layer in ONNX Runtime (default: on with --target-latency)")

@@ -61,6 +61,16 @@ def dim(text: str) -> tuple[str, int]:
     return name, positive_int(value)
 
 
+def token_keep(text: str) -> float | str:
+    """A fraction of tokens to keep, in (0, 1], or "auto" (rates measured per block to a --target-flops)."""
+    return text if text == "auto" else kept_fraction(text)
+
+
+def blocks(text: str) -> tuple[int, ...]:
+    """B1,B2,…: block indices, each a positive integer."""
+    return tuple(sorted({positive_int(v) for v in text.split(",")}))
+
+
 def sweep(text: str) -> tuple[str, list[float]]:
     """METRIC=T1,T2,…: the cost a sweep varies (latency, params, flops) and its targets, each in (0, 1]."""
     metric, _, values = text.partition("=")

@@ -13,6 +13,7 @@ from graphprune.cli.table import human, ratio, render
 from graphprune.io import runtime
 from graphprune.passes.allocation.latency import TOLERANCE
 from graphprune.passes.pipeline.prune import PruneResult
+from graphprune.verify.polynomial import names_in, size_of
 
 
 def widths(result: PruneResult) -> list[dict]:
@@ -73,6 +74,36 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str, replayed: b
 DRIFT_WARNING = 0.5  # an output drift from this size (half the outputs' range) is said to be large
 
 
+def _tokens_line(tokens: dict, dims: dict[str, int]) -> str:
+    """What token reduction did: the rate(s), the method, tokens kept before each block, what reads them."""
+    schedule = tokens["schedule"]
+    per_block = isinstance(schedule["keep"], (list, tuple))
+    kept = ", ".join(f"before block {site['block']}: {_token_count(site, dims)}"
+                     + (f" (keep {site['keep']:g})" if per_block else "") for site in tokens["sites"])
+    how = "merged (ToMe, proportional attention)" if schedule.get("method") == "merge" else \
+        f"by {schedule['score']} attention"
+    rate = "rates chosen per block" if per_block else f"{schedule['keep']:g} each time"
+    measured = tokens.get("measured")
+    chosen = f"\ntoken rates measured for MACs {measured['target']:g} of the dense model's: reached " \
+        f"{measured['macs']:.3f}, output error {measured['error']:.3g} (relative squared, on the measuring inputs; " \
+        f"{measured['evaluations']} runs)" if measured else ""
+    return (f"tokens kept ({rate}, {how}, first {schedule['protect']} protected): {kept}"
+            + (f"; read by {', '.join(tokens['pooled'])}" if tokens["pooled"] else "")
+            + (f"; dropped tokens restored in {', '.join(tokens['restored'])}" if tokens["restored"] else "") + chosen)
+
+
+def _token_count(site: dict, dims: dict[str, int]) -> str:
+    """"K of N tokens" for one reduction site; for a symbolic count, at the --dim sizes that name it."""
+    before, kept = site["before"], site["kept"]
+    if isinstance(kept, int):
+        return f"{kept} of {before} tokens"
+    names = sorted(names_in(kept))
+    if not names or not all(name in dims for name in names):
+        return f"{kept} tokens (--dim {'/'.join(names)}=N gives the count)"
+    return f"{size_of(kept, dims)} of {size_of(str(before), dims)} tokens " \
+        f"({', '.join(f'{n}={dims[n]}' for n in names)})"
+
+
 def report(result: PruneResult, args: argparse.Namespace, how: str, replayed: bool = False) -> None:
     """Print the run's outcome (JSON with --json); warnings go to stderr. `replayed`: a saved plan was applied,
     so what the plan records of its own making (latency probes) is shown as such, not as measured now."""
@@ -129,6 +160,9 @@ def report(result: PruneResult, args: argparse.Namespace, how: str, replayed: bo
     if quality:
         print(f"quality floor: held-out error {quality['held_out_error']:.4g} (at most {quality['max_error']:g}; "
               f"{quality['held_out_batches']} held-out calibration batches, units masked before any refit)")
+    tokens = result.plan.meta.get("tokens")
+    if tokens and tokens.get("sites"):
+        print(_tokens_line(tokens, dict(args.dim)))
     rebuilt = result.plan.meta.get("reconstruction")
     if rebuilt:
         print(f"reconstruction: {rebuilt['stages']} stages, {rebuilt['layers refit']} layers refit, "

@@ -33,6 +33,11 @@ def _configs() -> dict[str, Callable[[], torch.nn.Module]]:
                                                                    pos_att_type=["p2c", "c2p"], position_buckets=8)),
         "vit": lambda: hf.ViTModel(hf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                 intermediate_size=64, image_size=32, patch_size=8)),
+        "deit": lambda: hf.DeiTModel(hf.DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                   intermediate_size=64, image_size=32, patch_size=8)),
+        "clip-vision": lambda: hf.CLIPVisionModel(hf.CLIPVisionConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+            patch_size=8)),
         "segformer": lambda: hf.SegformerModel(hf.SegformerConfig(
             num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
             patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=32)),
@@ -51,7 +56,8 @@ def _configs() -> dict[str, Callable[[], torch.nn.Module]]:
 
 ARCHITECTURES = ("bert", "gpt2", "opt", "llama-gqa", "gemma-mqa", "deberta-v2", "vit", "segformer", "mobilevit",
                  "yolos", "wav2vec2")
-VISION = {"vit", "segformer", "mobilevit", "yolos"}
+VISION = {"vit", "deit", "clip-vision", "segformer", "mobilevit", "yolos"}
+ENCODERS = ("bert", "vit", "deit", "clip-vision", "yolos", "wav2vec2")  # token reduction applies to these
 GQA_UNITS = {"gemma-mqa": "query-slot"}  # one KV head: query heads are the only head units
 
 
@@ -83,7 +89,7 @@ class _Vision(torch.nn.Module):
 
 
 def export_architecture(name: str, dynamo: bool, folder: str | os.PathLike) -> Path:
-    """Export the seeded random-init `name` (one of ARCHITECTURES), every weight nudged by noise, with dynamic
+    """Export the seeded random-init `name` (of ARCHITECTURES or ENCODERS), every weight nudged by noise, with dynamic
     batch (and, for text, sequence) axes."""
     torch.manual_seed(0)
     model = _configs()[name]().eval()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graphprune.ops import registry
+from graphprune.ops.tokens import TOKEN_RULES
 
 NOT_MODELLED = "unsupported op DOMAIN::OP"  # the reason the analyzer gives where no rule is registered
 
@@ -26,10 +27,17 @@ class OpEntry:
     rule: str
     file: str
     reasons: tuple[str, ...]
+    token_rule: str = ""  # how token reduction follows the op (graphprune/ops/tokens.py), "" where it stops
 
     def as_dict(self) -> dict:
         return {"op": self.op, "domain": self.domain, "rule": self.rule, "file": self.file,
-                "reasons": list(self.reasons)}
+                "reasons": list(self.reasons), "token_rule": self.token_rule}
+
+
+def token_rule_name(domain: str, op: str) -> str:
+    """The token rule's name for an op of the default domain, "" where token reduction stops at it."""
+    rule = TOKEN_RULES.get(op) if domain in ("", "ai.onnx") else None
+    return rule.__name__.lstrip("_") if rule else ""
 
 
 def op_table() -> list[OpEntry]:
@@ -38,7 +46,8 @@ def op_table() -> list[OpEntry]:
     for (domain, op), rule in sorted(registry.registered_rules().items()):
         cls = type(rule)
         rows.append(OpEntry(op, domain or "ai.onnx", cls.__name__, _relative(inspect.getsourcefile(cls)),
-                            tuple(sorted({r.replace("{node.op_type}", op) for r in rule_reasons(cls, op)}))))
+                            tuple(sorted({r.replace("{node.op_type}", op) for r in rule_reasons(cls, op)})),
+                            token_rule_name(domain, op)))
     return rows
 
 
@@ -49,11 +58,18 @@ def markdown(rows: list[OpEntry]) -> str:
              f"this file is current. An op not listed freezes every group that reaches it (\"{NOT_MODELLED}\").",
              "Every rule may also freeze expert indices reaching an input it does not model for them. Reasons show",
              "the fields they fill in as `{...}`.", "",
-             f"{len(rows)} ops.", "", "| op | domain | rule | file | frozen / approximate reasons |",
-             "|---|---|---|---|---|"]
+             "The token rule column says how token reduction (`prune --tokens`) follows the op",
+             "(`graphprune/ops/tokens.py`); where it is empty, reduction stops upstream of the op.", "",
+             f"{len(rows)} ops.", "", "| op | domain | rule | file | frozen / approximate reasons | token rule |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         reasons = "<br>".join(r.replace("|", "\\|") for r in row.reasons) or "—"
-        lines.append(f"| {row.op} | {row.domain} | {row.rule} | `{row.file}` | {reasons} |")
+        lines.append(f"| {row.op} | {row.domain} | {row.rule} | `{row.file}` | {reasons} | {row.token_rule or '—'} |")
+    listed = {row.op for row in rows if row.domain == "ai.onnx"}
+    token_only = sorted(op for op in TOKEN_RULES if op not in listed)
+    if token_only:
+        lines += ["", "Followed by token reduction only (no channel rule): " + ", ".join(
+            f"{op} ({token_rule_name('', op)})" for op in token_only) + "."]
     return "\n".join(lines) + "\n"
 
 

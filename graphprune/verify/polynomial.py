@@ -57,7 +57,7 @@ class Poly:
 
     def free_sizes(self) -> set[str]:
         """The named sizes the count depends on: the symbols, and the names inside computed sizes."""
-        return {free for name in self.symbols() for free in _names_in(name)}
+        return {free for name in self.symbols() for free in names_in(name)}
 
     def __str__(self) -> str:
         """Highest degree first: '4.7M·batch·seq + 24.6k·batch·seq²'."""
@@ -66,7 +66,7 @@ class Poly:
         parts = []
         for monomial, coefficient in sorted(self.terms.items(), key=lambda t: (len(t[0]), t[0])):
             counts = Counter(monomial)
-            shown = {name: name if _names_in(name) == {name} else f"({name})" for name in counts}
+            shown = {name: name if names_in(name) == {name} else f"({name})" for name in counts}
             names = "·".join(shown[name] if power == 1 else f"{shown[name]}^{power}"
                              for name, power in sorted(counts.items()))
             parts.append(_short(coefficient) + (f"·{names}" if names else ""))
@@ -110,7 +110,7 @@ def _evaluate(node: ast.AST, dims: dict[str, int]) -> float:
     raise ValueError(f"not a size expression: {ast.dump(node)}")
 
 
-def _names_in(name: str) -> set[str]:
+def names_in(name: str) -> set[str]:
     """The named sizes inside a computed size (the name itself when it is a plain one)."""
     try:
         tree = ast.parse(_protected(name), mode="eval")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +16,16 @@ from graphprune import progress, verify
 from graphprune.analysis.coupling import Analysis, analyze
 from graphprune.analysis.groups import Group
 from graphprune.analysis.plan import PruningPlan, check_made_for, fingerprint
+from graphprune.analysis.tokens import find_token_flow
 from graphprune.errors import GraphpruneError
+from graphprune.io import runtime
 from graphprune.io.load import load_model, source_files, unmap
 from graphprune.io.save import StagedModel
 from graphprune.ir.model import copy_model
 from graphprune.passes.allocation.latency import LatencyProbe
 from graphprune.passes.allocation.latency_table import load_or_measure, table_key
 from graphprune.passes.allocation.spec import Allocation
+from graphprune.passes.allocation.tokens import measured_tokens
 from graphprune.passes.calibration.sources import Batches, Feeds
 from graphprune.passes.calibration.spec import CalibrationSpec, calibrated
 from graphprune.passes.calibration.statistics import Calibration
@@ -33,6 +37,7 @@ from graphprune.passes.rewrite.compensation import apply_weight_updates, bias_de
 from graphprune.passes.rewrite.expert_merge import merge_updates
 from graphprune.passes.rewrite.optimize import fuse
 from graphprune.passes.rewrite.reconstruction import reconstruct
+from graphprune.passes.rewrite.tokens import TokenSchedule, insert_token_reduction
 from graphprune.verify.cost import Cost, cost, projected_cost
 
 log = logging.getLogger("graphprune")
@@ -148,6 +153,12 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     if batches is not None:
         _freeze_unobserved(analysis)
     _check_prunable(analysis, request)
+    if request.tokens is not None:  # refused here, before any calibration, when no block can reduce its tokens
+        flow = find_token_flow(analysis.model, request.tokens.protect)
+        request.tokens.chosen(flow)
+        if isinstance(flow.tokens, str) and flow.tokens not in (output.dims or {}) and output.feeds is None:
+            log.warning("the token count %s is symbolic: verification runs it at size 1, where no token is dropped; "
+                        "give --dim %s=N to verify (and count MACs) at a real length", flow.tokens, flow.tokens)
     one_shot = batches is not None and not (request.sequential and not criterion.needs_data and not request.depth)
     if kept_batches is not None:  # calibrated on the kept list, which keeps the source's name and count
         batches = Batches(batches.samples, batches.source, iter(kept_batches))
@@ -169,6 +180,15 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = request.prune_hidden, request.gqa_units
     plan.meta["depth"] = request.depth
     plan.meta["dims"] = output.dims
+    if request.tokens is not None:
+        tokens, measured = request.tokens, None
+        if request.token_target is not None:
+            feeds = kept_batches[:2] if kept_batches else list(islice(spec.open(model, request.seed), 2)) \
+                if spec.wanted() else [output.feeds or runtime.random_inputs(
+                    runtime.input_specs(model), dims=output.dims, ranges=runtime.index_ranges(model))]
+            choice = measured_tokens(copy_model(model), tokens, request.token_target, output.dims, feeds)
+            tokens, measured = choice.schedule, {**choice.as_meta(), "target": request.token_target}
+        plan.meta["tokens"] = {"schedule": asdict(tokens), **({"measured": measured} if measured else {})}
     if request.expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
     if request.sequential and not output.dry_run:
@@ -313,6 +333,9 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
             elif compensate:
                 deltas = bias_deltas(analysis, plan, stats)
             pruned = apply_plan(analysis, plan, deltas, weights)
+            if plan.meta.get("tokens"):
+                schedule = TokenSchedule.of(plan.meta["tokens"]["schedule"])
+                plan.meta["tokens"].update(insert_token_reduction(pruned, schedule).as_meta())
         fusion = None
         if output.optimize:
             pruned, fusion = fuse(pruned, output.optimize, output.feeds, output.dims)

@@ -13,6 +13,7 @@ from graphprune.io.outputs import check_outputs
 from graphprune.passes.allocation.spec import MEASURED_NEEDS_DATA, Allocation
 from graphprune.passes.calibration.spec import CalibrationSpec
 from graphprune.passes.importance import criterion_class, needs_data
+from graphprune.passes.rewrite.tokens import TokenSchedule
 
 EXPERT_CRITERION = "router-similarity"  # weights only, so expert pruning needs no data by default
 
@@ -27,7 +28,9 @@ class PruneRequest:
     when there is calibration data, else equally) instead of dropping them. `sequential` prunes stage by
     stage on the pruned model's own activations and refits the affected layers by least squares (its
     compensation, replacing bias and OBS compensation). `depth` also offers whole residual blocks (kind
-    "block", removed by the "block" kind ratio or a measured allocation; ranked on calibration data)."""
+    "block", removed by the "block" kind ratio or a measured allocation; ranked on calibration data).
+    `tokens` also compiles token reduction into the graph (see `graphprune.passes.rewrite.tokens`); with
+    `token_target` its per-block rates are measured to bring the MACs to that fraction (`passes/allocation/tokens`)."""
 
     criterion: str = "l2"
     ratio: float = 0.5
@@ -44,6 +47,8 @@ class PruneRequest:
     expert_merge: bool = False
     sequential: bool = False
     depth: bool = False
+    tokens: TokenSchedule | None = None
+    token_target: float | None = None  # MACs fraction the token keep rates are measured to reach (tokens only)
 
     @property
     def spec(self) -> CalibrationSpec:
@@ -71,6 +76,11 @@ class PruneRequest:
     def check(self) -> None:
         """Refuse a request that cannot work, before any file is read."""
         spec, compensate = self.spec, self.compensates
+        if self.tokens is not None:
+            self.tokens.check()
+        if self.token_target is not None and (self.tokens is None or self.requested()):
+            raise GraphpruneError("--tokens auto spends --target-flops on token reduction alone: give no width ratio "
+                                  "or other target with it (one budget over tokens and widths together is not built)")
         if self.depth and not spec.wanted():
             raise GraphpruneError("depth pruning ranks residual blocks on calibration data: pass --calib FILE or "
                                   "--data-free")

@@ -73,3 +73,39 @@ def test_half_the_heads_and_neurons_give_a_verified_model(exported, name, dynamo
                         criterion="l2", gqa_units=zoo.GQA_UNITS.get(name, "kv-group"))
     assert "onnxruntime run" in result.verification.passed
     assert result.after.params < result.before.params
+
+
+@pytest.mark.parametrize(("name", "dynamo"), [(n, d) for n in zoo.ENCODERS for d in (False, True)],
+                         ids=[f"{n}-{'dynamo' if d else 'legacy'}" for n in zoo.ENCODERS for d in (False, True)])
+def test_encoders_reduce_their_tokens(exported, tmp_path, name, dynamo):
+    """Every encoder of the zoo, both exports, takes token reduction before its second block: keep 1 computes
+    the original; keep 0.5 (top-k) and 0.6 (merged) run at two batch sizes (text: padded rows too), keep the
+    output's shape and move it."""
+    import numpy as np
+
+    from graphprune.io import runtime
+    from graphprune.passes.rewrite.tokens import TokenSchedule
+    from tests.passes.rewrite.test_tokens import reduced
+
+    path = exported(name, dynamo)
+    rng = np.random.default_rng(0)
+
+    def feeds(batch: int) -> dict:
+        if name == "bert":
+            mask = np.ones((batch, 8), np.int64)
+            mask[0, 5:] = 0
+            return {"input_ids": rng.integers(1, 100, (batch, 8)), "attention_mask": mask}
+        shape = (batch, 400) if name == "wav2vec2" else (batch, 3, 32, 32)
+        return {runtime.session(str(path)).get_inputs()[0].name: rng.standard_normal(shape).astype(np.float32)}
+
+    same, _ = reduced(path, TokenSchedule(1.0), tmp_path, "same.onnx")
+    half, report = reduced(path, TokenSchedule(0.5), tmp_path, "half.onnx")
+    merged, _ = reduced(path, TokenSchedule(0.6, method="merge"), tmp_path, "merged.onnx")
+    assert [site["block"] for site in report.sites] == [1]
+    for batch in (1, 3):
+        inputs = feeds(batch)
+        dense = runtime.run(runtime.session(str(path)), inputs)[0]
+        np.testing.assert_allclose(runtime.run(runtime.session(str(same)), inputs)[0], dense, atol=1e-4)
+        for reduced_path in (half, merged):
+            moved = runtime.run(runtime.session(str(reduced_path)), inputs)[0]
+            assert moved.shape == dense.shape and np.abs(moved - dense).max() > 1e-3
