@@ -14,7 +14,7 @@ import graphprune
 from graphprune import progress
 from graphprune.analysis.coupling import GQA_UNITS, Analysis
 from graphprune.analysis.groups import Group
-from graphprune.analysis.tokens import TokenFlow, find_token_flow
+from graphprune.analysis.tokens import TOKEN_AXIS, TokenFlow, find_token_flow
 from graphprune.cli import options
 from graphprune.cli.report import bench_summary, report
 from graphprune.cli.sweep import run_sweep
@@ -64,7 +64,7 @@ def print_token_flow(flow: TokenFlow, as_json: bool) -> int:
     if flow.reason is not None:
         print(f"no token reduction: {flow.reason}")
         return 0
-    print(f"{flow.blocks} attention blocks; token axis 1 of the residual stream, {flow.tokens} tokens\n")
+    print(f"{flow.blocks} attention blocks; token axis {TOKEN_AXIS} of the residual stream, {flow.tokens} tokens\n")
     print(render(["before block", "tokens", "block input", "reason / what reads the tokens"], rows))
     print(f"\n{len(flow.eligible())} of {len(flow.sites)} blocks can reduce their tokens (prune --tokens KEEP "
           "--token-blocks B1,B2,…)")

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from graphprune.ir.values import shape_of
+from graphprune.ir.values import is_constant, shape_of
 from graphprune.ops.tokens import Axes, TokenStep, follow
+
+TOKEN_AXIS = 1  # the residual stream is [batch, tokens, hidden]
 
 
 @dataclass
@@ -49,11 +51,11 @@ class TokenSite:
 
 @dataclass
 class TokenFlow:
-    """The blocks found (their count), the token axis and count, and a site before every block after the first."""
+    """The blocks found (their count), the token count (on TOKEN_AXIS), and a site before every block after the
+    first."""
 
     blocks: int
     tokens: object = None  # the token count as declared: an int or a symbolic name
-    axis: int = 1
     sites: list[TokenSite] = field(default_factory=list)
     reason: str | None = None  # why the model offers no site at all
     attentions: list[ir.Node] = field(default_factory=list)  # each block's attention Softmax, in order
@@ -82,10 +84,6 @@ class _Context:
         return self._protect
 
 
-def _is_const(value: ir.Value | None) -> bool:
-    return value is None or value.const_value is not None
-
-
 def _ancestors(value: ir.Value) -> set[ir.Value]:
     seen, stack = set(), [value]
     while stack:
@@ -99,19 +97,20 @@ def _ancestors(value: ir.Value) -> set[ir.Value]:
     return seen
 
 
-def _attentions(graph: ir.Graph) -> list[ir.Node]:
-    """Softmax nodes over the product of two activations whose output multiplies another activation."""
+def _attentions(graph: ir.Graph) -> list[tuple[ir.Node, set[ir.Value]]]:
+    """Softmax nodes over the product of two activations whose output multiplies another activation, each with
+    the values its logits are computed from."""
     found = []
     for node in graph:
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
-        feeds_values = any(use.op_type == "MatMul" and idx == 0 and not _is_const(use.inputs[1])
+        feeds_values = any(use.op_type == "MatMul" and idx == 0 and not is_constant(use.inputs[1])
                            for use, idx in _through_guards(node.outputs[0]))
-        logits = {v for v in _ancestors(node.inputs[0])}
+        above = _ancestors(node.inputs[0])
         scored = any(v.producer() is not None and v.producer().op_type == "MatMul"
-                     and not any(_is_const(i) for i in v.producer().inputs) for v in logits)
+                     and not any(is_constant(i) for i in v.producer().inputs) for v in above)
         if feeds_values and scored:
-            found.append(node)
+            found.append((node, above))
     return found
 
 
@@ -127,16 +126,17 @@ def _through_guards(value: ir.Value, hops: int = 3) -> list[tuple[ir.Node, int]]
     return uses
 
 
-def _residual_input(graph: ir.Graph, softmax: ir.Node, order: dict[ir.Node, int]) -> ir.Value | None:
-    """The block input `h` of the first residual Add after `softmax` that joins what the Softmax feeds with `h`."""
-    above = _ancestors(softmax.inputs[0])
+def _residual_input(graph: ir.Graph, softmax: ir.Node, above: set[ir.Value],
+                    order: dict[ir.Node, int]) -> ir.Value | None:
+    """The block input `h` (one of the logits' sources, `above`) of the first residual Add after `softmax` that
+    joins what the Softmax feeds with `h`."""
     below = {softmax.outputs[0]}
     for node in list(graph)[order[softmax] + 1:]:
         if any(i in below for i in node.inputs):
             if node.op_type == "Add" and len(node.inputs) == 2:
                 a, b = node.inputs
                 for inside, other in ((a, b), (b, a)):
-                    if inside in below and other not in below and other in above and not _is_const(other):
+                    if inside in below and other not in below and other in above and not is_constant(other):
                         return other
             below.update(node.outputs)
     return None
@@ -154,7 +154,7 @@ def _padding_mask(softmax: ir.Node, tokens: object) -> tuple[ir.Node, int] | Non
             if node.op_type == "Add" and shape is not None and len(shape) == 4 and shape[1] == 1 \
                     and shape[2] in (1, tokens) and shape[3] == tokens and operand.producer() is not None:
                 return node, index
-        value = next((i for i in node.inputs if not _is_const(i) and len(shape_of(i) or ()) == 4), None)
+        value = next((i for i in node.inputs if not is_constant(i) and len(shape_of(i) or ()) == 4), None)
     return None
 
 
@@ -185,7 +185,7 @@ def walk_tokens(graph: ir.Graph, hidden: ir.Value, axis: int, tokens: object, pr
         walk.steps[node] = step
         if step.pooled:
             walk.pooled.append(step.pooled)
-        if node.op_type in ("Shape", "Size"):
+        if step.sizes:
             derived.update(node.outputs)
         for index, found in step.outputs.items():
             if found:
@@ -199,8 +199,8 @@ def find_token_flow(model: ir.Model, protect: int = 1) -> TokenFlow:
     graph = model.graph
     order = {node: i for i, node in enumerate(graph)}
     blocks = []
-    for softmax in _attentions(graph):
-        hidden = _residual_input(graph, softmax, order)
+    for softmax, above in _attentions(graph):
+        hidden = _residual_input(graph, softmax, above, order)
         if hidden is not None:
             blocks.append((softmax, hidden))
     if not blocks:
@@ -214,9 +214,7 @@ def find_token_flow(model: ir.Model, protect: int = 1) -> TokenFlow:
     flow = TokenFlow(len(blocks), tokens=keys, attentions=[softmax for softmax, _ in blocks],
                      opset=model.opset_imports.get("", 1))
     for block, ((previous, _), (_, hidden)) in enumerate(zip(blocks, blocks[1:], strict=False), start=1):
-        walk = walk_tokens(graph, hidden, 1, keys, protect)
-        if walk.reason is None and hidden not in _ancestors(blocks[block][0].inputs[0]):
-            walk.reason = "the block's attention does not read its input"
+        walk = walk_tokens(graph, hidden, TOKEN_AXIS, keys, protect)
         if walk.reason is None and previous.outputs[0] not in _ancestors(hidden):
             walk.reason = "the previous block's attention does not reach this block's input"
         flow.sites.append(TokenSite(block, hidden, previous.outputs[0], _padding_mask(previous, keys), walk))

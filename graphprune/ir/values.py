@@ -27,6 +27,11 @@ def const_of(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+def is_constant(value: ir.Value | None) -> bool:
+    """Whether `value` is absent (an omitted optional input) or a constant (initializer, lifted Constant)."""
+    return value is None or value.const_value is not None
+
+
 def attr_int(node: ir.Node, name: str, default: int) -> int:
     """An integer attribute of `node`, or `default` where it is absent."""
     attr = node.attributes.get(name)

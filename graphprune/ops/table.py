@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graphprune.ops import registry
-from graphprune.ops.tokens import TOKEN_RULES
+from graphprune.ops.tokens import TOKEN_RULES, rule_for
 
 NOT_MODELLED = "unsupported op DOMAIN::OP"  # the reason the analyzer gives where no rule is registered
 
@@ -36,7 +36,7 @@ class OpEntry:
 
 def token_rule_name(domain: str, op: str) -> str:
     """The token rule's name for an op of the default domain, "" where token reduction stops at it."""
-    rule = TOKEN_RULES.get(op) if domain in ("", "ai.onnx") else None
+    rule = rule_for(op, domain)
     return rule.__name__.lstrip("_") if rule else ""
 
 

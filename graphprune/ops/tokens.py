@@ -23,12 +23,14 @@ Axes = frozenset  # frozenset[int]: the token axes of one tensor
 class TokenStep:
     """A rule's answer: token axes per output index; outside inputs to gather (input index → their token axes);
     the output axis of a Reshape/Expand whose shape entry holds the token count; `pooled` when the op reads
-    the token axis away (mean pooling, a protected leading token picked)."""
+    the token axis away (mean pooling, a protected leading token picked); `sizes` when the outputs are sizes read
+    from the reduced tokens (which may then only feed Reshape targets)."""
 
     outputs: dict[int, Axes] = field(default_factory=dict)
     gathers: dict[int, Axes] = field(default_factory=dict)
     shape_entry: int | None = None
     pooled: str | None = None
+    sizes: bool = False
 
 
 class TokenContext(Protocol):
@@ -52,12 +54,20 @@ def token_rule(*op_types: str) -> Callable[[TokenRule], TokenRule]:
     return register
 
 
+def rule_for(op_type: str, domain: str = "") -> TokenRule | None:
+    """The token rule of an op (default domain only), None where token reduction stops at it."""
+    return TOKEN_RULES.get(op_type) if domain in ("", "ai.onnx") else None
+
+
 def follow(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
-    """The rule's answer for `node`, or why there is none."""
-    rule = TOKEN_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    """The rule's answer for `node`, or why there is none (a rule that raises is such a reason)."""
+    rule = rule_for(node.op_type, node.domain)
     if rule is None:
         return f"{node.op_type} ({node.domain or 'ai.onnx'}) has no token rule"
-    return rule(node, axes, ctx)
+    try:
+        return rule(node, axes, ctx)
+    except Exception as exc:  # noqa: BLE001 - a rule failing on a form it does not expect stops there, no crash
+        return f"{node.op_type}: token rule {rule.__name__.lstrip('_')} cannot model this form ({exc})"
 
 
 def _rank(ctx: TokenContext, value: ir.Value | None) -> int | None:
@@ -71,8 +81,11 @@ def _axis(axis: int, rank: int) -> int:
 
 @token_rule("Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Sqrt", "Neg", "Exp", "Log", "Abs", "Cast", "Identity",
             "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Reciprocal", "Elu", "LeakyRelu", "Selu", "Mish",
-            "Dropout", "Clip", "Sin", "Cos", "Not", "Sign", "IsNaN", "IsInf", "Floor", "Ceil", "Round", "CastLike")
+            "Dropout", "Clip", "Sin", "Cos", "Not", "Sign", "IsNaN", "IsInf", "Floor", "Ceil", "Round", "CastLike",
+            "Softmax", "LogSoftmax")
 def _elementwise_unary(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
+    """Per element (Softmax too: normalising over the key axis is what attention does, and over the kept keys it
+    stays a distribution)."""
     if set(axes) != {0}:
         return f"{node.op_type}: the reduced tensor is not its data input"
     return TokenStep({0: axes[0]})
@@ -105,12 +118,6 @@ def _broadcast(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> Token
         if per_token:
             step.gathers[index] = Axes(per_token)
     return step
-
-
-@token_rule("Softmax", "LogSoftmax")
-def _softmax(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
-    """Normalising over the key axis is what attention does: over the kept keys it stays a distribution."""
-    return TokenStep({0: axes[0]})
 
 
 @token_rule("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
@@ -269,4 +276,4 @@ def _concat(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenSte
 @token_rule("Shape", "Size")
 def _shape(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
     """Sizes read at run time are the reduced ones; what uses them is checked where it meets the tokens."""
-    return TokenStep()
+    return TokenStep(sizes=True)

@@ -183,9 +183,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     if request.tokens is not None:
         tokens, measured = request.tokens, None
         if request.token_target is not None:
-            feeds = kept_batches[:2] if kept_batches else list(islice(spec.open(model, request.seed), 2)) \
-                if spec.wanted() else [output.feeds or runtime.random_inputs(
-                    runtime.input_specs(model), dims=output.dims, ranges=runtime.index_ranges(model))]
+            feeds = _measuring_feeds(model, request, output, kept_batches)
             choice = measured_tokens(copy_model(model), tokens, request.token_target, output.dims, feeds)
             tokens, measured = choice.schedule, {**choice.as_meta(), "target": request.token_target}
         plan.meta["tokens"] = {"schedule": asdict(tokens), **({"measured": measured} if measured else {})}
@@ -194,6 +192,17 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     if request.sequential and not output.dry_run:
         _refit(analysis, plan, kept_batches, request)
     return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before, refit=request.sequential)
+
+
+def _measuring_feeds(model: ir.Model, request: PruneRequest, output: Output,
+                     kept_batches: list[Feeds] | None) -> list[Feeds]:
+    """Two calibration batches (kept ones first), else the user's feeds or random inputs at the --dim sizes."""
+    if kept_batches:
+        return kept_batches[:2]
+    if request.spec.wanted():
+        return list(islice(request.spec.open(model, request.seed), 2))
+    return [output.feeds or runtime.random_inputs(runtime.input_specs(model), dims=output.dims,
+                                                  ranges=runtime.index_ranges(model))]
 
 
 def _refit(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], request: PruneRequest) -> None:

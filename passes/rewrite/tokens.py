@@ -17,9 +17,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from graphprune.analysis.tokens import TokenFlow, TokenSite, find_token_flow
+from graphprune.analysis.tokens import TOKEN_AXIS, TokenFlow, TokenSite, find_token_flow
 from graphprune.errors import GraphpruneError
-from graphprune.ir.values import const_of, shape_of
+from graphprune.ir.values import const_of, is_constant, shape_of
 from graphprune.passes.rewrite.token_graph import INT64_MAX, Reduction, TokenBuilder
 from graphprune.passes.rewrite.token_merge import merge, merged_count
 
@@ -209,7 +209,7 @@ def _choose(b: TokenBuilder, site: TokenSite, schedule: TokenSchedule, keep: flo
     scores = TOKEN_SCORES[schedule.score](b, site.attention)
     if mask is not None:
         scores = b.op("Add", scores, b.to_float(b.key_padding(mask)))
-    length = b.dim(site.hidden, 1)
+    length = b.dim(site.hidden, TOKEN_AXIS)
     if schedule.protect:
         top = b.float_const(float(np.finfo(b.float_type.numpy()).max))
         scores = b.op("Where", b.op("Less", b.positions(length), b.const(schedule.protect)), top, scores)
@@ -255,11 +255,7 @@ def _shape_with(b: TokenBuilder, node: ir.Node, entry: int, site: TokenSite, cou
 
 def _kind(value: ir.Value) -> tuple[str, int] | None:
     producer = value.producer()
-    return None if producer is None else (producer.op_type, sum(not _const(i) for i in producer.inputs))
-
-
-def _const(value: ir.Value | None) -> bool:
-    return value is None or value.const_value is not None
+    return None if producer is None else (producer.op_type, sum(not is_constant(i) for i in producer.inputs))
 
 
 def _restore_point(output: ir.Value, last: TokenSite) -> ir.Value:
@@ -267,14 +263,14 @@ def _restore_point(output: ir.Value, last: TokenSite) -> ir.Value:
     sites' own kind (the residual stream where it ends), else the output itself."""
     value = output
     for _ in range(64):
-        if _kind(value) == _kind(last.hidden) and last.walk.axes.get(value) == frozenset({1}):
+        if _kind(value) == _kind(last.hidden) and last.walk.axes.get(value) == frozenset({TOKEN_AXIS}):
             return value
         producer = value.producer()
         carriers = [i for i in producer.inputs if i in last.walk.axes] if producer is not None else []
         if len(carriers) != 1:
             break
         value = carriers[0]
-    if last.walk.axes.get(output) != frozenset({1}) or len(shape_of(output) or ()) != 3:
+    if last.walk.axes.get(output) != frozenset({TOKEN_AXIS}) or len(shape_of(output) or ()) != 3:
         raise GraphpruneError(f"--tokens: output {output.name} is per token and cannot be restored (its tokens "
                               "are not on the residual stream's axis)")
     return output
@@ -284,7 +280,7 @@ def _top_k(b: TokenBuilder, site: TokenSite, schedule: TokenSchedule, keep: floa
            count: int | str, sizes: ir.Value | None) -> Reduction:
     """Keep the top tokens by attention score; restore from the nearest kept token or the dropped value."""
     index = _choose(b, site, schedule, keep, mask, count)
-    hidden = b.gather(site.hidden, 1, index, 3)
+    hidden = b.gather(site.hidden, TOKEN_AXIS, index, 3)
     nearest = _nearest_kept(b, site.hidden, hidden) if schedule.restore == "nearest" else None
     return Reduction(index, hidden, schedule.kept(count, keep), nearest)
 
@@ -315,14 +311,14 @@ def _restore(b: TokenBuilder, point: ir.Value, sites: list[TokenSite],
     full = point
     for site in reversed(sites):
         index, nearest = kept[site.block]
-        dropped = site.hidden if nearest is None else b.gather(full, 1, nearest, 3)
-        full = b.scatter(dropped, 1, index, full, 3)
+        dropped = site.hidden if nearest is None else b.gather(full, TOKEN_AXIS, nearest, 3)
+        full = b.scatter(dropped, TOKEN_AXIS, index, full, 3)
     for node, i in readers:
         node.replace_input_with(i, full)
     graph = b.model.graph
     if point in graph.outputs:
         dims = list(point.shape)
-        dims[1] = sites[0].hidden.shape[1]
+        dims[TOKEN_AXIS] = sites[0].hidden.shape[TOKEN_AXIS]
         _rename_output(graph, list(graph.outputs).index(point), point, full, ir.Shape(dims))
 
 
