@@ -4,6 +4,7 @@ init: its CLS cosine only shows the plumbing). Latency is timed A/B interleaved 
 process (median of per-round ratios); MACs are counted at the timed sizes.
 
     python benchmarks/bench_tokens.py [--threads 1] [--skip-vit] [--samples 64]
+    python benchmarks/bench_tokens.py --budget 0.6 0.45 [--threads 1]   # tokens, widths, one budget at equal MACs
 Needs graphprune[hf].
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from graphprune.cli.table import render
 from graphprune.io import runtime
 from graphprune.models.minilm import corpus_sentences, export_minilm, model_dir
 from graphprune.passes import CalibrationSpec, prune_file
+from graphprune.passes.allocation.spec import Allocation
 from graphprune.passes.pipeline.prune import PruneResult
 from graphprune.passes.pipeline.request import Output, PruneRequest
 from graphprune.passes.rewrite.tokens import TokenSchedule
@@ -76,8 +79,38 @@ def minilm(folder: Path, args: argparse.Namespace) -> list[list]:
         made[name] = folder / f"minilm-{len(made)}.onnx"
         results[name] = prune_file(dense, Output(made[name], dims={"batch": 1, "seq": 128}), request)
         print("made", name, flush=True)
+    return _evaluate(dense, made, results, evaluation, [(128, 8, False), (512, 1, False), (128, 8, True)], args)
+
+
+def one_budget(folder: Path, args: argparse.Namespace) -> list[list]:
+    """At each MACs target (counted at 128 tokens): token rates alone, widths alone (the default calibrated
+    method) and one budget over both, on 128-token documents and padded sentences."""
+    calibration, evaluation = corpus_sentences()
+    dense = export_minilm(folder / "minilm.onnx", dynamo=False)
+    (folder / "calib.txt").write_text("\n".join(calibration[: args.samples]))
+    spec = CalibrationSpec(str(folder / "calib.txt"), samples=args.samples, batch_size=16,
+                           tokenizer=str(model_dir() / "tokenizer.json"))
+    auto, made, results = TokenSchedule(1.0), {}, {}
+    for target in args.budget:
+        settings = {"tokens alone": PruneRequest(ratio=0.0, tokens=auto, token_target=target, calibration=spec),
+                    "widths alone": None, "one budget": auto}
+        for name, tokens in settings.items():
+            request = tokens if isinstance(tokens, PruneRequest) else PruneRequest(
+                "obs", calibration=spec, sequential=True, tokens=tokens, joint_tokens=tokens is not None,
+                allocation=Allocation("measured", target=("flops", target), dims={"batch": 1, "seq": 128}))
+            key = f"MACs {target:g}: {name}"
+            made[key] = folder / f"budget-{len(made)}.onnx"
+            started = time.perf_counter()
+            results[key] = prune_file(dense, Output(made[key], dims={"batch": 1, "seq": 128}), request)
+            print("made", key, f"{time.perf_counter() - started:.0f} s", flush=True)
+    return _evaluate(dense, made, results, evaluation, [(128, 8, False), (128, 8, True)], args)
+
+
+def _evaluate(dense: Path, made: dict[str, Path], results: dict[str, PruneResult], evaluation: list[str],
+              inputs: list[tuple[int, int, bool]], args: argparse.Namespace) -> list[list]:
+    """Latency ratio (A/B interleaved, at `batch` rows), MACs ratio and mean-pooled cosine of each made model."""
     rows = []
-    for seq, batch, padded in [(128, 8, False), (512, 1, False), (128, 8, True)]:
+    for seq, batch, padded in inputs:
         feeds = documents(evaluation, seq, 32 if not padded else 64, padded)
         timing = {k: v[:batch] for k, v in feeds.items()}
         reference = pooled(dense, feeds)
@@ -121,9 +154,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--budget", type=float, nargs="+", default=None, metavar="MACS",
+                        help="instead: tokens alone, widths alone and one budget over both at these MACs targets")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = minilm(Path(tmp), args) + ([] if args.skip_vit else vit(Path(tmp), args))
+        if args.budget:
+            rows = one_budget(Path(tmp), args)
+        else:
+            rows = minilm(Path(tmp), args) + ([] if args.skip_vit else vit(Path(tmp), args))
     print(f"ORT CPU, threads {args.threads or 'default'}; latency = pruned / dense, A/B interleaved")
     print(render(["input", "setting", "latency", "MACs", "cosine"], rows))
 

@@ -93,16 +93,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
                    if getattr(args, f"{kind}_ratio") is not None}
     targets = {"params": args.target_params, "flops": args.target_flops, "latency": args.target_latency}
     target = next(((metric, value) for metric, value in targets.items() if value is not None), None)
-    token_target = None
-    if args.tokens == "auto":  # the rates are measured to reach --target-flops: it is the tokens' budget
+    token_target, joint = None, False
+    if args.tokens == "auto" and (args.ratio == 0 or not calibration_spec(args).wanted()):  # tokens alone
         if args.target_flops is None:
             raise GraphpruneError("--tokens auto measures a keep rate per block to reach --target-flops FRACTION: "
                                   "give one (or a fixed --tokens KEEP)")
         token_target, target = args.target_flops, None
+    elif args.tokens == "auto":  # with calibration data: one budget over tokens and widths
+        if target is None or target[0] == "params":
+            raise GraphpruneError("--tokens auto with calibration data spends one --target-flops or --target-latency "
+                                  "on tokens and widths together: give one (--ratio 0 for tokens alone, or a fixed "
+                                  "--tokens KEEP)")
+        joint = True
     if args.ratio is None:  # --tokens alone reduces tokens only
         alone = args.tokens is not None and not kind_ratios and target is None and args.max_error is None
         args.ratio = 0.0 if alone else 0.5
-    tokens = TokenSchedule(1.0 if token_target else args.tokens, args.token_blocks, args.token_score,
+    tokens = TokenSchedule(1.0 if token_target or joint else args.tokens, args.token_blocks, args.token_score,
                            args.token_protect, args.token_restore, args.token_method) \
         if args.tokens is not None else None
     fast_widths = args.fast_widths if args.fast_widths is not None else args.target_latency is not None
@@ -111,13 +117,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
                            args.depth or args.block_ratio is not None, free_hand)
     criterion, sequential, strategy, depth, picked = method.criterion, method.sequential, method.allocation, \
         method.depth, method.why
+    if tokens is not None and not (args.depth or args.block_ratio is not None):
+        depth = False  # removing a residual block would move the blocks token reduction goes before
     allocation = Allocation(strategy, args.ratio, kind_ratios, args.round_to, args.max_layer_ratio, target,
                             args.expert_ratio, fast_widths=fast_widths, latency_table=args.latency_table,
                             threads=args.threads, max_error=args.max_error)
     request = PruneRequest(criterion, args.ratio, args.round_to, args.seed, kind_ratios, args.prune_hidden,
                            calibration_spec(args), args.compensate, allocation,
                            {"policy_file": args.policy} if args.policy else None, args.gqa_units,
-                           args.expert_criterion, args.expert_merge, sequential, depth, tokens, token_target)
+                           args.expert_criterion, args.expert_merge, sequential, depth, tokens, token_target,
+                           joint)
     method = criterion + (" refit sequentially" if sequential else "") + (" with depth" if depth else "") \
         + (f" ({picked})" if picked else "")
     if args.sweep is not None:
@@ -433,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the tokens, those the previous block's attention ranks highest, in order; per-token "
                         "outputs get the dropped tokens back (alone, it prunes no width). auto: a rate per block, "
                         "measured (output error per MAC saved, on the calibration data or random inputs at --dim) "
-                        "to reach --target-flops")
+                        "to reach --target-flops; with calibration data (--calib, --data-free) one budget over "
+                        "tokens and widths for --target-flops or --target-latency (--ratio 0: tokens alone)")
     p.add_argument("--token-blocks", type=options.blocks, metavar="B1,B2,…", default=None,
                    help="blocks to reduce the tokens before (default: a quarter, half and three quarters down the "
                         "stack; `graphprune analyze --tokens` lists the eligible ones)")

@@ -84,12 +84,24 @@ def _tokens_line(tokens: dict, dims: dict[str, int]) -> str:
         f"by {schedule['score']} attention"
     rate = "rates chosen per block" if per_block else f"{schedule['keep']:g} each time"
     measured = tokens.get("measured")
-    chosen = f"\ntoken rates measured for MACs {measured['target']:g} of the dense model's: reached " \
-        f"{measured['macs']:.3f}, output error {measured['error']:.3g} (relative squared, on the measuring inputs; " \
-        f"{measured['evaluations']} runs)" if measured else ""
+    chosen = _measured_line(measured) if measured else ""
     return (f"tokens kept ({rate}, {how}, first {schedule['protect']} protected): {kept}"
             + (f"; read by {', '.join(tokens['pooled'])}" if tokens["pooled"] else "")
             + (f"; dropped tokens restored in {', '.join(tokens['restored'])}" if tokens["restored"] else "") + chosen)
+
+
+def _measured_line(measured: dict) -> str:
+    """How the token rates were chosen: alone to a MACs target, or in one budget with the widths."""
+    target = f"MACs {measured['target']:.3g}" + (f" (the fraction whose timed latency meets {measured['latency']:g})"
+                                                 if measured.get("latency") else "")
+    if measured.get("joint"):
+        return (f"\none budget over tokens and widths for {target} of the dense model's: reached "
+                f"{measured['macs']:.3f} (the token rates alone leave {measured['tokens_alone']:.3f}, the widths "
+                f"alone {measured['widths_alone']:.3f}); predicted output error {measured['error']:.3g} = tokens "
+                f"{measured['token_error']:.3g} + widths {measured['width_error']:.3g} (relative squared, added "
+                f"from one-at-a-time measurements on the calibration data; {measured['evaluations']} token runs)")
+    return (f"\ntoken rates measured for {target} of the dense model's: reached {measured['macs']:.3f}, output error "
+            f"{measured['error']:.3g} (relative squared, on the measuring inputs; {measured['evaluations']} runs)")
 
 
 def _token_count(site: dict, dims: dict[str, int]) -> str:
@@ -163,6 +175,8 @@ def report(result: PruneResult, args: argparse.Namespace, how: str, replayed: bo
     tokens = result.plan.meta.get("tokens")
     if tokens and tokens.get("sites"):
         print(_tokens_line(tokens, dict(args.dim)))
+    elif tokens and tokens.get("measured"):
+        print("tokens kept: all (the widths cost less output error per MAC)" + _measured_line(tokens["measured"]))
     rebuilt = result.plan.meta.get("reconstruction")
     if rebuilt:
         print(f"reconstruction: {rebuilt['stages']} stages, {rebuilt['layers refit']} layers refit, "

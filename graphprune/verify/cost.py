@@ -184,24 +184,31 @@ def projected_cost(analysis: Analysis, plan: PruningPlan, dims: dict[str, int] |
     weights shrink by the kept fraction of each pruned axis; a layer's MACs by its weight's (or, for products
     of activations, its output's) fraction."""
     fractions = kept_fractions(analysis, plan)
-    dead = set().union(*(removed_nodes(analysis.group(gid), units) for gid, units in plan.removed.items()
-                         if analysis.group(gid).blocks is not None))
-    model = analysis.model
     params = 0.0
-    for value in _distinct_initializers(model):
+    for value in _distinct_initializers(analysis.model):
         elements = weight_elements(value)
         if elements:
             params += elements * _fraction(fractions, value, value.const_value.shape.rank())
-    total = 0.0
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):  # counted as `macs` counts
+    total = sum(projected_node_macs(analysis, plan, dims, fractions).values())
+    return Cost(int(round(params)), int(round(total)))
+
+
+def projected_node_macs(analysis: Analysis, plan: PruningPlan, dims: dict[str, int] | None = None,
+                        fractions: dict[tuple[int, int], float] | None = None) -> dict[int, float]:
+    """id(node) → the MACs `plan` would leave that node (nodes with none left out), as `projected_cost` counts."""
+    fractions = kept_fractions(analysis, plan) if fractions is None else fractions
+    dead = set().union(*(removed_nodes(analysis.group(gid), units) for gid, units in plan.removed.items()
+                         if analysis.group(gid).blocks is not None))
+    counted = {}
+    for node in ir.traversal.RecursiveGraphIterator(analysis.model.graph):  # counted as `macs` counts
         base = node_macs(node).evaluate(dims) if id(node) not in dead else 0
         if not base:
             continue
         index = _COUNTERS[node.op_type][2]
         stored = stored_weight(node.inputs[index]) if 0 <= index < len(node.inputs) and node.inputs[index] else None
         if stored is not None:
-            total += base * _fraction(fractions, stored.value, stored.value.const_value.shape.rank())
+            counted[id(node)] = base * _fraction(fractions, stored.value, stored.value.const_value.shape.rank())
         else:
             out = node.outputs[0]
-            total += base * _fraction(fractions, out, len(out.shape) if out.shape is not None else 0)
-    return Cost(int(round(params)), int(round(total)))
+            counted[id(node)] = base * _fraction(fractions, out, len(out.shape) if out.shape is not None else 0)
+    return counted

@@ -21,6 +21,7 @@ from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import GraphpruneError
 from graphprune.io import runtime
 from graphprune.passes.rewrite.apply import apply_plan
+from graphprune.passes.rewrite.tokens import TokenSchedule, insert_token_reduction
 
 log = logging.getLogger("graphprune")
 TOLERANCE = 0.03  # accept a measured ratio within 3 % of the target
@@ -47,8 +48,12 @@ class LatencyProbe:
 
     def ratio(self, plan: PruningPlan) -> float:
         """Latency of the model pruned by `plan` over the dense model's, timed interleaved (the median of the
-        rounds' ratios)."""
-        pruned = runtime.session(apply_plan(self.fresh(), plan), threads=self.threads, timing=True)
+        rounds' ratios); with the token reduction the plan carries, when it does."""
+        model = apply_plan(self.fresh(), plan)
+        schedule = TokenSchedule.planned(plan.meta)
+        if schedule is not None:
+            insert_token_reduction(model, schedule)
+        pruned = runtime.session(model, threads=self.threads, timing=True)
         dense_ms, pruned_ms = runtime.interleaved_ms([self.dense, pruned], [self.feeds, self.feeds], runs=self.runs)
         return statistics.median(runtime.round_ratios(dense_ms, pruned_ms))
 

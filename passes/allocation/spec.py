@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import GraphpruneError
+from graphprune.passes.allocation.joint import joint
 from graphprune.passes.allocation.latency import LatencyProbe, search
 from graphprune.passes.allocation.latency_table import LatencyTable
 from graphprune.passes.allocation.quality import split, within_error
-from graphprune.passes.allocation.sensitivity import Compensation, measure
+from graphprune.passes.allocation.sensitivity import Compensation, Sensitivity, measure
 from graphprune.passes.allocation.strategies import RoundTo, experts, measured, ranked, spend, to_target, uniform
+from graphprune.passes.allocation.tokens import TokenSensitivity
 from graphprune.passes.calibration.sources import Feeds
 
 STRATEGIES = ("uniform", "global", "adaptive", "measured")
@@ -43,6 +45,7 @@ class Allocation:
     compensation: Compensation | None = None  # the weights a removal will get, previewed when measuring
     table: LatencyTable | None = None  # set by prune_file for fast widths and latency targets
     max_error: float | None = None  # a quality floor: held-out output error the removal may reach
+    tokens: TokenSensitivity | None = None  # token rates measured: the target is spent on tokens and widths together
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -81,7 +84,9 @@ class Allocation:
         sensitivity = measure(analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio,
                               compensation=self.compensation)
         ranking = sensitivity.ranking(analysis, scores, self.table.unit_ms(analysis) if latency else None)
-        if latency:
+        if self.tokens is not None:
+            plan = self._joint_plan(analysis, scores, sensitivity)
+        elif latency:
             total, meta = self.table.total_ms(), {"allocation": "measured", "cost": "ms", "round_to": self.round_to}
             plan = search(lambda kept: spend(analysis, scores, ranking, (1 - kept) * total, self.round_to,
                                              self.max_group_ratio, meta), self.latency, self.target[1])
@@ -95,4 +100,19 @@ class Allocation:
                             self.max_group_ratio)
         plan.meta["sensitivity"] = {str(gid): [round(float(e), 6) for e in errors]
                                     for gid, errors in sensitivity.errors.items()}
+        return plan
+
+    def _joint_plan(self, analysis: Analysis, scores: dict, sensitivity: Sensitivity) -> PruningPlan:
+        """Tokens and widths under one MACs target, or under the MACs fraction whose timed latency meets a latency
+        target (each probe times the widths and the token reduction together)."""
+        if self.target is None or self.target[0] not in ("flops", "latency"):
+            raise GraphpruneError("--tokens auto with widths spends one --target-flops or --target-latency")
+
+        def plan_at(flops: float) -> PruningPlan:
+            return joint(analysis, scores, sensitivity, self.tokens, flops, self.round_to, self.max_group_ratio)
+
+        if self.target[0] == "flops":
+            return plan_at(self.target[1])
+        plan = search(plan_at, self.latency, self.target[1])
+        plan.meta["tokens"]["measured"]["latency"] = self.target[1]
         return plan

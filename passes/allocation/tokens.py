@@ -1,12 +1,13 @@
 """Token reduction by measurement: a keep rate per block, chosen by the output error each block's reduction costs
 (measured in ONNX Runtime on the calibration data, or on random inputs at the --dim sizes) per MAC it saves,
 until the model's MACs reach the target. As the structured allocator does: sensitivity measured once per block
-and rate, the budget spent greedily where error per MAC is least, the MACs of every step counted exactly."""
+and rate, the budget spent greedily where error per MAC is least, the MACs of every step counted exactly.
+`TokenSensitivity` is also what the joint allocation (`joint.py`) spends beside widths."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import onnx_ir as ir
 
@@ -16,11 +17,12 @@ from graphprune.errors import GraphpruneError
 from graphprune.io import runtime
 from graphprune.ir.model import copy_model
 from graphprune.passes.rewrite.tokens import TokenSchedule, insert_token_reduction
-from graphprune.verify.cost import cost
+from graphprune.verify.cost import cost, node_macs
 from graphprune.verify.drift import squared_error_ratio
 
 log = logging.getLogger("graphprune")
 LEVELS = {"topk": (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3), "merge": (0.9, 0.8, 0.7, 0.6, 0.5)}
+Keeps = dict[int, float]  # block → keep rate before it (1: no reduction there)
 
 
 @dataclass
@@ -36,55 +38,118 @@ class TokenChoice:
         return {"macs": round(self.macs, 4), "error": self.error, "evaluations": self.measured}
 
 
+@dataclass
+class TokenSensitivity:
+    """The output error of `model` with tokens reduced before one block at one level (`errors[block, level]`),
+    measured on `feeds`; and what any combination of rates (`Keeps`) costs, counted on a reduced copy."""
+
+    model: ir.Model
+    base: TokenSchedule
+    blocks: tuple[int, ...]
+    dims: dict[str, int] | None
+    feeds: list[dict]
+    errors: dict[tuple[int, float], float] = field(default_factory=dict)
+    dense: list = field(default_factory=list)
+    _factors: dict[tuple[float, ...], tuple[dict[int, float], float]] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        return LEVELS[self.base.method]
+
+    def full(self) -> Keeps:
+        return dict.fromkeys(self.blocks, 1.0)
+
+    def schedule(self, keeps: Keeps) -> TokenSchedule:
+        """The schedule of these rates (a block kept whole gets no reduction ops)."""
+        reducing = tuple(b for b in self.blocks if keeps[b] < 1) or self.blocks
+        return replace(self.base, keep=tuple(keeps[b] for b in reducing), blocks=reducing)
+
+    def reduced(self, keeps: Keeps) -> tuple[ir.Model, dict[int, ir.Node]]:
+        """A reduced copy of the model, and id(node of the model) → that node in the copy."""
+        copy = copy_model(self.model)
+        twins = dict(zip(map(id, ir.traversal.RecursiveGraphIterator(self.model.graph)),
+                         ir.traversal.RecursiveGraphIterator(copy.graph), strict=True))
+        insert_token_reduction(copy, replace(self.base, keep=tuple(keeps[b] for b in self.blocks), blocks=self.blocks))
+        return copy, twins
+
+    def error_of(self, keeps: Keeps) -> float:
+        session = runtime.session(self.reduced(keeps)[0])
+        return squared_error_ratio(self.dense, [runtime.run(session, f) for f in self.feeds])
+
+    def factors(self, keeps: Keeps) -> tuple[dict[int, float], float]:
+        """Per node of the model (id) the fraction of its MACs left at these rates, and the MACs of the ops the
+        reduction inserts: a node's MACs are a product of its width and token sizes, so width pruning scales them
+        independently (`joint.py`)."""
+        key = tuple(keeps[b] for b in self.blocks)
+        if key not in self._factors:
+            copy, twins = self.reduced(keeps)
+            factors, kept = {}, set()
+            for node in ir.traversal.RecursiveGraphIterator(self.model.graph):
+                dense = node_macs(node).evaluate(self.dims)
+                if dense:
+                    factors[id(node)] = node_macs(twins[id(node)]).evaluate(self.dims) / dense
+                kept.add(id(twins[id(node)]))
+            inserted = sum(node_macs(n).evaluate(self.dims) for n in ir.traversal.RecursiveGraphIterator(copy.graph)
+                           if id(n) not in kept)
+            self._factors[key] = factors, inserted
+        return self._factors[key]
+
+
+def measure_tokens(model: ir.Model, base: TokenSchedule, dims: dict[str, int] | None,
+                   feeds: list[dict]) -> TokenSensitivity:
+    """The output error on `feeds` of reducing the tokens before each of `base`'s blocks (else every eligible
+    one) at each level, one block at a time; refused, with the reasons, when no block can reduce its tokens."""
+    flow = find_token_flow(model, base.protect)
+    blocks = base.blocks or tuple(site.block for site in flow.eligible())
+    replace(base, keep=1.0, blocks=blocks or None).chosen(flow)
+    dense_session = runtime.session(model)
+    sensitivity = TokenSensitivity(model, base, blocks, dims, feeds,
+                                   dense=[runtime.run(dense_session, f) for f in feeds])
+    pairs = [(block, level) for block in blocks for level in sensitivity.levels]
+    with progress.step("measuring token sensitivity"):
+        for block, level in progress.iterate(pairs, "measuring", "rate"):
+            sensitivity.errors[block, level] = sensitivity.error_of({**sensitivity.full(), block: level})
+    return sensitivity
+
+
 def measured_tokens(model: ir.Model, base: TokenSchedule, target: float, dims: dict[str, int] | None,
                     feeds: list[dict]) -> TokenChoice:
     """The per-block keep rates (over `base`'s blocks, else every eligible block) that bring `model`'s MACs to
     `target` × the dense model's at least error per MAC saved on `feeds`."""
-    flow = find_token_flow(model, base.protect)
-    blocks = base.blocks or tuple(site.block for site in flow.eligible())
-    probe = replace(base, keep=1.0, blocks=blocks or None)
-    probe.chosen(flow)  # refuses, with the reasons, when no block can reduce its tokens
+    tokens = measure_tokens(model, base, dims, feeds)
     dense_macs = cost(model, None, dims).macs
-    dense_session = runtime.session(model)
-    dense = [runtime.run(dense_session, f) for f in feeds]
 
-    def reduced(keeps: dict[int, float]) -> ir.Model:
-        copy = copy_model(model)
-        insert_token_reduction(copy, replace(base, keep=tuple(keeps[b] for b in blocks), blocks=blocks))
-        return copy
+    def macs_of(keeps: Keeps) -> float:
+        return cost(tokens.reduced(keeps)[0], None, dims).macs / dense_macs
 
-    def macs_of(keeps: dict[int, float]) -> float:
-        return cost(reduced(keeps), None, dims).macs / dense_macs
-
-    def error_of(keeps: dict[int, float]) -> float:
-        session = runtime.session(reduced(keeps))
-        return squared_error_ratio(dense, [runtime.run(session, f) for f in feeds])
-
-    levels = LEVELS[base.method]
-    full = dict.fromkeys(blocks, 1.0)
-    pairs = [(block, level) for block in blocks for level in levels]
-    with progress.step("measuring token sensitivity"):
-        errors = {pair: error_of({**full, pair[0]: pair[1]}) for pair in progress.iterate(pairs, "measuring", "rate")}
-    keeps, current = dict(full), 1.0
+    keeps, current = tokens.full(), 1.0
     while current > target:
         best = None
-        for block in blocks:
-            lower = [level for level in levels if level < keeps[block]]
-            if not lower:
-                continue
-            trial = {**keeps, block: lower[0]}
+        for block, lower in next_levels(tokens, keeps):
+            trial = {**keeps, block: lower}
             saved = current - macs_of(trial)
-            if saved <= 0:
-                continue
-            cost_per_mac = max(0.0, errors[block, lower[0]] - errors.get((block, keeps[block]), 0.0)) / saved
-            if best is None or cost_per_mac < best[0]:
-                best = (cost_per_mac, trial, current - saved)
+            if saved > 0 and (best is None or step_error(tokens, keeps, block, lower) / saved < best[0]):
+                best = (step_error(tokens, keeps, block, lower) / saved, trial, current - saved)
         if best is None:
             raise GraphpruneError(f"--tokens auto --target-flops {target:g}: token reduction alone reaches "
-                                  f"{current:.3f} of the MACs at the lowest rates ({levels[-1]:g} before every "
-                                  f"eligible block: {', '.join(map(str, blocks))})")
+                                  f"{current:.3f} of the MACs at the lowest rates ({tokens.levels[-1]:g} before "
+                                  f"every eligible block: {', '.join(map(str, tokens.blocks))})")
         _, keeps, current = best
-    reducing = tuple(b for b in blocks if keeps[b] < 1) or blocks  # a block kept whole gets no reduction ops
-    schedule = replace(base, keep=tuple(keeps[b] for b in reducing), blocks=reducing)
-    log.info("token rates chosen: %s (MACs %.3f)", ", ".join(f"block {b}: {keeps[b]:g}" for b in blocks), current)
-    return TokenChoice(schedule, current, error_of(keeps), len(pairs) + 1)
+    log.info("token rates chosen: %s (MACs %.3f)", ", ".join(f"block {b}: {keeps[b]:g}" for b in tokens.blocks),
+             current)
+    return TokenChoice(tokens.schedule(keeps), current, tokens.error_of(keeps), len(tokens.errors) + 1)
+
+
+def next_levels(tokens: TokenSensitivity, keeps: Keeps) -> list[tuple[int, float]]:
+    """(block, the next measured level below its rate) for every block that can go lower."""
+    steps = []
+    for block in tokens.blocks:
+        lower = [level for level in tokens.levels if level < keeps[block]]
+        if lower:
+            steps.append((block, lower[0]))
+    return steps
+
+
+def step_error(tokens: TokenSensitivity, keeps: Keeps, block: int, level: float) -> float:
+    """The measured error one more step of `block` (to `level`) adds, never negative."""
+    return max(0.0, tokens.errors[block, level] - tokens.errors.get((block, keeps[block]), 0.0))

@@ -25,7 +25,7 @@ from graphprune.ir.model import copy_model
 from graphprune.passes.allocation.latency import LatencyProbe
 from graphprune.passes.allocation.latency_table import load_or_measure, table_key
 from graphprune.passes.allocation.spec import Allocation
-from graphprune.passes.allocation.tokens import measured_tokens
+from graphprune.passes.allocation.tokens import measure_tokens, measured_tokens
 from graphprune.passes.calibration.sources import Batches, Feeds
 from graphprune.passes.calibration.spec import CalibrationSpec, calibrated
 from graphprune.passes.calibration.statistics import Calibration
@@ -168,6 +168,9 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
         previews = criterion.compensation == "weights" and stats is not None and (compensate or request.sequential)
         allocation = replace(allocation, batches=kept_batches,
                              compensation=obs_preview(analysis, stats) if previews else None)
+    if request.joint_tokens:  # one budget: the token rates are measured on the data the widths are
+        allocation = replace(allocation, tokens=measure_tokens(analysis.model, request.tokens, output.dims,
+                                                               kept_batches))
     if allocation is not None:
         allocation = _timed(allocation, analysis, source, output, model_fingerprint,
                             lambda: run_analysis(copy_model(pristine), **request.analysis_options()))
@@ -180,7 +183,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     plan.meta["prune_hidden"], plan.meta["gqa_units"] = request.prune_hidden, request.gqa_units
     plan.meta["depth"] = request.depth
     plan.meta["dims"] = output.dims
-    if request.tokens is not None:
+    if request.tokens is not None and not request.joint_tokens:  # (a joint plan carries its token rates)
         tokens, measured = request.tokens, None
         if request.token_target is not None:
             feeds = _measuring_feeds(model, request, output, kept_batches)
@@ -342,8 +345,8 @@ def _rewrite_and_save(source: Path, output: Output, analysis: Analysis, plan: Pr
             elif compensate:
                 deltas = bias_deltas(analysis, plan, stats)
             pruned = apply_plan(analysis, plan, deltas, weights)
-            if plan.meta.get("tokens"):
-                schedule = TokenSchedule.of(plan.meta["tokens"]["schedule"])
+            schedule = TokenSchedule.planned(plan.meta)
+            if schedule is not None:
                 plan.meta["tokens"].update(insert_token_reduction(pruned, schedule).as_meta())
         fusion = None
         if output.optimize:

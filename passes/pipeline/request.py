@@ -30,7 +30,8 @@ class PruneRequest:
     compensation, replacing bias and OBS compensation). `depth` also offers whole residual blocks (kind
     "block", removed by the "block" kind ratio or a measured allocation; ranked on calibration data).
     `tokens` also compiles token reduction into the graph (see `graphprune.passes.rewrite.tokens`); with
-    `token_target` its per-block rates are measured to bring the MACs to that fraction (`passes/allocation/tokens`)."""
+    `token_target` its per-block rates are measured to bring the MACs to that fraction (`passes/allocation/tokens`);
+    with `joint_tokens` they share the allocation's FLOPs or latency target with the widths (`allocation/joint`)."""
 
     criterion: str = "l2"
     ratio: float = 0.5
@@ -49,6 +50,7 @@ class PruneRequest:
     depth: bool = False
     tokens: TokenSchedule | None = None
     token_target: float | None = None  # MACs fraction the token keep rates are measured to reach (tokens only)
+    joint_tokens: bool = False  # the keep rates measured beside the widths, under the allocation's one target
 
     @property
     def spec(self) -> CalibrationSpec:
@@ -79,8 +81,20 @@ class PruneRequest:
         if self.tokens is not None:
             self.tokens.check()
         if self.token_target is not None and (self.tokens is None or self.requested()):
-            raise GraphpruneError("--tokens auto spends --target-flops on token reduction alone: give no width ratio "
-                                  "or other target with it (one budget over tokens and widths together is not built)")
+            raise GraphpruneError("--tokens auto with --ratio 0 spends --target-flops on token reduction alone: give "
+                                  "no width ratio or other target with it")
+        if self.tokens is not None and self.depth:
+            raise GraphpruneError("--tokens with depth pruning (--depth, --block-ratio): a removed residual block "
+                                  "moves the blocks token reduction goes before; give one of them")
+        if self.joint_tokens:
+            target = self.allocation.target if self.allocation is not None else None
+            if self.tokens is None or not self.measures or target is None or target[0] == "params":
+                raise GraphpruneError("--tokens auto spends one --target-flops or --target-latency on tokens and "
+                                      "widths together, measured on calibration data: pass --calib FILE or "
+                                      "--data-free with the default method (or --ratio 0 for tokens alone)")
+            if self.allocation.kind_ratios or self.allocation.expert_ratio:
+                raise GraphpruneError("--tokens auto spends one target over tokens and widths: give no per-kind or "
+                                      "expert ratio with it")
         if self.depth and not spec.wanted():
             raise GraphpruneError("depth pruning ranks residual blocks on calibration data: pass --calib FILE or "
                                   "--data-free")

@@ -47,6 +47,12 @@ class TokenSchedule:
                    recorded.get("score", "received"), recorded.get("protect", 1), recorded.get("restore", "nearest"),
                    recorded.get("method", "topk"))
 
+    @classmethod
+    def planned(cls, meta: dict) -> TokenSchedule | None:
+        """The schedule a plan's metadata carries, if it reduces tokens."""
+        recorded = (meta.get("tokens") or {}).get("schedule")
+        return cls.of(recorded) if recorded else None
+
     def rates(self) -> tuple[float, ...]:
         return self.keep if isinstance(self.keep, tuple) else (self.keep,)
 
@@ -154,10 +160,11 @@ def insert_token_reduction(model: ir.Model, schedule: TokenSchedule, flow: Token
         before, count, sizes = count, reduction.kept, reduction.sizes
         total = reduction.index if total is None else b.op("GatherElements", total, reduction.index, axis=1)
         kept[site.block] = reduction.index, reduction.nearest
+        size = count if isinstance(count, int) else ir.SymbolicDim(count)
+        _declare(reduction.hidden, site.hidden, size)
         for node, i in list(site.hidden.uses()):
             if node in site.walk.steps:
                 node.replace_input_with(i, reduction.hidden)
-        size = count if isinstance(count, int) else ir.SymbolicDim(count)
         for node, step in site.walk.steps.items():
             if level.get(node) is site:
                 _fix_node(b, node, step, total, count, site, sites, new_inputs)
@@ -189,6 +196,16 @@ def _downstream(points: set[ir.Value], site: TokenSite) -> set[ir.Node]:
             nodes.add(node)
             reached.update(node.outputs)
     return nodes
+
+
+def _declare(reduced: ir.Value, hidden: ir.Value, size: int | ir.SymbolicDim) -> None:
+    """Give the reduced hidden states the block input's type and shape at the reduced count (the MACs of the
+    layers reading them are counted from it)."""
+    reduced.dtype = reduced.dtype or hidden.dtype
+    if reduced.shape is None and hidden.shape is not None:
+        dims = list(hidden.shape)
+        dims[TOKEN_AXIS] = size
+        reduced.shape = ir.Shape(dims)
 
 
 def _resize(node: ir.Node, site: TokenSite, size: int | ir.SymbolicDim) -> None:

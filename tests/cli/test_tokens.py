@@ -90,3 +90,33 @@ def test_measured_token_rates_reach_the_flops_target(capsys, exported, tmp_path)
         code, _, err = run_cli(capsys, "prune", bert, "-o", tmp_path / "b.onnx", "--tokens", "auto", *extra)
         assert_one_line_error(code, err)
         assert message in err and not (tmp_path / "b.onnx").exists()
+
+
+def _macs_ratio(out: str) -> float:
+    return float(next(line for line in out.splitlines() if line.startswith("MACs ")).split()[-1].rstrip("x"))
+
+
+def test_one_budget_over_tokens_and_widths(capsys, exported, tmp_path):
+    """--tokens auto with calibration data spends --target-flops on token rates and widths together: the target is
+    reached, the written MACs are those the allocation counted, the plan replays to the same model. Requests the
+    joint budget cannot serve are refused before anything is written."""
+    vit = exported("vit", False)
+    plan = tmp_path / "plan.json"
+    code, out, err = run_cli(capsys, "prune", vit, "-o", tmp_path / "j.onnx", "--tokens", "auto", "--target-flops",
+                             "0.6", "--data-free", "--save-plan", plan)
+    assert code == 0, err
+    reached = float(out.split("of the dense model's: reached ")[1].split(" ")[0])
+    assert "one budget over tokens and widths" in out and reached <= 0.6
+    assert abs(_macs_ratio(out) - reached) < 0.005
+    code, replayed, err = run_cli(capsys, "apply", vit, plan, "-o", tmp_path / "r.onnx", "--data-free")
+    assert code == 0, err
+    kept = next(line for line in out.splitlines() if line.startswith("tokens kept"))
+    assert _macs_ratio(replayed) == _macs_ratio(out) and kept in replayed
+    for extra, message in [(["--tokens", "auto", "--data-free"], "give one"),
+                           (["--tokens", "auto", "--target-params", "0.5", "--data-free"], "give one"),
+                           (["--tokens", "auto", "--target-flops", "0.6", "--data-free", "--criterion", "l2"],
+                            "the default method"),
+                           (["--tokens", "0.7", "--depth", "--data-free"], "depth pruning")]:
+        code, _, err = run_cli(capsys, "prune", vit, "-o", tmp_path / "b.onnx", *extra)
+        assert_one_line_error(code, err)
+        assert message in err and not (tmp_path / "b.onnx").exists()
