@@ -79,8 +79,7 @@ def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model | str |
         if dense is not None:
             break
     actual[ran], pruned_outputs = _run(pruned, feeds, dims, side)
-    sized = "".join(f"{name}={size}, " for name, size in sorted((dims or {}).items()))
-    inputs = "the given inputs" if feeds is not None else f"random inputs, {sized}batch 1, other symbolic axes {side}"
+    inputs = "the given inputs" if feeds is not None else _random_sizes(dims, side)
     result = Verification(inputs=inputs)
     if dense is not None and pruned_outputs is not None:
         if broken := new_non_finite(dense, pruned_outputs):
@@ -97,3 +96,9 @@ def verify_like(original: ir.Model | str | os.PathLike, pruned: ir.Model | str |
     return result
 
 
+def _random_sizes(dims: dict[str, int] | None, side: int) -> str:
+    """At which sizes random inputs ran: the --dim sizes, then the rest (leading symbolic axes 1, others `side`)."""
+    if not dims:
+        return f"random inputs, batch 1, other symbolic axes {side}"
+    sized = ", ".join(f"{name}={size}" for name, size in sorted(dims.items()))
+    return f"random inputs, {sized}, other symbolic axes {side}" + (", leading ones 1" if side != 1 else "")
