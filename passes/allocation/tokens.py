@@ -65,11 +65,13 @@ class TokenSensitivity:
         return replace(self.base, keep=tuple(keeps[b] for b in reducing), blocks=reducing)
 
     def reduced(self, keeps: Keeps) -> tuple[ir.Model, dict[int, ir.Node]]:
-        """A reduced copy of the model, and id(node of the model) → that node in the copy."""
+        """A copy of the model reduced as `schedule(keeps)` writes it (nothing inserted where every block keeps all
+        its tokens), and id(node of the model) → that node in the copy."""
         copy = copy_model(self.model)
         twins = dict(zip(map(id, ir.traversal.RecursiveGraphIterator(self.model.graph)),
                          ir.traversal.RecursiveGraphIterator(copy.graph), strict=True))
-        insert_token_reduction(copy, replace(self.base, keep=tuple(keeps[b] for b in self.blocks), blocks=self.blocks))
+        if any(keeps[b] < 1 for b in self.blocks):
+            insert_token_reduction(copy, self.schedule(keeps))
         return copy, twins
 
     def error_of(self, keeps: Keeps) -> float:
