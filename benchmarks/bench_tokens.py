@@ -23,6 +23,7 @@ from graphprune.io import runtime
 from graphprune.models.minilm import corpus_sentences, export_minilm, model_dir
 from graphprune.passes import CalibrationSpec, prune_file
 from graphprune.passes.allocation.spec import Allocation
+from graphprune.passes.calibration.sources import token_batches
 from graphprune.passes.pipeline.prune import PruneResult
 from graphprune.passes.pipeline.request import Output, PruneRequest
 from graphprune.passes.rewrite.tokens import TokenSchedule
@@ -31,17 +32,14 @@ WIDTH = {"head": 0.25, "neuron": 0.3}  # the structured setting the issue compar
 
 
 def documents(sentences: list[str], seq: int, rows: int, padded: bool) -> dict[str, np.ndarray]:
-    """`rows` token rows of length `seq`: consecutive sentences joined and cut at `seq` tokens, or (`padded`)
-    one sentence per row padded to `seq`, as a fixed-shape serving batch is."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=seq)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=seq)
-    texts = sentences[:rows] if padded else [" ".join(sentences[i * 40:(i + 1) * 40]) for i in range(rows)]
-    encoded = tokenizer.encode_batch(texts)
-    return {"input_ids": np.array([e.ids for e in encoded], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)}
+    """At most `rows` token rows of `seq` tokens: consecutive sentences packed into documents, or (`padded`) one
+    sentence per row padded to `seq`, as a fixed-shape serving batch is — what `--calib-length` makes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "text.txt"
+        text.write_text("\n".join(sentences))
+        (feeds,) = token_batches(text, ["input_ids", "attention_mask"], rows, rows, model_dir() / "tokenizer.json",
+                                 seq, not padded)
+    return feeds
 
 
 def pooled(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -84,26 +82,30 @@ def minilm(folder: Path, args: argparse.Namespace) -> list[list]:
 
 def one_budget(folder: Path, args: argparse.Namespace) -> list[list]:
     """At each MACs target (counted at 128 tokens): token rates alone, widths alone (the default calibrated
-    method) and one budget over both, on 128-token documents and padded sentences."""
+    method) and one budget over both, on 128-token documents and on padded sentences — each calibrated on
+    held-in text of the same form (--calib-length 128, packed for documents), as a user serving it would."""
     calibration, evaluation = corpus_sentences()
     dense = export_minilm(folder / "minilm.onnx", dynamo=False)
-    (folder / "calib.txt").write_text("\n".join(calibration[: args.samples]))
-    spec = CalibrationSpec(str(folder / "calib.txt"), samples=args.samples, batch_size=16,
-                           tokenizer=str(model_dir() / "tokenizer.json"))
-    auto, made, results = TokenSchedule(1.0), {}, {}
-    for target in args.budget:
-        settings = {"tokens alone": PruneRequest(ratio=0.0, tokens=auto, token_target=target, calibration=spec),
-                    "widths alone": None, "one budget": auto}
-        for name, tokens in settings.items():
-            request = tokens if isinstance(tokens, PruneRequest) else PruneRequest(
-                "obs", calibration=spec, sequential=True, tokens=tokens, joint_tokens=tokens is not None,
-                allocation=Allocation("measured", target=("flops", target), dims={"batch": 1, "seq": 128}))
-            key = f"MACs {target:g}: {name}"
-            made[key] = folder / f"budget-{len(made)}.onnx"
-            started = time.perf_counter()
-            results[key] = prune_file(dense, Output(made[key], dims={"batch": 1, "seq": 128}), request)
-            print("made", key, f"{time.perf_counter() - started:.0f} s", flush=True)
-    return _evaluate(dense, made, results, evaluation, [(128, 8, False), (128, 8, True)], args)
+    (folder / "calib.txt").write_text("\n".join(calibration))
+    auto, rows = TokenSchedule(1.0), []
+    for padded in (False, True):
+        spec = CalibrationSpec(str(folder / "calib.txt"), samples=args.samples, batch_size=16,
+                               tokenizer=str(model_dir() / "tokenizer.json"), length=128, pack=not padded)
+        made, results = {}, {}
+        for target in args.budget:
+            settings = {"tokens alone": PruneRequest(ratio=0.0, tokens=auto, token_target=target, calibration=spec),
+                        "widths alone": None, "one budget": auto}
+            for name, tokens in settings.items():
+                request = tokens if isinstance(tokens, PruneRequest) else PruneRequest(
+                    "obs", calibration=spec, sequential=True, tokens=tokens, joint_tokens=tokens is not None,
+                    allocation=Allocation("measured", target=("flops", target), dims={"batch": 1, "seq": 128}))
+                key = f"MACs {target:g}: {name}"
+                made[key] = folder / f"budget-{padded}-{len(made)}.onnx"
+                started = time.perf_counter()
+                results[key] = prune_file(dense, Output(made[key], dims={"batch": 1, "seq": 128}), request)
+                print("made", key, f"{time.perf_counter() - started:.0f} s", flush=True)
+        rows += _evaluate(dense, made, results, evaluation, [(128, 8, padded)], args)
+    return rows
 
 
 def _evaluate(dense: Path, made: dict[str, Path], results: dict[str, PruneResult], evaluation: list[str],

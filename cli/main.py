@@ -170,7 +170,8 @@ def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:
     image = ImageSpec(tuple(args.image_size), tuple(args.image_mean), tuple(args.image_std), args.image_layout,
                       args.grayscale)
     return CalibrationSpec(args.calib, args.data_free, args.samples, args.batch_size, image=image,
-                           match_bn=args.match_bn, tokenizer=args.tokenizer, smooth_images=args.smooth_images)
+                           match_bn=args.match_bn, tokenizer=args.tokenizer, smooth_images=args.smooth_images,
+                           length=args.calib_length, pack=args.calib_pack)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -292,6 +293,11 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
                         "line: token ids, or raw text with --tokenizer), or a folder of images")
     p.add_argument("--tokenizer", metavar="tokenizer.json",
                    help="encode a .txt of raw text with this Hugging Face tokenizer (needs the tokenizers library)")
+    p.add_argument("--calib-length", type=options.positive_int, metavar="N",
+                   help="text calibration rows of N tokens: each line padded to N (cut when longer), as a fixed-shape "
+                        "serving batch is; measured token rates depend on the length they are measured at")
+    p.add_argument("--calib-pack", action="store_true",
+                   help="with --calib-length, fill each row with consecutive lines (documents of N tokens)")
     p.add_argument("--image-size", type=options.positive_int, nargs=2, metavar=("H", "W"), default=(224, 224),
                    help="resize calibration images to H x W; with --data-free, the size of synthetic images where the "
                         "model's input leaves it open (default 224 224)")

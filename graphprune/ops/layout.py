@@ -58,7 +58,7 @@ def align_blocks(src: list, dst: list) -> list[Block] | None:
 Product = tuple[int, tuple[str, ...]]  # a size as a constant times a sorted multiset of symbolic dims
 
 
-def _product(dim: int | str | None) -> Product | None:
+def size_product(dim: int | str | None) -> Product | None:
     """A static size, a symbol, or a product of them as shape inference writes it ("seq*batch")."""
     if isinstance(dim, int):
         return dim, ()
@@ -95,19 +95,19 @@ def _grow_block(src: list, dst: list, i: int, j: int) -> Block | None:
     """Extend a block from src[i], dst[j] until both sides have the same product (static sizes compared by
     value, symbolic ones as multisets of symbols)."""
     left, right = [i], [j]
-    p, q = _product(src[i]), _product(dst[j])
+    p, q = size_product(src[i]), size_product(dst[j])
     while p is not None and q is not None and p != q:
         grow_left = _smaller(p, q)
         if grow_left is None:
             return None
         if grow_left:
             i += 1
-            factor = _product(src[i]) if i < len(src) else None
+            factor = size_product(src[i]) if i < len(src) else None
             left.append(i)
             p = None if factor is None else _times(p, factor)
         else:
             j += 1
-            factor = _product(dst[j]) if j < len(dst) else None
+            factor = size_product(dst[j]) if j < len(dst) else None
             right.append(j)
             q = None if factor is None else _times(q, factor)
     return (left, right) if p is not None and q is not None else None

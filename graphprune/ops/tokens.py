@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ir.values import attr_int, const_of, int_list
+from graphprune.ops.layout import align_blocks
 
 Axes = frozenset  # frozenset[int]: the token axes of one tensor
 
@@ -22,13 +23,15 @@ Axes = frozenset  # frozenset[int]: the token axes of one tensor
 @dataclass
 class TokenStep:
     """A rule's answer: token axes per output index; outside inputs to gather (input index → their token axes);
-    the output axis of a Reshape/Expand whose shape entry holds the token count; `pooled` when the op reads
+    the output axis of a Reshape/Expand whose shape entry holds the token count (times the sizes of the other
+    `entry_axes` of the data, where the tokens are merged with them); `pooled` when the op reads
     the token axis away (mean pooling, a protected leading token picked); `sizes` when the outputs are sizes read
     from the reduced tokens (which may then only feed Reshape targets)."""
 
     outputs: dict[int, Axes] = field(default_factory=dict)
     gathers: dict[int, Axes] = field(default_factory=dict)
     shape_entry: int | None = None
+    entry_axes: tuple[int, ...] | None = None  # the data axes whose sizes multiply to it (None: the token count)
     pooled: str | None = None
     sizes: bool = False
 
@@ -151,6 +154,16 @@ def _matmul(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenSte
     return TokenStep({0: Axes(out)})
 
 
+@token_rule("Gemm")
+def _gemm(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
+    """A linear layer over rows of tokens: A's rows carry them; the weight and the bias never do."""
+    if set(axes) != {0} or axes[0] != Axes({0}) or attr_int(node, "transA", 0):
+        return "Gemm: only the rows of A may carry tokens"
+    if any(ctx.is_tokens(s) for v in node.inputs[1:] for s in (ctx.shape(v) or [])):
+        return "Gemm: the weight or the bias has an axis of the token count"
+    return TokenStep({0: Axes({0})})
+
+
 @token_rule("Transpose")
 def _transpose(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
     rank = _rank(ctx, node.inputs[0])
@@ -187,8 +200,9 @@ def _same_size(a: list, b: list) -> bool:
 
 @token_rule("Reshape")
 def _reshape(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenStep | str:
-    """A Reshape that keeps the token axis whole (the sizes before it multiply the same on both sides) carries
-    it; its shape entry there is rewritten to the reduced count."""
+    """A Reshape that keeps the token axis whole, merges it as the outermost factor with the axes after it (rows
+    of tokens × batch, as torch's attention writes before its output projection) or splits such a merged axis
+    back with the tokens outermost; its shape entry there is rewritten to the reduced size."""
     if set(axes) != {0} or len(axes[0]) != 1:
         return "Reshape: the token axis must reach its data input once"
     (axis,) = axes[0]
@@ -197,8 +211,12 @@ def _reshape(node: ir.Node, axes: dict[int, Axes], ctx: TokenContext) -> TokenSt
         return "Reshape: shapes unknown"
     for out_axis, size in enumerate(after):
         if ctx.is_tokens(size) and _same_size(before[:axis], after[:out_axis]):
-            return TokenStep({0: Axes({out_axis})}, shape_entry=out_axis)
-    return "Reshape merges or splits the token axis"
+            entry = (axis,) if ctx.is_tokens(before[axis]) else None  # None: a merged axis split, tokens outermost
+            return TokenStep({0: Axes({out_axis})}, shape_entry=out_axis, entry_axes=entry)
+    block = next((b for b in align_blocks(before, after) or [] if axis in b[0]), None)
+    if block is not None and block[0][0] == axis and len(block[1]) == 1 and ctx.is_tokens(before[axis]):
+        return TokenStep({0: Axes(block[1])}, shape_entry=block[1][0], entry_axes=tuple(block[0]))
+    return "Reshape merges the token axis under another or splits it"
 
 
 @token_rule("Split")

@@ -83,10 +83,12 @@ class Allocation:
         groups = [g for g in analysis.prunable() if g.kind != "expert"]
         sensitivity = measure(analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio,
                               compensation=self.compensation)
-        ranking = sensitivity.ranking(analysis, scores, self.table.unit_ms(analysis) if latency else None)
-        if self.tokens is not None:
+        if self.tokens is not None:  # ranked by error per MAC there
             plan = self._joint_plan(analysis, scores, sensitivity)
-        elif latency:
+            plan.meta["sensitivity"] = _errors(sensitivity)
+            return plan
+        ranking = sensitivity.ranking(analysis, scores, self.table.unit_ms(analysis) if latency else None)
+        if latency:
             total, meta = self.table.total_ms(), {"allocation": "measured", "cost": "ms", "round_to": self.round_to}
             plan = search(lambda kept: spend(analysis, scores, ranking, (1 - kept) * total, self.round_to,
                                              self.max_group_ratio, meta), self.latency, self.target[1])
@@ -98,8 +100,7 @@ class Allocation:
         else:
             plan = measured(analysis, scores, ranking, self.ratio, self.round_to, self.kind_ratios,
                             self.max_group_ratio)
-        plan.meta["sensitivity"] = {str(gid): [round(float(e), 6) for e in errors]
-                                    for gid, errors in sensitivity.errors.items()}
+        plan.meta["sensitivity"] = _errors(sensitivity)
         return plan
 
     def _joint_plan(self, analysis: Analysis, scores: dict, sensitivity: Sensitivity) -> PruningPlan:
@@ -116,3 +117,8 @@ class Allocation:
         plan = search(plan_at, self.latency, self.target[1])
         plan.meta["tokens"]["measured"]["latency"] = self.target[1]
         return plan
+
+
+def _errors(sensitivity: Sensitivity) -> dict[str, list[float]]:
+    """The measured error curves, as the plan records them."""
+    return {str(gid): [round(float(e), 6) for e in errors] for gid, errors in sensitivity.errors.items()}

@@ -51,6 +51,7 @@ class TokenSensitivity:
     errors: dict[tuple[int, float], float] = field(default_factory=dict)
     dense: list = field(default_factory=list)
     _factors: dict[tuple[float, ...], tuple[dict[int, float], float]] = field(default_factory=dict)
+    _dense_macs: dict[int, float] = field(default_factory=dict)  # id(node) → its MACs at dims (nodes with some)
 
     @property
     def levels(self) -> tuple[float, ...]:
@@ -83,14 +84,14 @@ class TokenSensitivity:
         reduction inserts: a node's MACs are a product of its width and token sizes, so width pruning scales them
         independently (`joint.py`)."""
         key = tuple(keeps[b] for b in self.blocks)
+        if not self._dense_macs:
+            nodes = ir.traversal.RecursiveGraphIterator(self.model.graph)
+            self._dense_macs.update((id(n), m) for n in nodes if (m := node_macs(n).evaluate(self.dims)))
         if key not in self._factors:
             copy, twins = self.reduced(keeps)
-            factors, kept = {}, set()
-            for node in ir.traversal.RecursiveGraphIterator(self.model.graph):
-                dense = node_macs(node).evaluate(self.dims)
-                if dense:
-                    factors[id(node)] = node_macs(twins[id(node)]).evaluate(self.dims) / dense
-                kept.add(id(twins[id(node)]))
+            factors = {node: node_macs(twins[node]).evaluate(self.dims) / dense
+                       for node, dense in self._dense_macs.items()}
+            kept = set(map(id, twins.values()))
             inserted = sum(node_macs(n).evaluate(self.dims) for n in ir.traversal.RecursiveGraphIterator(copy.graph)
                            if id(n) not in kept)
             self._factors[key] = factors, inserted
@@ -104,6 +105,7 @@ def measure_tokens(model: ir.Model, base: TokenSchedule, dims: dict[str, int] | 
     flow = find_token_flow(model, base.protect)
     blocks = base.blocks or tuple(site.block for site in flow.eligible())
     replace(base, keep=1.0, blocks=blocks or None).chosen(flow)
+    _check_length(model, flow.tokens, dims, feeds)
     dense_session = runtime.session(model)
     sensitivity = TokenSensitivity(model, base, blocks, dims, feeds,
                                    dense=[runtime.run(dense_session, f) for f in feeds])
@@ -112,6 +114,22 @@ def measure_tokens(model: ir.Model, base: TokenSchedule, dims: dict[str, int] | 
         for block, level in progress.iterate(pairs, "measuring", "rate"):
             sensitivity.errors[block, level] = sensitivity.error_of({**sensitivity.full(), block: level})
     return sensitivity
+
+
+def _check_length(model: ir.Model, tokens: object, dims: dict[str, int] | None, feeds: list[dict]) -> None:
+    """Warn when the measuring inputs are not as long as the sequence the MACs are counted at: the error of
+    dropping a share of the tokens depends on how many there are (and how many of them are padding)."""
+    counted = (dims or {}).get(tokens) if isinstance(tokens, str) else None
+    if counted is None:
+        return
+    lengths = sorted({feed[value.name].shape[axis] for feed in feeds for value in model.graph.inputs
+                      if value.name in feed and value.shape is not None
+                      for axis, size in enumerate(value.shape) if str(size) == tokens})
+    if lengths and lengths != [counted]:
+        span = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}–{lengths[-1]}"
+        log.warning("token rates are measured on rows of %s tokens but the MACs are counted at %s=%d: the error "
+                    "of dropping tokens depends on the length; calibrate at the length you serve "
+                    "(--calib-length %d, with --calib-pack for documents)", span, tokens, counted, counted)
 
 
 def measured_tokens(model: ir.Model, base: TokenSchedule, target: float, dims: dict[str, int] | None,

@@ -87,32 +87,41 @@ def file_batches(path: str | os.PathLike, input_names: list[str], batch_size: in
 
 
 def token_batches(path: str | os.PathLike, input_names: list[str], batch_size: int,
-                  samples: int | None = None, tokenizer: str | os.PathLike | None = None) -> Batches:
+                  samples: int | None = None, tokenizer: str | os.PathLike | None = None,
+                  length: int | None = None, pack: bool = False) -> Batches:
     """Batches from a text file, one sequence per line: token ids (whitespace-separated integers), or raw
     text encoded by `tokenizer` (a Hugging Face tokenizer.json, with the `tokenizers` library). The ids input
-    (`input_ids`, or the model's first input) is right-padded with 0; `attention_mask` and `token_type_ids`
-    are added when the model has such inputs."""
+    (`input_ids`, or the model's first input) is right-padded with 0 — to `length` tokens when given (longer
+    lines cut), as a fixed-shape serving batch is; `pack` instead joins consecutive lines into rows of exactly
+    `length` tokens, as long documents are. `attention_mask` and `token_type_ids` are added when the model has
+    such inputs."""
     path = Path(path)
     try:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise GraphpruneError(f"{path}: not a readable text file") from exc
-    lines = lines[:samples] if samples else lines
+    lines = lines[:samples] if samples and not pack else lines
     if not lines:
         raise GraphpruneError(f"{path}: no sequences (one per line)")
     if tokenizer is not None:
-        sequences = _encode(lines, tokenizer)
+        sequences = _encode(lines, tokenizer, length if pack else None)
     else:
         try:
             sequences = [np.array([int(t) for t in line.split()], dtype=np.int64) for line in lines]
         except ValueError as exc:
             raise GraphpruneError(f"{path}: not a token-id file (one line of integers per sequence); for raw "
                                   "text pass --tokenizer tokenizer.json") from exc
-    return Batches(len(sequences), str(path), _token_feeds(sequences, input_names, batch_size))
+        if pack:
+            stream = np.concatenate(sequences)
+            sequences = [stream[i:i + length] for i in range(0, len(stream) - length + 1, length)] or [stream]
+    sequences = [s[:length] for s in sequences[:samples]] if length else sequences
+    return Batches(len(sequences), str(path), _token_feeds(sequences, input_names, batch_size, length))
 
 
-def _encode(lines: list[str], tokenizer: str | os.PathLike) -> list[np.ndarray]:
-    """Token ids of each line, special tokens included, truncated as the tokenizer says (else to 512)."""
+def _encode(lines: list[str], tokenizer: str | os.PathLike, pack: int | None = None) -> list[np.ndarray]:
+    """Token ids of each line, special tokens included, truncated as the tokenizer says (else to 512); with
+    `pack`, of consecutive lines joined until they fill `pack` tokens (a last, shorter row only if it is the
+    only one)."""
     try:
         from tokenizers import Tokenizer
     except ImportError as exc:
@@ -122,20 +131,33 @@ def _encode(lines: list[str], tokenizer: str | os.PathLike) -> list[np.ndarray]:
         encoder = Tokenizer.from_file(str(tokenizer))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types
         raise GraphpruneError(f"{tokenizer}: not a readable tokenizer.json") from exc
-    if encoder.truncation is None:
+    if pack:
+        encoder.enable_truncation(pack)
+    elif encoder.truncation is None:
         encoder.enable_truncation(512)
     encoder.no_padding()
-    return [np.array(encoding.ids, dtype=np.int64) for encoding in encoder.encode_batch(lines)]
+    if not pack:
+        return [np.array(encoding.ids, dtype=np.int64) for encoding in encoder.encode_batch(lines)]
+    rows, joined = [], []
+    for line in lines:
+        joined.append(line)
+        ids = encoder.encode(" ".join(joined)).ids
+        if len(ids) >= pack:
+            rows.append(np.array(ids, dtype=np.int64))
+            joined = []
+    return rows or [np.array(encoder.encode(" ".join(joined)).ids, dtype=np.int64)]
 
 
-def _token_feeds(sequences: list[np.ndarray], input_names: list[str], batch_size: int) -> Iterator[Feeds]:
+def _token_feeds(sequences: list[np.ndarray], input_names: list[str], batch_size: int,
+                 length: int | None = None) -> Iterator[Feeds]:
     """Batches of sequences of similar length (sorted, stable): padding positions are computed but mean
-    nothing, so the fewer there are, the less they weigh in the statistics."""
+    nothing, so the fewer there are, the less they weigh in the statistics. With `length`, every row is
+    padded to it."""
     ids_name = "input_ids" if "input_ids" in input_names else input_names[0]
     sequences = sorted(sequences, key=len)
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start:start + batch_size]
-        width = max(len(s) for s in chunk)
+        width = length or max(len(s) for s in chunk)
         ids = np.zeros((len(chunk), width), dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, sequence in enumerate(chunk):

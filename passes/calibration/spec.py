@@ -33,6 +33,8 @@ class CalibrationSpec:
     match_bn: bool = False
     tokenizer: str | None = None
     smooth_images: bool = False
+    length: int | None = None  # text rows padded (or, with `pack`, filled) to this many tokens
+    pack: bool = False
 
     def wanted(self) -> bool:
         return self.path is not None or self.data_free
@@ -48,6 +50,11 @@ class CalibrationSpec:
             raise GraphpruneError(f"{self.tokenizer}: no such tokenizer file")
         if self.smooth_images and not (self.data_free and self.path is None):
             raise GraphpruneError("--smooth-images shapes synthetic images: it needs --data-free (and no --calib)")
+        if self.pack and self.length is None:
+            raise GraphpruneError("--calib-pack fills rows of --calib-length tokens: give --calib-length N")
+        if self.length is not None and (self.length < 1 or Path(self.path or "").suffix != ".txt"):
+            raise GraphpruneError(f"--calib-length shapes text calibration (a .txt, {self.length} ≥ 1 tokens per "
+                                  f"row); {self.path or 'synthetic data'} has shapes of its own")
 
     def open(self, model: ir.Model, seed: int = 0) -> Batches:
         """The batches this spec names, checked against `model`'s inputs (the first batch right away); call
@@ -56,7 +63,8 @@ class CalibrationSpec:
         if self.path and Path(self.path).is_dir():
             batches = image_batches(self.path, inputs[0], self.image or ImageSpec(), self.batch_size, self.samples)
         elif self.path and Path(self.path).suffix == ".txt":
-            batches = token_batches(self.path, inputs, self.batch_size, self.samples, self.tokenizer)
+            batches = token_batches(self.path, inputs, self.batch_size, self.samples, self.tokenizer,
+                                    self.length, self.pack)
         elif self.path:
             batches = file_batches(self.path, inputs, self.batch_size, self.samples)
         elif self.data_free:

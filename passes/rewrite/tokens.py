@@ -10,6 +10,7 @@ token standing for them (or their value when dropped). A keep rate of 1 computes
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from graphprune.analysis.tokens import TOKEN_AXIS, TokenFlow, TokenSite, find_token_flow
 from graphprune.errors import GraphpruneError
 from graphprune.ir.values import const_of, is_constant, shape_of
+from graphprune.ops.layout import size_product
 from graphprune.passes.rewrite.token_graph import INT64_MAX, Reduction, TokenBuilder
 from graphprune.passes.rewrite.token_merge import merge, merged_count
 
@@ -168,7 +170,7 @@ def insert_token_reduction(model: ir.Model, schedule: TokenSchedule, flow: Token
         for node, step in site.walk.steps.items():
             if level.get(node) is site:
                 _fix_node(b, node, step, total, count, site, sites, new_inputs)
-                _resize(node, site, size)
+                _resize(node, site, before, size)
         if sizes is not None:  # proportional attention in the blocks up to the next site
             end = sites[n + 1].block if n + 1 < len(sites) else flow.blocks
             log_sizes = b.op("Unsqueeze", b.op("Log", sizes), b.const([1, 2]))
@@ -208,15 +210,32 @@ def _declare(reduced: ir.Value, hidden: ir.Value, size: int | ir.SymbolicDim) ->
         reduced.shape = ir.Shape(dims)
 
 
-def _resize(node: ir.Node, site: TokenSite, size: int | ir.SymbolicDim) -> None:
-    """Declare the reduced token count on the token axes of the node's outputs."""
+def _resize(node: ir.Node, site: TokenSite, before: object, size: int | ir.SymbolicDim) -> None:
+    """Declare the reduced token count on the token axes of the node's outputs (`before`: the count there was)."""
     for value in node.outputs:
         axes = site.walk.axes.get(value)
         if axes and value.shape is not None:
             dims = list(value.shape)
             for axis in axes:
-                dims[axis] = size
+                dims[axis] = _resized(dims[axis], before, size)
             value.shape = ir.Shape(dims)
+
+
+def _resized(dim: int | ir.SymbolicDim, before: object, size: int | ir.SymbolicDim) -> int | ir.SymbolicDim:
+    """A token axis's size at the reduced count: where the tokens are merged with other axes (rows of tokens ×
+    batch, its size a product with the count as a factor) the count times the rest, else the count."""
+    value = dim.value if isinstance(dim, ir.SymbolicDim) else dim
+    count = f"({size.value})" if isinstance(size, ir.SymbolicDim) else str(size)
+    if isinstance(value, str) and value.startswith(f"({before})*"):  # merged at an earlier site, as written here
+        return ir.SymbolicDim(count + value[len(f"({before})"):])
+    whole, tokens = size_product(value), size_product(before)
+    if value == before or whole is None or tokens is None or whole[0] % tokens[0] \
+            or not Counter(tokens[1]) <= Counter(whole[1]):
+        return size
+    constant, symbols = whole[0] // tokens[0], list((Counter(whole[1]) - Counter(tokens[1])).elements())
+    if not symbols and isinstance(size, int):
+        return constant * size
+    return ir.SymbolicDim("*".join([count, *([str(constant)] if constant != 1 else []), *symbols]))
 
 
 def _choose(b: TokenBuilder, site: TokenSite, schedule: TokenSchedule, keep: float, mask: ir.Value | None,
@@ -254,18 +273,27 @@ def _fix_node(b: TokenBuilder, node: ir.Node, step, total: ir.Value, count: obje
         node.replace_input_with(index, b.gathered[key])
         new_inputs[(node, index)] = b.gathered[key]
     if step.shape_entry is not None:
-        node.replace_input_with(1, _shape_with(b, node, step.shape_entry, site, count))
+        node.replace_input_with(1, _shape_with(b, node, step, total, count))
 
 
-def _shape_with(b: TokenBuilder, node: ir.Node, entry: int, site: TokenSite, count: object) -> ir.Value:
-    """The node's shape input with `entry` set to the reduced token count (a constant when it is known)."""
-    shape, data_axes = node.inputs[1], site.walk.axes[node.inputs[0]]
-    constant = const_of(shape)
-    if constant is not None and isinstance(count, int):
+def _shape_with(b: TokenBuilder, node: ir.Node, step, total: ir.Value, count: object) -> ir.Value:
+    """The node's shape input with its token entry set to the reduced size: the kept count, or the product of the
+    data axes merged there (a constant when it is known; an entry of -1 is left to infer)."""
+    shape, entry, data = node.inputs[1], step.shape_entry, node.inputs[0]
+    constant, merged = const_of(shape), step.entry_axes is not None and len(step.entry_axes) > 1
+    if constant is not None and merged and constant[entry] == -1:
+        return shape
+    others = [shape_of(data)[a] for a in (step.entry_axes or ())[1:]]
+    if constant is not None and isinstance(count, int) and all(isinstance(o, int) for o in others):
         fixed = constant.copy()
-        fixed[entry] = count
+        fixed[entry] = count * math.prod(others)
         return b.const(fixed)
-    size = b.dim(node.inputs[0], next(iter(data_axes)))
+    if step.entry_axes is None:  # the kept count: the length of the composed indices [batch, k]
+        size = b.dim(total, 1)
+    else:
+        size = b.dim(data, step.entry_axes[0])
+        for axis in step.entry_axes[1:]:
+            size = b.op("Mul", size, b.dim(data, axis))
     return b.op("Concat", b.op("Slice", shape, b.const([0]), b.const([entry])), size,
                 b.op("Slice", shape, b.const([entry + 1]), b.const([INT64_MAX])), axis=0)
 

@@ -120,3 +120,17 @@ def test_one_budget_over_tokens_and_widths(capsys, exported, tmp_path):
         code, _, err = run_cli(capsys, "prune", vit, "-o", tmp_path / "b.onnx", *extra)
         assert_one_line_error(code, err)
         assert message in err and not (tmp_path / "b.onnx").exists()
+
+
+def test_measuring_rows_shorter_than_the_counted_length_are_flagged(capsys, exported, tmp_path):
+    """Token rates measured on 5-token rows while the MACs are counted at seq=16 get a warning naming both and the
+    fix; --calib-length 16 pads the rows to the counted length and the warning goes."""
+    bert = exported("bert", True)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(" ".join(str(t) for t in np.arange(1, 6) + row) for row in range(8)) + "\n")
+    request = ["--tokens", "auto", "--target-flops", "0.8", "--ratio", "0", "--calib", ids, "--dim", "seq=16"]
+    code, _, err = run_cli(capsys, "prune", bert, "-o", tmp_path / "a.onnx", *request)
+    assert code == 0, err
+    assert "measured on rows of 5 tokens but the MACs are counted at seq=16" in err and "--calib-length 16" in err
+    code, _, err = run_cli(capsys, "prune", bert, "-o", tmp_path / "b.onnx", *request, "--calib-length", "16")
+    assert code == 0 and "measured on rows of" not in err, err

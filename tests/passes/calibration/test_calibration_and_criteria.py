@@ -234,6 +234,30 @@ def test_token_files_pad_and_mask(tmp_path, exported):
     assert code == 0
 
 
+def test_token_files_padded_to_a_length_or_packed_into_rows(tmp_path):
+    """--calib-length N pads every line to N tokens (longer ones cut); with --calib-pack consecutive lines
+    fill rows of exactly N (the rest of the stream left out), and --samples counts rows."""
+    (tmp_path / "ids.txt").write_text("5 6 7\n8 9\n10 11 12 13 14 15\n")
+    (padded,) = token_batches(tmp_path / "ids.txt", ["input_ids", "attention_mask"], 3, length=4)
+    np.testing.assert_array_equal(padded["input_ids"], [[8, 9, 0, 0], [5, 6, 7, 0], [10, 11, 12, 13]])
+    np.testing.assert_array_equal(padded["attention_mask"].sum(1), [2, 3, 4])
+    packed = token_batches(tmp_path / "ids.txt", ["input_ids"], 3, samples=2, length=4, pack=True)
+    assert packed.samples == 2
+    np.testing.assert_array_equal(next(iter(packed))["input_ids"], [[5, 6, 7, 8], [9, 10, 11, 12]])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calib-pack"], "--calib-pack fills rows of --calib-length tokens"),
+    (["--calib-length", "8"], "--calib-length shapes text calibration"),
+])
+def test_text_shapes_refused_where_they_cannot_apply(tmp_path, capsys, args, message):
+    with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
+        np.savez(tmp_path / "calib.npz", images=d["x"][:8])
+    code = main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o.onnx"), "--criterion", "flap",
+                 "--calib", str(tmp_path / "calib.npz"), *args])
+    assert code != 0 and message in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
+
+
 def test_image_folders_match_the_same_pixels_as_arrays(tmp_path):
     image_module = pytest.importorskip("PIL.Image")
     with np.load(DEMO_MODEL.parent / "digits_test.npz") as d:
