@@ -33,12 +33,25 @@ def new_non_finite(reference: list[np.ndarray], actual: list[np.ndarray]) -> int
     return count
 
 
-def squared_error_ratio(dense: list[list[np.ndarray]], masked: list[list[np.ndarray]]) -> float:
-    """Σ‖y − ŷ‖² / Σ‖y‖² over every floating-point output of every batch."""
+def squared_error_ratio(dense: list[list[np.ndarray]], masked: list[list[np.ndarray]],
+                        feeds: list[dict[str, np.ndarray]] | None = None) -> float:
+    """Σ‖y − ŷ‖² / Σ‖y‖² over every floating-point output of every batch; with the batches' `feeds`, positions a
+    2-D `attention_mask` input marks as padding do not count in outputs laid out [batch, seq, features…] (nobody
+    reads them, and token reduction changes them without changing anything else)."""
     num = den = 0.0
-    for reference, actual in zip(dense, masked, strict=True):
+    for index, (reference, actual) in enumerate(zip(dense, masked, strict=True)):
+        mask = padding_mask(feeds[index]) if feeds is not None else None
         for y, y_hat in zip(reference, actual, strict=True):
             if np.issubdtype(y.dtype, np.floating):
-                num += float(np.sum((y.astype(np.float64) - y_hat) ** 2))
-                den += float(np.sum(y.astype(np.float64) ** 2))
+                weight = 1.0
+                if mask is not None and y.ndim >= 3 and y.shape[:2] == mask.shape:
+                    weight = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).astype(np.float64)
+                num += float(np.sum(weight * (y.astype(np.float64) - y_hat) ** 2))
+                den += float(np.sum(weight * y.astype(np.float64) ** 2))
     return num / max(den, 1e-30)
+
+
+def padding_mask(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The [batch, seq] mask of real tokens of a text batch (its 2-D `attention_mask` input), else None."""
+    mask = feeds.get("attention_mask")
+    return mask != 0 if mask is not None and mask.ndim == 2 else None

@@ -40,7 +40,7 @@ def held_out_error(analysis: Analysis, plan: PruningPlan, held: list[Feeds],
     with contextlib.ExitStack() as stack:
         for gid, units in plan.removed.items():
             stack.enter_context(Masked(analysis.model, analysis.group(gid), units))
-        return squared_error_ratio(dense, run_batches(analysis.model, held))
+        return squared_error_ratio(dense, run_batches(analysis.model, held), held)
 
 
 def within_error(analysis: Analysis, scores: dict[int, np.ndarray], ranking: Ranking, held: list[Feeds],

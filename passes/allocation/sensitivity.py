@@ -97,7 +97,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
                 units = order[:count]
                 updates = compensation(group, units) if compensation and group.blocks is None else None
                 with Masked(analysis.model, group, units, updates):
-                    measured.append(squared_error_ratio(dense, run_batches(analysis.model, batches)))
+                    measured.append(squared_error_ratio(dense, run_batches(analysis.model, batches), batches))
                 bar.update(1)
             errors[group.id] = np.array(measured)
     log.info("sensitivity measured at %d points over %d groups", len(points), len(groups))

@@ -77,7 +77,7 @@ class TokenSensitivity:
 
     def error_of(self, keeps: Keeps) -> float:
         session = runtime.session(self.reduced(keeps)[0])
-        return squared_error_ratio(self.dense, [runtime.run(session, f) for f in self.feeds])
+        return squared_error_ratio(self.dense, [runtime.run(session, f) for f in self.feeds], self.feeds)
 
     def factors(self, keeps: Keeps) -> tuple[dict[int, float], float]:
         """Per node of the model (id) the fraction of its MACs left at these rates, and the MACs of the ops the

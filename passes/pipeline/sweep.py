@@ -93,4 +93,4 @@ def _error(dense: Path, pruned: Path, batches: list[dict[str, np.ndarray]]) -> f
         sess = runtime.session(path)
         names = [i.name for i in sess.get_inputs()]
         outputs.append([sess.run(None, {k: v for k, v in b.items() if k in names}) for b in batches])
-    return squared_error_ratio(*outputs)
+    return squared_error_ratio(*outputs, batches)

@@ -134,3 +134,18 @@ def test_measuring_rows_shorter_than_the_counted_length_are_flagged(capsys, expo
     assert "measured on rows of 5 tokens but the MACs are counted at seq=16" in err and "--calib-length 16" in err
     code, _, err = run_cli(capsys, "prune", bert, "-o", tmp_path / "b.onnx", *request, "--calib-length", "16")
     assert code == 0 and "measured on rows of" not in err, err
+
+
+def test_one_budget_spends_all_on_tokens_where_padding_is_free(capsys, exported, tmp_path):
+    """Rows of 5 real tokens padded to 16: dropping padding moves no output a user reads (padding positions do
+    not count in the measured error), so the one budget reaches the target on tokens alone and writes a model
+    with every weight kept."""
+    bert = exported("bert", True)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(" ".join(str(t) for t in np.arange(1, 6) + row) for row in range(8)) + "\n")
+    code, out, err = run_cli(capsys, "prune", bert, "-o", tmp_path / "a.onnx", "--tokens", "auto", "--target-flops",
+                             "0.8", "--calib", ids, "--calib-length", "16", "--dim", "seq=16")
+    assert code == 0, err
+    assert "one budget over tokens and widths" in out and "tokens kept: all" not in out
+    params = next(line for line in out.splitlines() if line.startswith("params "))
+    assert params.split()[-1] == "1.000x", params
