@@ -104,7 +104,7 @@ def token_batches(path: str | os.PathLike, input_names: list[str], batch_size: i
     if not lines:
         raise GraphpruneError(f"{path}: no sequences (one per line)")
     if tokenizer is not None:
-        sequences = _encode(lines, tokenizer, length if pack else None)
+        sequences = _encode(lines, tokenizer, length, pack)
     else:
         try:
             sequences = [np.array([int(t) for t in line.split()], dtype=np.int64) for line in lines]
@@ -118,10 +118,11 @@ def token_batches(path: str | os.PathLike, input_names: list[str], batch_size: i
     return Batches(len(sequences), str(path), _token_feeds(sequences, input_names, batch_size, length))
 
 
-def _encode(lines: list[str], tokenizer: str | os.PathLike, pack: int | None = None) -> list[np.ndarray]:
-    """Token ids of each line, special tokens included, truncated as the tokenizer says (else to 512); with
-    `pack`, of consecutive lines joined until they fill `pack` tokens (a last, shorter row only if it is the
-    only one)."""
+def _encode(lines: list[str], tokenizer: str | os.PathLike, length: int | None = None,
+            pack: bool = False) -> list[np.ndarray]:
+    """Token ids of each line, special tokens included, truncated by the tokenizer to `length` (else as it says,
+    else to 512); with `pack`, of consecutive lines joined until they fill `length` tokens (a last, shorter row
+    only if it is the only one)."""
     try:
         from tokenizers import Tokenizer
     except ImportError as exc:
@@ -131,8 +132,8 @@ def _encode(lines: list[str], tokenizer: str | os.PathLike, pack: int | None = N
         encoder = Tokenizer.from_file(str(tokenizer))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types
         raise GraphpruneError(f"{tokenizer}: not a readable tokenizer.json") from exc
-    if pack:
-        encoder.enable_truncation(pack)
+    if length:
+        encoder.enable_truncation(length)
     elif encoder.truncation is None:
         encoder.enable_truncation(512)
     encoder.no_padding()
@@ -142,7 +143,7 @@ def _encode(lines: list[str], tokenizer: str | os.PathLike, pack: int | None = N
     for line in lines:
         joined.append(line)
         ids = encoder.encode(" ".join(joined)).ids
-        if len(ids) >= pack:
+        if len(ids) >= length:
             rows.append(np.array(ids, dtype=np.int64))
             joined = []
     return rows or [np.array(encoder.encode(" ".join(joined)).ids, dtype=np.int64)]

@@ -60,7 +60,8 @@ def test_raw_text_calibration_through_the_models_tokenizer(minilm, tmp_path):
 
 def test_raw_text_packed_into_documents(tmp_path):
     """`--calib-length 32 --calib-pack`: consecutive sentences joined and encoded as one text, rows of exactly 32
-    tokens that start with [CLS] and end with [SEP] (the tokenizer's own special tokens), no padding."""
+    tokens that start with [CLS] and end with [SEP] (the tokenizer's own special tokens), no padding; padded to 8
+    (`--calib-length 8` alone), longer sentences are cut by the tokenizer and still end with [SEP]."""
     text = tmp_path / "sentences.txt"
     text.write_text("\n".join(SENTENCES * 4) + "\n")
     batches = token_batches(text, ["input_ids", "attention_mask"], 64, tokenizer=model_dir() / "tokenizer.json",
@@ -70,6 +71,10 @@ def test_raw_text_packed_into_documents(tmp_path):
     assert batches.samples == len(batch["input_ids"]) > 1 and batch["input_ids"].shape[1] == 32
     assert batch["attention_mask"].all() and set(batch["input_ids"][:, 0]) == {single[0]}
     assert set(batch["input_ids"][:, -1]) == {single[single > 0][-1]}
+    (padded,) = token_batches(text, ["input_ids", "attention_mask"], 1000, tokenizer=model_dir() / "tokenizer.json",
+                              length=8)
+    ends = padded["input_ids"][np.arange(len(padded["input_ids"])), padded["attention_mask"].sum(1) - 1]
+    assert padded["input_ids"].shape[1] == 8 and set(ends) == {single[single > 0][-1]}  # [SEP] kept
 
 
 def test_ort_fused_minilm_prunes_through_fused_ops(tmp_path_factory):
