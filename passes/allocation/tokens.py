@@ -148,8 +148,9 @@ def measured_tokens(model: ir.Model, base: TokenSchedule, target: float, dims: d
         for block, lower in next_levels(tokens, keeps):
             trial = {**keeps, block: lower}
             saved = current - macs_of(trial)
-            if saved > 0 and (best is None or step_error(tokens, keeps, block, lower) / saved < best[0]):
-                best = (step_error(tokens, keeps, block, lower) / saved, trial, current - saved)
+            per_mac = step_error(tokens, keeps, block, lower) / saved if saved > 0 else None
+            if per_mac is not None and (best is None or per_mac < best[0]):
+                best = (per_mac, trial, current - saved)
         if best is None:
             raise GraphpruneError(f"--tokens auto --target-flops {target:g}: token reduction alone reaches "
                                   f"{current:.3f} of the MACs at the lowest rates ({tokens.levels[-1]:g} before "

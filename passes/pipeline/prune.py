@@ -176,7 +176,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
                             lambda: run_analysis(copy_model(pristine), **request.analysis_options()))
     plan = make_plan(analysis, request.criterion, request.ratio, request.round_to, request.seed, request.kind_ratios,
                      stats, allocation, request.options, request.expert_criterion)
-    if not plan.removed and request.requested() and not (plan.meta.get("tokens") or {}).get("schedule"):
+    if not plan.removed and request.requested() and TokenSchedule.planned(plan.meta) is None:
         raise GraphpruneError("the requested ratios remove no unit: every prunable group is too small for them "
                               "(see the warnings above); nothing was written")
     plan.meta["model"] = {"file": source.name, "fingerprint": model_fingerprint}

@@ -22,6 +22,7 @@ from graphprune.analysis.tokens import TOKEN_AXIS, TokenFlow, TokenSite, find_to
 from graphprune.errors import GraphpruneError
 from graphprune.ir.values import const_of, is_constant, shape_of
 from graphprune.ops.layout import size_product
+from graphprune.ops.tokens import TokenStep
 from graphprune.passes.rewrite.token_graph import INT64_MAX, Reduction, TokenBuilder
 from graphprune.passes.rewrite.token_merge import merge, merged_count
 
@@ -225,12 +226,13 @@ def _resized(dim: int | ir.SymbolicDim, before: object, size: int | ir.SymbolicD
     """A token axis's size at the reduced count: where the tokens are merged with other axes (rows of tokens ×
     batch, its size a product with the count as a factor) the count times the rest, else the count."""
     value = dim.value if isinstance(dim, ir.SymbolicDim) else dim
+    if value == before:
+        return size
     count = f"({size.value})" if isinstance(size, ir.SymbolicDim) else str(size)
     if isinstance(value, str) and value.startswith(f"({before})*"):  # merged at an earlier site, as written here
         return ir.SymbolicDim(count + value[len(f"({before})"):])
     whole, tokens = size_product(value), size_product(before)
-    if value == before or whole is None or tokens is None or whole[0] % tokens[0] \
-            or not Counter(tokens[1]) <= Counter(whole[1]):
+    if whole is None or tokens is None or whole[0] % tokens[0] or not Counter(tokens[1]) <= Counter(whole[1]):
         return size
     constant, symbols = whole[0] // tokens[0], list((Counter(whole[1]) - Counter(tokens[1])).elements())
     if not symbols and isinstance(size, int):
@@ -256,7 +258,7 @@ def _choose(b: TokenBuilder, site: TokenSite, schedule: TokenSchedule, keep: flo
     return ascending
 
 
-def _fix_node(b: TokenBuilder, node: ir.Node, step, total: ir.Value, count: object, site: TokenSite,
+def _fix_node(b: TokenBuilder, node: ir.Node, step: TokenStep, total: ir.Value, count: object, site: TokenSite,
               sites: list[TokenSite], new_inputs: dict) -> None:
     """Gather the node's per-token outside inputs with the kept tokens, rewrite its shape entry."""
     for index, token_axes in step.gathers.items():
@@ -276,7 +278,7 @@ def _fix_node(b: TokenBuilder, node: ir.Node, step, total: ir.Value, count: obje
         node.replace_input_with(1, _shape_with(b, node, step, total, count))
 
 
-def _shape_with(b: TokenBuilder, node: ir.Node, step, total: ir.Value, count: object) -> ir.Value:
+def _shape_with(b: TokenBuilder, node: ir.Node, step: TokenStep, total: ir.Value, count: object) -> ir.Value:
     """The node's shape input with its token entry set to the reduced size: the kept count, or the product of the
     data axes merged there (a constant when it is known; an entry of -1 is left to infer)."""
     shape, entry, data = node.inputs[1], step.shape_entry, node.inputs[0]
