@@ -9,10 +9,13 @@ process: its wall time and peak RSS (its own VmHWM) are measured.
   neuron ratio both = ratio, the hidden size kept;
 - the PP-OCR-style text recognizer trained and exported by Paddle (models/data/ocr_recognizer.onnx), and the
   real PP-OCRv4 recognizer (`ppocr`, shipped in rapidocr-onnxruntime, 48x320 text lines): character
-  agreement with the dense model's reading of 256 rendered words; calibration on 128 others.
+  agreement with the dense model's reading of 256 rendered words; calibration on 128 others;
+- `ppocr-documents`: the same real recognizer on another task, printed document lines (`ocr.render_documents`:
+  one to three words and numbers, 20-30 px DejaVu faces, resized to height 48 and right-padded to 320):
+  calibration on 64 lines, agreement on 160 others from another seed.
 
-    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm ocr ppocr]
-        [--ratios 0.2 0.3 0.5] [--criteria l1 l2 ...] [--modes one-shot sequential data-free]
+    python benchmarks/bench_quality.py [--models digits-legacy digits-dynamo minilm ocr ppocr ppocr-documents]
+        [--ratios 0.2 0.3 0.5] [--criteria l1 l2 ...] [--modes one-shot sequential data-free] [--defaults]
 MiniLM needs graphprune[hf]; the CNNs need torch and scikit-learn; the recognizers Pillow, ppocr graphprune[ocr].
 """
 
@@ -31,10 +34,11 @@ import numpy as np
 from graphprune.cli.table import render
 from graphprune.passes.importance import criteria_for, needs_data
 
-MODELS = ["digits-legacy", "digits-dynamo", "minilm", "ocr", "ppocr"]
+MODELS = ["digits-legacy", "digits-dynamo", "minilm", "ocr", "ppocr", "ppocr-documents"]
 MODES = {"one-shot": [], "sequential": ["--sequential"], "data-free": ["--data-free"]}
 EXTRAS = [("obs", "measured", ["--allocation", "measured"]),
           ("obs", "measured+depth", ["--allocation", "measured", "--depth"])]
+DEFAULTS = [(None, "default (chosen on held-out data)", []), (None, "default --no-validate", ["--no-validate"])]
 
 
 CHILD = """import re, sys
@@ -75,6 +79,15 @@ class Subject:
             np.savez(folder / "calib.npz", x=x_train[:128])
             self.model = export_both(folder)[name.split("-")[1]]
             self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
+        elif name == "ppocr-documents":  # another task than the one the methods were tuned on
+            from graphprune.models import ocr
+
+            self.model = ocr.packaged_recognizer()
+            np.savez(folder / "calib.npz", x=ocr.render_documents(64, 1)[0])
+            self.x_test = ocr.render_documents(160, 2)[0]
+            self.reference = ocr.read(self.model, self.x_test)
+            self.calibration = ["--calib", str(folder / "calib.npz"), "--batch-size", "64"]
+            self.data_free += ["--image-size", *map(str, ocr.PACKAGED_SHAPE)]
         elif name in ("ocr", "ppocr"):
             from graphprune.models import ocr
 
@@ -105,7 +118,7 @@ class Subject:
             from graphprune.models.demo import accuracy
 
             return accuracy(path, self.x_test, self.y_test)
-        if self.name in ("ocr", "ppocr"):
+        if self.name.startswith(("ocr", "ppocr")):
             from graphprune.models.ocr import agreement, read
 
             return agreement(self.reference, read(path, self.x_test))
@@ -118,9 +131,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.3, 0.5])
-    parser.add_argument("--criteria", nargs="+", default=criteria_for(False))
+    parser.add_argument("--criteria", nargs="*", default=criteria_for(False))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--no-extras", action="store_true", help="skip measured allocation and depth rows")
+    parser.add_argument("--defaults", action="store_true",
+                        help="add the default method's rows (calibrated): chosen on held-out data, and --no-validate")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,15 +149,16 @@ def main() -> None:
                         if mode != "data-free" or needs_data(c)]  # else the same as one-shot
                 runs += [] if args.no_extras else [(c, f"{label} {mode}", extra + MODES[mode])
                                                    for c, label, extra in EXTRAS for mode in args.modes]
+                runs += [(c, label, extra) for c, label, extra in DEFAULTS] if args.defaults else []
                 for criterion, mode, extra in runs:
                     target = folder / "pruned.onnx"
                     data = subject.data_free if "--data-free" in extra else subject.calibration
-                    report, seconds, peak = prune(subject.model, target, ["--criterion", criterion,
-                                                                          *subject.ratios(ratio), *data,
+                    named = ["--criterion", criterion] if criterion else []
+                    report, seconds, peak = prune(subject.model, target, [*named, *subject.ratios(ratio), *data,
                                                                           *(e for e in extra if e != "--data-free")])
                     params = report["after"]["params"] / report["before"]["params"]
-                    rows.append([name, ratio, criterion, mode, f"{subject.quality(target):.4f}", f"{params:.3f}",
-                                 f"{seconds:.1f}", f"{peak:.0f}"])
+                    rows.append([name, ratio, criterion or "obs", mode, f"{subject.quality(target):.4f}",
+                                 f"{params:.3f}", f"{seconds:.1f}", f"{peak:.0f}"])
                     print(render(["model", "ratio", "criterion", "mode", "quality", "params", "wall s", "peak MiB"],
                                  rows[-1:]), flush=True)
                 if name == "minilm" and not args.no_extras:  # the digits CNN has a single residual block

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import replace
 
 import graphprune
 from graphprune import progress
@@ -127,13 +128,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
                            {"policy_file": args.policy} if args.policy else None, args.gqa_units,
                            args.expert_criterion, args.expert_merge, sequential, depth, tokens, token_target,
                            joint)
+    if args.validate and picked == "default with calibration data" and free_hand and args.allocation is None \
+            and not args.sequential and request.validates():
+        request = replace(request, validate=True)
     method = criterion + (" refit sequentially" if sequential else "") + (" with depth" if depth else "") \
         + (f" ({picked})" if picked else "")
     if args.sweep is not None:
         return run_sweep(args, request, method)
     result = prune_file(args.model, output_of(args), request)
+    chosen = result.plan.meta.get("validation")
+    if chosen:  # the method is the form of the default that held-out data chose
+        method, strategy = f"{criterion} {chosen['chosen']} ({picked}, chosen on held-out data)", ""
     stop = f"target {target[0]} {target[1]}" if target else f"held-out error at most {args.max_error}" \
-        if args.max_error is not None else f"{strategy} ratio {args.ratio}"
+        if args.max_error is not None else f"{strategy} ratio {args.ratio}".lstrip()
     ratios = ", ".join([stop]
                        + [f"{kind} {value}" for kind, value in kind_ratios.items()]
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
@@ -413,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune stage by stage along the graph: each stage re-picks its units on the pruned "
                         "model's own activations and refits its layers by ridge least squares to the dense "
                         "model's outputs (replaces --compensate; needs --calib or --data-free)")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="with --calib and the default method, do not hold out a quarter of the calibration data to "
+                        "choose between the default and its simpler forms (uniform or measured allocation, "
+                        "one-shot OBS or sequential refit): run the full default directly (faster)")
     p.add_argument("--round-to", type=options.positive_int, default=1,
                    help="keep widths that are multiples of N: the kept width is rounded down to a multiple of "
                         "N, never below N; groups narrower than N are not rounded (default 1)")

@@ -64,6 +64,7 @@ def as_json(result: PruneResult, args: argparse.Namespace, how: str, replayed: b
         "latency": result.plan.meta.get("latency"),
         "quality": result.plan.meta.get("quality"),
         "reconstruction": result.plan.meta.get("reconstruction"),
+        "validation": result.plan.meta.get("validation"),
         "fusion": result.fusion,
         "warnings": missed(result, replayed),
         "verification": None if check is None else {"passed": check.passed, "not_verified": check.skipped,
@@ -172,6 +173,11 @@ def report(result: PruneResult, args: argparse.Namespace, how: str, replayed: bo
     if quality:
         print(f"quality floor: held-out error {quality['held_out_error']:.4g} (at most {quality['max_error']:g}; "
               f"{quality['held_out_batches']} held-out calibration batches, units masked before any refit)")
+    chosen = result.plan.meta.get("validation")
+    if chosen:
+        errors = ", ".join(f"{name} {error:.4g}" for name, error in chosen["held_out_errors"].items())
+        print(f"method: {chosen['chosen']}, the least output error on {chosen['held_out_batches']} held-out "
+              f"calibration batch(es) ({errors}); its weights then fitted on all the batches")
     tokens = result.plan.meta.get("tokens")
     if tokens and tokens.get("sites"):
         print(_tokens_line(tokens, dict(args.dim)))

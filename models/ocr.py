@@ -96,6 +96,52 @@ def render(count: int, seed: int, height: int = HEIGHT, width: int = WIDTH) -> t
     return images, words
 
 
+DOCUMENT_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf")
+DOCUMENT_WORDS = ("invoice total date amount paid due order number account balance street city phone email "
+                  "name address customer item price quantity tax net gross page report summary payment bank "
+                  "Berlin Paris London Madrid Vienna Prague Oslo Lisbon Rome Dublin Monday Friday March June "
+                  "October Receipt Station Office Hotel Market Road Avenue North South West East Ltd GmbH").split()
+
+
+def _document_line(rng: np.random.Generator) -> str:
+    """One to three words and numbers as printed documents have them ("invoice total 2026", "Berlin 7.5")."""
+    def token() -> str:
+        kind = rng.integers(4)
+        if kind == 0:
+            return str(int(rng.integers(1, 10_000)))
+        if kind == 1:
+            return f"{rng.uniform(0, 1000):.{int(rng.integers(1, 3))}f}"
+        word = str(rng.choice(DOCUMENT_WORDS))
+        return word.capitalize() if rng.random() < 0.3 else word
+    return " ".join(token() for _ in range(int(rng.integers(1, 4))))
+
+
+def render_documents(count: int, seed: int, height: int = PACKAGED_SHAPE[0],
+                     width: int = PACKAGED_SHAPE[1]) -> tuple[np.ndarray, list[str]]:
+    """`count` document text lines as PP-OCR's recognizer is served them: dark ink on light paper in a DejaVu
+    face at 20-30 px on a `height`-px line, resized to `height` keeping the aspect ratio (at most `width`), and
+    right-padded to `width` with zeros after normalisation ((x/255 − 0.5)/0.5). A task unlike `render`'s
+    random strings, for judging on data a method was not tuned on."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    faces = [FONT_FOLDER / name for name in DOCUMENT_FONTS]
+    images = np.zeros((count, 3, height, width), dtype=np.float32)
+    texts = []
+    for index in range(count):
+        text = _document_line(rng)
+        font = ImageFont.truetype(str(faces[rng.integers(len(faces))]), int(rng.integers(20, 31)))
+        left, top, right, bottom = font.getbbox(text)
+        paper, ink = int(rng.integers(200, 256)), int(rng.integers(0, 70))
+        line = Image.new("L", (right - left + 8, height), paper)
+        ImageDraw.Draw(line).text((4 - left, (height - (bottom - top)) // 2 - top), text, font=font, fill=ink)
+        line = line.resize((min(width, line.width * height // line.height), height), Image.BILINEAR)
+        pixels = np.asarray(line, dtype=np.float32) + rng.normal(0, 3, (height, line.width))
+        images[index, :, :, :line.width] = (np.clip(pixels, 0, 255) / 255.0 - 0.5) / 0.5
+        texts.append(text)
+    return images, texts
+
+
 def decode(logits: np.ndarray, classes: str | list[str] = CHARSET) -> list[str]:
     """Greedy CTC decoding of [batch, time, classes] scores: best class per step, repeats merged, blanks (class
     0) dropped; class i stands for classes[i − 1]."""

@@ -107,10 +107,7 @@ class Masked:
         for member in (m for m in self.group.members if m.consumer):
             if stored_weight(member.value).value not in self.updates:  # an update zeroes these rows already
                 self.saved.append(_zero(member, self.units))
-        for value, array in self.updates.items():
-            weight = stored_weight(value)
-            self.saved.append((weight.value, weight.value.const_value))
-            weight.store(array)
+        self.saved.extend(store(self.updates))
         for unit in self.units.tolist() if self.group.blocks is not None else []:
             block = self.group.blocks[unit]
             self.masks.append((block, mask_block(self.model, block)))
@@ -120,3 +117,27 @@ class Masked:
             value.const_value = tensor
         for block, mask in reversed(self.masks):
             unmask_block(self.model, block, mask)
+
+
+def store(updates: dict[ir.Value, np.ndarray]) -> list[tuple[ir.Value, ir.TensorProtocol | None]]:
+    """Set new real weights in place; (value, its former tensor) for each, to restore them from."""
+    saved = []
+    for value, array in updates.items():
+        weight = stored_weight(value)
+        saved.append((weight.value, weight.value.const_value))
+        weight.store(array)
+    return saved
+
+
+class Updated:
+    """Context: `updates` (new real weights, e.g. a whole plan's compensation) set in place, restored on exit."""
+
+    def __init__(self, updates: dict[ir.Value, np.ndarray]) -> None:
+        self.updates, self.saved = updates, []
+
+    def __enter__(self) -> None:
+        self.saved = store(self.updates)
+
+    def __exit__(self, *exc) -> None:
+        for value, tensor in reversed(self.saved):
+            value.const_value = tensor

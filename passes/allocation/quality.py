@@ -8,10 +8,11 @@ import contextlib
 import logging
 
 import numpy as np
+import onnx_ir as ir
 
 from graphprune import progress
 from graphprune.analysis.coupling import Analysis
-from graphprune.analysis.masking import Masked
+from graphprune.analysis.masking import Masked, Updated
 from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import GraphpruneError
 from graphprune.passes.allocation.sensitivity import run_batches
@@ -24,22 +25,44 @@ HELD_OUT = 0.25  # share of the calibration batches held out to judge the floor 
 STEPS = 20  # bisection steps over the budget
 
 
-def split(batches: list[Feeds]) -> tuple[list[Feeds], list[Feeds]]:
-    """(fit, held-out) parts of the calibration batches: the last quarter, at least one batch, is held out."""
+def split(batches: list[Feeds], why: str = "--max-error judges the removal") -> tuple[list[Feeds], list[Feeds]]:
+    """(fit, held-out) parts of the calibration batches: the last quarter, at least one batch, is held out; a
+    single batch is cut into four batches of rows first (every input shares its leading axis)."""
+    if len(batches) == 1:
+        batches = _rows(batches[0])
     if len(batches) < 2:
-        raise GraphpruneError("--max-error judges the removal on held-out calibration batches: it needs at least "
-                              "2 batches (more --samples, or a smaller --batch-size)")
+        raise GraphpruneError(f"{why} on held-out calibration batches: it needs at least 2 batches or a batch "
+                              "of 4 rows (more --samples, or a smaller --batch-size)")
     held = max(1, round(len(batches) * HELD_OUT))
     return batches[:-held], batches[-held:]
 
 
+def splittable(batches: list[Feeds]) -> bool:
+    """Whether `split` can hold some of these batches out."""
+    return len(batches) >= 2 or (len(batches) == 1 and len(_rows(batches[0])) >= 2)
+
+
+def _rows(feeds: Feeds, parts: int = 4) -> list[Feeds]:
+    """One batch as `parts` batches of consecutive rows, or as is when its inputs differ in leading size or
+    it has fewer rows."""
+    sizes = {len(array) if np.ndim(array) else 0 for array in feeds.values()}
+    if len(sizes) != 1 or (rows := sizes.pop()) < parts:
+        return [feeds]
+    bounds = np.linspace(0, rows, parts + 1).round().astype(int)
+    return [{name: array[a:b] for name, array in feeds.items()} for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 def held_out_error(analysis: Analysis, plan: PruningPlan, held: list[Feeds],
-                   dense: list[list[np.ndarray]] | None = None) -> float:
-    """Σ‖y − ŷ‖² / Σ‖y‖² on `held` of the model with `plan`'s units masked (before any compensation or refit)."""
+                   dense: list[list[np.ndarray]] | None = None,
+                   updates: dict[ir.Value, np.ndarray] | None = None) -> float:
+    """Σ‖y − ŷ‖² / Σ‖y‖² on `held` of the model with `plan`'s units masked, and with `updates` (the weights
+    compensation gives the whole plan) in place if given."""
     dense = dense if dense is not None else run_batches(analysis.model, held)
     with contextlib.ExitStack() as stack:
         for gid, units in plan.removed.items():
             stack.enter_context(Masked(analysis.model, analysis.group(gid), units))
+        if updates:
+            stack.enter_context(Updated(updates))
         return squared_error_ratio(dense, run_batches(analysis.model, held), held)
 
 

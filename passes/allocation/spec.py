@@ -46,6 +46,7 @@ class Allocation:
     table: LatencyTable | None = None  # set by prune_file for fast widths and latency targets
     max_error: float | None = None  # a quality floor: held-out output error the removal may reach
     tokens: TokenSensitivity | None = None  # token rates measured: the target is spent on tokens and widths together
+    sensitivity: Sensitivity | None = None  # measured already (on these batches): ranked without measuring again
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -81,8 +82,8 @@ class Allocation:
             raise GraphpruneError("a latency target needs the model file to time: use prune_file")
         fit, held = split(self.batches) if self.max_error is not None else (self.batches, None)
         groups = [g for g in analysis.prunable() if g.kind != "expert"]
-        sensitivity = measure(analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio,
-                              compensation=self.compensation)
+        sensitivity = self.sensitivity or measure(analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio,
+                                                  compensation=self.compensation)
         if self.tokens is not None:  # ranked by error per MAC there
             plan = self._joint_plan(analysis, scores, sensitivity)
             plan.meta["sensitivity"] = _errors(sensitivity)

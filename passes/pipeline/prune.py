@@ -24,6 +24,7 @@ from graphprune.io.save import StagedModel
 from graphprune.ir.model import copy_model
 from graphprune.passes.allocation.latency import LatencyProbe
 from graphprune.passes.allocation.latency_table import load_or_measure, table_key
+from graphprune.passes.allocation.quality import splittable
 from graphprune.passes.allocation.spec import Allocation
 from graphprune.passes.allocation.tokens import measure_tokens, measured_tokens
 from graphprune.passes.calibration.sources import Batches, Feeds
@@ -32,6 +33,7 @@ from graphprune.passes.calibration.statistics import Calibration
 from graphprune.passes.importance import Criterion, criterion_class, get_criterion, needs_data
 from graphprune.passes.importance.depth import block_influence
 from graphprune.passes.pipeline.request import EXPERT_CRITERION, Output, PruneRequest
+from graphprune.passes.pipeline.validation import choose_on_held_out
 from graphprune.passes.rewrite.apply import apply_plan
 from graphprune.passes.rewrite.compensation import apply_weight_updates, bias_deltas, obs_preview, obs_weight_updates
 from graphprune.passes.rewrite.expert_merge import merge_updates
@@ -71,8 +73,24 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
     """Score every prunable group with `criterion` (its `options`), MoE experts with `expert_criterion` when the
     allocation removes experts, and allocate: `allocation`, or `ratio` (per kind: `kind_ratios`) uniformly."""
     allocation = allocation or Allocation("uniform", ratio, kind_ratios, round_to)
+    scores = score_groups(analysis, criterion, calibration, seed, options,
+                          expert_criterion if allocation.expert_ratio else None)
+    plan = allocation.plan(analysis, scores)
+    log.info("plan: %d units from %d groups", sum(len(u) for u in plan.removed.values()), len(plan.removed))
+    plan.meta["criterion"] = criterion
+    if allocation.expert_ratio:
+        plan.meta["expert_criterion"] = expert_criterion
+    if calibration is not None:
+        plan.meta["calibration"] = {"source": calibration.source, "samples": calibration.samples}
+    return plan
+
+
+def score_groups(analysis: Analysis, criterion: str, calibration: Calibration | None = None, seed: int = 0,
+                 options: dict | None = None, expert_criterion: str | None = None) -> dict[int, np.ndarray]:
+    """Per prunable group id, its units' scores by `criterion` (residual blocks: their measured influence; MoE
+    experts by `expert_criterion`, and only when one is given)."""
     scorer = get_criterion(criterion, calibration, seed, options)
-    expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if allocation.expert_ratio else None
+    expert_scorer = get_criterion(expert_criterion, calibration, seed, options) if expert_criterion else None
     groups = [g for g in analysis.prunable() if g.kind != "expert" or expert_scorer is not None]
 
     def score(group: Group) -> np.ndarray:
@@ -83,15 +101,7 @@ def make_plan(analysis: Analysis, criterion: str = "l2", ratio: float = 0.5, rou
         return scores
 
     with progress.step(f"scoring ({criterion})"):
-        scores = {group.id: score(group) for group in progress.iterate(groups, "scoring", "group")}
-    plan = allocation.plan(analysis, scores)
-    log.info("plan: %d units from %d groups", sum(len(u) for u in plan.removed.values()), len(plan.removed))
-    plan.meta["criterion"] = criterion
-    if expert_scorer is not None:
-        plan.meta["expert_criterion"] = expert_criterion
-    if calibration is not None:
-        plan.meta["calibration"] = {"source": calibration.source, "samples": calibration.samples}
-    return plan
+        return {group.id: score(group) for group in progress.iterate(groups, "scoring", "group")}
 
 
 def _load(source: Path, output: Output, *reads: str | os.PathLike | None) -> ir.Model:
@@ -144,7 +154,7 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     model = _load(source, output, spec.path)
     times = request.allocation is not None and (request.allocation.target or ("",))[0] == "latency"
     _check_dims(model, output.dims, times)
-    pristine = copy_model(model) if times else None  # each latency probe rewrites a copy of it
+    pristine = copy_model(model) if times or request.validate else None  # latency probes, refit candidates
     batches = spec.open(model, request.seed) if spec.wanted() else None
     kept_batches = list(batches) if request.sequential or request.measures else None
     before = cost(model, source, output.dims)
@@ -159,7 +169,12 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
         if isinstance(flow.tokens, str) and flow.tokens not in (output.dims or {}) and output.feeds is None:
             log.warning("the token count %s is symbolic: verification runs it at size 1, where no token is dropped; "
                         "give --dim %s=N to verify (and count MACs) at a real length", flow.tokens, flow.tokens)
-    one_shot = batches is not None and not (request.sequential and not criterion.needs_data and not request.depth)
+    validate = request.validate and splittable(kept_batches)
+    if request.validate and not validate:
+        log.warning("too little calibration data to hold any out (one batch of fewer than 4 rows): the default "
+                    "method runs in full, unvalidated")
+    one_shot = batches is not None and not validate \
+        and not (request.sequential and not criterion.needs_data and not request.depth)
     if kept_batches is not None:  # calibrated on the kept list, which keeps the source's name and count
         batches = Batches(batches.samples, batches.source, iter(kept_batches))
     stats = calibrated(analysis, batches, criterion.gram_limit, spec) if one_shot else None
@@ -171,11 +186,26 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
     if request.joint_tokens:  # one budget: the token rates are measured on the data the widths are
         allocation = replace(allocation, tokens=measure_tokens(analysis.model, request.tokens, output.dims,
                                                                kept_batches))
+
+    def fresh() -> Analysis:  # a new analysis of the unpruned model, for a latency probe or a refit candidate
+        return run_analysis(copy_model(pristine), **request.analysis_options())
+
     if allocation is not None:
-        allocation = _timed(allocation, analysis, source, output, model_fingerprint,
-                            lambda: run_analysis(copy_model(pristine), **request.analysis_options()))
-    plan = make_plan(analysis, request.criterion, request.ratio, request.round_to, request.seed, request.kind_ratios,
-                     stats, allocation, request.options, request.expert_criterion)
+        allocation = _timed(allocation, analysis, source, output, model_fingerprint, fresh)
+    sequential = request.sequential
+    if validate:  # the default method: its candidates judged on held-out calibration batches
+        choice = choose_on_held_out(analysis, allocation, kept_batches, spec,
+                                    lambda fit: score_groups(analysis, request.criterion, fit, request.seed),
+                                    fresh, lambda copy, plan, fit: _refit(copy, plan, fit, request))
+        plan, sequential, compensate = choice.plan, choice.refit, not choice.refit
+        plan.meta.update(criterion=request.criterion, validation=choice.as_meta(),
+                         calibration={"source": batches.source, "samples": batches.samples})
+        if compensate:  # one-shot OBS compensation, from statistics of all the batches
+            stats = calibrated(analysis, Batches(batches.samples, batches.source, iter(kept_batches)),
+                               criterion.gram_limit, spec)
+    else:
+        plan = make_plan(analysis, request.criterion, request.ratio, request.round_to, request.seed,
+                         request.kind_ratios, stats, allocation, request.options, request.expert_criterion)
     if not plan.removed and request.requested() and TokenSchedule.planned(plan.meta) is None:
         raise GraphpruneError("the requested ratios remove no unit: every prunable group is too small for them "
                               "(see the warnings above); nothing was written")
@@ -192,9 +222,9 @@ def prune_file(source: str | os.PathLike, target: str | os.PathLike | Output | N
         plan.meta["tokens"] = {"schedule": asdict(tokens), **({"measured": measured} if measured else {})}
     if request.expert_merge:
         plan.meta["expert_merge"] = "by gate weight" if stats is not None else "equal"
-    if request.sequential and not output.dry_run:
+    if sequential and not output.dry_run:
         _refit(analysis, plan, kept_batches, request)
-    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before, refit=request.sequential)
+    return _rewrite_and_save(source, output, analysis, plan, stats, compensate, before, refit=sequential)
 
 
 def _measuring_feeds(model: ir.Model, request: PruneRequest, output: Output,

@@ -31,7 +31,9 @@ class PruneRequest:
     "block", removed by the "block" kind ratio or a measured allocation; ranked on calibration data).
     `tokens` also compiles token reduction into the graph (see `graphprune.passes.rewrite.tokens`); with
     `token_target` its per-block rates are measured to bring the MACs to that fraction (`passes/allocation/tokens`);
-    with `joint_tokens` they share the allocation's FLOPs or latency target with the widths (`allocation/joint`)."""
+    with `joint_tokens` they share the allocation's FLOPs or latency target with the widths (`allocation/joint`).
+    `validate` (the default method: obs, measured allocation, sequential refit) keeps whichever of it and its
+    simpler forms has the least output error on held-out calibration batches (`pipeline/validation`)."""
 
     criterion: str = "l2"
     ratio: float = 0.5
@@ -51,6 +53,7 @@ class PruneRequest:
     tokens: TokenSchedule | None = None
     token_target: float | None = None  # MACs fraction the token keep rates are measured to reach (tokens only)
     joint_tokens: bool = False  # the keep rates measured beside the widths, under the allocation's one target
+    validate: bool = False  # the default method chosen among its simpler forms on held-out calibration data
 
     @property
     def spec(self) -> CalibrationSpec:
@@ -95,6 +98,10 @@ class PruneRequest:
             if self.allocation.kind_ratios or self.allocation.expert_ratio:
                 raise GraphpruneError("--tokens auto spends one target over tokens and widths: give no per-kind or "
                                       "expert ratio with it")
+        if self.validate and not self.validates():
+            raise GraphpruneError("choosing the method on held-out data (validate) compares the default method's "
+                                  "forms: it needs criterion obs, the measured allocation refit sequentially, a "
+                                  "--calib file, and no latency target, --max-error, tokens or experts")
         if self.depth and not spec.wanted():
             raise GraphpruneError("depth pruning ranks residual blocks on calibration data: pass --calib FILE or "
                                   "--data-free")
@@ -119,6 +126,13 @@ class PruneRequest:
                     f"criterion {name!r}"
                 raise GraphpruneError(f"{need} needs calibration data: pass --calib FILE or --data-free")
         spec.check()
+
+    def validates(self) -> bool:
+        """Whether the run is the default method in a form held-out validation can choose among."""
+        allocation = self.allocation
+        return self.criterion == "obs" and self.measures and self.sequential and self.spec.path is not None \
+            and self.tokens is None and allocation.max_error is None and not allocation.expert_ratio \
+            and (allocation.target is None or allocation.target[0] != "latency")
 
     def requested(self) -> bool:
         """Whether the run asks to remove anything (a ratio, a per-kind ratio, an expert ratio or a target)."""
