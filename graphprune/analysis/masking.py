@@ -103,7 +103,12 @@ class Masked:
         self.saved: list = []
         self.masks: list = []
 
-    def __enter__(self) -> None:
+    @property
+    def changed(self) -> list[ir.Value]:
+        """The weights this context set (zeroed rows or updates), once entered."""
+        return [value for value, _ in self.saved]
+
+    def __enter__(self) -> Masked:
         for member in (m for m in self.group.members if m.consumer):
             if stored_weight(member.value).value not in self.updates:  # an update zeroes these rows already
                 self.saved.append(_zero(member, self.units))
@@ -111,6 +116,7 @@ class Masked:
         for unit in self.units.tolist() if self.group.blocks is not None else []:
             block = self.group.blocks[unit]
             self.masks.append((block, mask_block(self.model, block)))
+        return self
 
     def __exit__(self, *exc) -> None:
         for value, tensor in reversed(self.saved):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -85,6 +86,35 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
             sess = ort.InferenceSession(str(path), options, providers=providers)
     sess.graphprune_model = model  # random_feeds reads index ranges from it
     return sess
+
+
+def prefix_session(proto: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
+    """A session over `proto` whose outputs are the tensors `names`, holding only the nodes they need: ONNX
+    Runtime runs every node of a graph whatever its caller fetches, so a tensor early in the graph costs a
+    whole forward pass unless the rest is cut away."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(prefix_model(proto, names).SerializeToString(), options, providers=_providers)
+
+
+def prefix_model(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """`proto` cut down to the nodes and initializers the tensors `names` need, those tensors its outputs."""
+    graph = proto.graph
+    producer = {out: index for index, node in enumerate(graph.node) for out in node.output}
+    needed, stack = set(), [producer[name] for name in names if name in producer]
+    while stack:
+        index = stack.pop()
+        if index not in needed:
+            needed.add(index)
+            stack.extend(producer[n] for n in graph.node[index].input if n in producer)
+    nodes = [graph.node[index] for index in sorted(needed)]
+    read = {n for node in nodes for n in node.input}
+    prefix = onnx.helper.make_graph(nodes, graph.name, graph.input, [onnx.ValueInfoProto(name=n) for n in names],
+                                    [t for t in graph.initializer if t.name in read])
+    model = onnx.helper.make_model(prefix, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+    model.functions.extend(proto.functions)
+    return model
 
 
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"}

@@ -42,12 +42,17 @@ def squared_error_ratio(dense: list[list[np.ndarray]], masked: list[list[np.ndar
     for index, (reference, actual) in enumerate(zip(dense, masked, strict=True)):
         mask = padding_mask(feeds[index]) if feeds is not None else None
         for y, y_hat in zip(reference, actual, strict=True):
-            if np.issubdtype(y.dtype, np.floating):
-                weight = 1.0
-                if mask is not None and y.ndim >= 3 and y.shape[:2] == mask.shape:
-                    weight = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).astype(np.float64)
+            if not np.issubdtype(y.dtype, np.floating):
+                continue
+            if mask is not None and y.ndim >= 3 and y.shape[:2] == mask.shape:
+                weight = mask.reshape(mask.shape + (1,) * (y.ndim - 2)).astype(np.float64)
                 num += float(np.sum(weight * (y.astype(np.float64) - y_hat) ** 2))
                 den += float(np.sum(weight * y.astype(np.float64) ** 2))
+            else:  # float64 dot products: no temporaries beyond the difference (outputs can be large)
+                diff = np.subtract(y, y_hat, dtype=np.float64).ravel()
+                exact = y.astype(np.float64, copy=False).ravel()
+                num += float(np.dot(diff, diff))
+                den += float(np.dot(exact, exact))
     return num / max(den, 1e-30)
 
 

@@ -24,6 +24,7 @@ from graphprune.analysis.groups import Group
 from graphprune.analysis.masking import Masked
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.io import runtime
+from graphprune.passes.allocation.suffix import SuffixRunner
 from graphprune.passes.calibration.sources import Feeds
 from graphprune.verify.drift import squared_error_ratio
 
@@ -86,6 +87,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
     if not batches:
         raise GraphpruneError("measuring sensitivity needs calibration inputs")
     dense = run_batches(analysis.model, batches)
+    runner = SuffixRunner(analysis.model, groups, batches, dense)
     counts, errors = {}, {}
     points = [(g, c) for g in groups for c in _counts(g.size, grid, max_group_ratio)]
     with progress.step("measuring sensitivity"), progress.bar(len(points), "sensitivity", "point") as bar:
@@ -96,8 +98,9 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
             for count in counts[group.id][1:]:
                 units = order[:count]
                 updates = compensation(group, units) if compensation and group.blocks is None else None
-                with Masked(analysis.model, group, units, updates):
-                    measured.append(squared_error_ratio(dense, run_batches(analysis.model, batches), batches))
+                with Masked(analysis.model, group, units, updates) as masked:
+                    outputs = runner.run(group, masked.changed) or run_batches(analysis.model, batches)
+                    measured.append(squared_error_ratio(dense, outputs, batches))
                 bar.update(1)
             errors[group.id] = np.array(measured)
     log.info("sensitivity measured at %d points over %d groups", len(points), len(groups))

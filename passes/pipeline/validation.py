@@ -81,7 +81,7 @@ def choose_on_held_out(analysis: Analysis, allocation: Allocation, batches: list
     chosen = min(errors, key=errors.__getitem__)
     log.info("held-out output error of each method (%d batches held out): %s; chosen: %s", len(held),
              ", ".join(f"{name} {error:.4g}" for name, error in errors.items()), chosen)
-    plan = plans[best_measured] if chosen == refit_name else plans[chosen]
+    plan = refit_plan if chosen == refit_name else plans[chosen]
     return Choice(plan, chosen == refit_name, errors, chosen, len(held))
 
 

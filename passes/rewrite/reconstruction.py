@@ -30,7 +30,10 @@ from graphprune.analysis.groups import Group, Member
 from graphprune.analysis.plan import PruningPlan
 from graphprune.analysis.weights import NORM_BLOCK, consumer_view
 from graphprune.errors import GraphpruneError, first_line
+from graphprune.io.runtime import prefix_session
+from graphprune.io.save import to_proto
 from graphprune.io.scratch import contiguous_scratch, scratch_array
+from graphprune.ir.model import uses_external_data
 from graphprune.passes.calibration.sources import Feeds
 from graphprune.passes.calibration.statistics import (
     Calibration,
@@ -45,6 +48,7 @@ from graphprune.passes.rewrite.compensation import add_to_bias, bias_of, per_out
 
 log = logging.getLogger("graphprune")
 
+CACHE_BYTES = 2 << 30  # dense activations held for all stages at most (else recomputed per stage)
 RIDGE_RANGE = (0.01, 1.0)  # bounds of λ relative to the mean of diag(x̂ᵀx̂) over the kept channels (see ridge_for)
 MIXING = {"Conv", "Gemm", "MatMul", "Attention", "QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul",
           "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
@@ -258,7 +262,8 @@ def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], res
     """Refit, in place and stage by stage, every weight of `analysis.model` the plan affects (removed input
     rows become 0: the model is then the plan's masked reference, compensated); with `rescore`, groups whose
     consumers all sit in one stage re-pick their units (same count) from scores on the pruned activations,
-    updating `plan`. `batches` are run once per stage through the dense and the pruned model."""
+    updating `plan`. `batches` run once through the dense model (its values held, up to CACHE_BYTES) and once
+    per stage through the pruned one, cut to what the stage reads."""
     if any(analysis.group(gid).experts is not None for gid in plan.removed):
         raise GraphpruneError("sequential reconstruction does not remove MoE experts yet: drop --sequential or "
                               "--expert-ratio")
@@ -272,7 +277,7 @@ def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], res
     decoders = quantized_reads([layer.member for layer in layers])
     streams = {layer.residual.name for layer in layers if layer.residual is not None}
     reads = sorted({layer.read_key[0] for layer in layers} | streams)
-    dense = _Runner(session_exposing(analysis.model, _with_decoders(reads, decoders)), decoders)
+    dense = _Dense(analysis.model, _with_decoders(reads, decoders), decoders, batches)
     for block in blocks:  # removed residual blocks leave their stream, as the rewrite will
         bypass(block)
     with progress.step("reconstructing"), progress.bar(len(stages), "reconstructing", "stage") as bar:
@@ -318,7 +323,35 @@ class _Runner:
         return {name: decoded(arrays[name], self.decoders.get(name), arrays) for name in names}
 
 
-def _stage_stats(model: ir.Model, members: list[Layer], batches: list[Feeds], dense: _Runner, decoders: dict,
+class _Dense:
+    """The dense model's values of every tensor a stage reads: computed in one pass over the batches and held
+    (the stages then run only the pruned model), or, past `CACHE_BYTES`, computed again for each stage."""
+
+    def __init__(self, model: ir.Model, reads: list[str], decoders: dict, batches: list[Feeds]) -> None:
+        self.runner = _Runner(session_exposing(model, reads), decoders)
+        self.cache: list[dict[str, np.ndarray]] | None = []
+        spent = 0
+        for feeds in batches:
+            self.cache.append(self.runner.run(reads, feeds))
+            spent += sum(array.nbytes for array in self.cache[-1].values())
+            if spent * len(batches) / len(self.cache) > CACHE_BYTES:
+                log.info("reconstruction: the dense activations would pass %d MiB; computing them per stage",
+                         CACHE_BYTES >> 20)
+                self.cache = None
+                break
+
+    def values(self, index: int, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
+        if self.cache is None:
+            return self.runner.run(names, feeds)
+        return {name: self.cache[index][name] for name in names}
+
+
+def _session_for(model: ir.Model, names: list[str]):
+    """A session computing `names` of `model` as it is now, running only what they need where it can."""
+    return session_exposing(model, names) if uses_external_data(model) else prefix_session(to_proto(model), names)
+
+
+def _stage_stats(model: ir.Model, members: list[Layer], batches: list[Feeds], dense: _Dense, decoders: dict,
                  first: bool) -> tuple[dict[tuple[str, int], PairStats], dict[int, ResidualStats]]:
     """Pair statistics of every tensor axis the stage's layers read (no wider than GRAM_LIMIT channels), and
     per layer adding into a residual stream, that stream's drift; the first stage reads tensors no pruning has
@@ -326,12 +359,12 @@ def _stage_stats(model: ir.Model, members: list[Layer], batches: list[Feeds], de
     keys = sorted({layer.read_key for layer in members})
     drifting = [layer for layer in members if layer.residual is not None and not first]
     names = sorted({name for name, _ in keys} | {layer.residual.name for layer in drifting})
-    pruned = dense if first else _Runner(session_exposing(model, _with_decoders(names, decoders)), decoders)
+    pruned = None if first else _Runner(_session_for(model, _with_decoders(names, decoders)), decoders)
     stats: dict[tuple[str, int], PairStats] = {}
     drifts: dict[int, ResidualStats] = {}
-    for feeds in batches:
-        reference = dense.run(names, feeds)
-        current = reference if pruned is dense else pruned.run(names, feeds)
+    for index, feeds in enumerate(batches):
+        reference = dense.values(index, names, feeds)
+        current = reference if pruned is None else pruned.run(names, feeds)
         for name, axis in keys:
             if reference[name].shape[axis] <= GRAM_LIMIT:
                 stats.setdefault((name, axis), PairStats()).update(current[name], reference[name], axis)

@@ -200,3 +200,22 @@ def test_sequential_refuses_what_it_cannot_do(tmp_path, arguments, message):
     with pytest.raises(GraphpruneError, match=message):
         main(["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o.onnx"), "--debug", *arguments])
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_held_dense_activations_refit_as_recomputed_ones(tmp_path, monkeypatch, caplog):
+    """The dense values every stage reads are computed once and held; past the memory budget they are computed
+    again for each stage — the refit weights are the same either way."""
+    from graphprune.passes.rewrite import reconstruction
+
+    x, _ = digits_test_set()
+    np.savez(tmp_path / "calib.npz", x=x[:96])
+    calibration = CalibrationSpec(tmp_path / "calib.npz", batch_size=32)
+    weights = []
+    for budget in (reconstruction.CACHE_BYTES, 0):
+        monkeypatch.setattr(reconstruction, "CACHE_BYTES", budget)
+        with caplog.at_level("INFO", logger="graphprune"):
+            prune_file(DEMO_MODEL, tmp_path / f"{budget}.onnx", criterion="obs", ratio=0.4,
+                       calibration=calibration, sequential=True)
+        weights.append([v.const_value.numpy() for v in load(tmp_path / f"{budget}.onnx").graph.initializers.values()])
+        assert ("computing them per stage" in caplog.text) == (budget == 0)  # the path each run took
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
