@@ -331,7 +331,7 @@ class _Dense:
         self.runner = _Runner(session_exposing(model, reads), decoders)
         self.cache: list[dict[str, np.ndarray]] | None = []
         spent = 0
-        for feeds in batches:
+        for feeds in batches if reads else []:  # (a plan that affects no layer reads nothing)
             self.cache.append(self.runner.run(reads, feeds))
             spent += sum(array.nbytes for array in self.cache[-1].values())
             if spent * len(batches) / len(self.cache) > CACHE_BYTES:
