@@ -112,20 +112,19 @@ class Masked:
         for member in (m for m in self.group.members if m.consumer):
             if stored_weight(member.value).value not in self.updates:  # an update zeroes these rows already
                 self.saved.append(_zero(member, self.units))
-        self.saved.extend(store(self.updates))
+        self.saved.extend(_store(self.updates))
         for unit in self.units.tolist() if self.group.blocks is not None else []:
             block = self.group.blocks[unit]
             self.masks.append((block, mask_block(self.model, block)))
         return self
 
     def __exit__(self, *exc) -> None:
-        for value, tensor in reversed(self.saved):
-            value.const_value = tensor
+        _restore(self.saved)
         for block, mask in reversed(self.masks):
             unmask_block(self.model, block, mask)
 
 
-def store(updates: dict[ir.Value, np.ndarray]) -> list[tuple[ir.Value, ir.TensorProtocol | None]]:
+def _store(updates: dict[ir.Value, np.ndarray]) -> list[tuple[ir.Value, ir.TensorProtocol | None]]:
     """Set new real weights in place; (value, its former tensor) for each, to restore them from."""
     saved = []
     for value, array in updates.items():
@@ -142,8 +141,13 @@ class Updated:
         self.updates, self.saved = updates, []
 
     def __enter__(self) -> None:
-        self.saved = store(self.updates)
+        self.saved = _store(self.updates)
 
     def __exit__(self, *exc) -> None:
-        for value, tensor in reversed(self.saved):
-            value.const_value = tensor
+        _restore(self.saved)
+
+
+def _restore(saved: list[tuple[ir.Value, ir.TensorProtocol | None]]) -> None:
+    """Put back the tensors `saved` held, last set first."""
+    for value, tensor in reversed(saved):
+        value.const_value = tensor

@@ -41,9 +41,10 @@ class SuffixRunner:
         if uses_external_data(model) or _has_bodies(model):
             return
         proto = to_proto(model)
+        graph = _Graph(proto)
         for group in groups:
             weights = {stored_weight(m.value).value.name for m in group.members if m.consumer}
-            suffix = None if group.blocks is not None or not weights else _suffix(proto, weights)
+            suffix = None if group.blocks is not None or not weights else graph.suffix(weights)
             if suffix is not None:
                 self.graphs[group.id] = (suffix, weights)
         self.cache = self._cached()
@@ -99,29 +100,36 @@ def _has_bodies(model: ir.Model) -> bool:
                for node in model.graph for attr in node.attributes.values())
 
 
-def _suffix(proto: onnx.ModelProto, weights: set[str]) -> Suffix | None:
-    """The part of the graph downstream of the nodes reading `weights` (initializers, fed as inputs there), or
-    None where a weight is computed by a node."""
-    graph = proto.graph
-    initializers = {t.name: t for t in graph.initializer}
-    if not weights <= initializers.keys():  # a weight computed by a node: its readers' inputs are not all fed
-        return None
-    readers: dict[str, list[int]] = {}
-    for index, node in enumerate(graph.node):
-        for name in node.input:
-            readers.setdefault(name, []).append(index)
-    reached, stack = set(), [i for w in weights for i in readers.get(w, ())]
-    while stack:
-        index = stack.pop()
-        if index not in reached:
-            reached.add(index)
-            stack.extend(i for out in graph.node[index].output for i in readers.get(out, ()))
-    nodes = [graph.node[i] for i in sorted(reached)]
-    made = {out for node in nodes for out in node.output}
-    read = list(dict.fromkeys(n for node in nodes for n in node.input if n and n not in made))
-    outputs = [(position, v) for position, v in enumerate(graph.output) if v.name in made]
-    return Suffix(proto, nodes, [n for n in read if n not in initializers], [initializers[n] for n in read
-                  if n in initializers], [position for position, _ in outputs], [v for _, v in outputs])
+class _Graph:
+    """A model proto with its initializers and each tensor's reading nodes indexed once, to cut suffixes from."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto = proto
+        self.initializers = {t.name: t for t in proto.graph.initializer}
+        self.readers: dict[str, list[int]] = {}
+        for index, node in enumerate(proto.graph.node):
+            for name in node.input:
+                self.readers.setdefault(name, []).append(index)
+
+    def suffix(self, weights: set[str]) -> Suffix | None:
+        """The part of the graph downstream of the nodes reading `weights` (initializers, fed as inputs there),
+        or None where a weight is computed by a node."""
+        graph, initializers, readers = self.proto.graph, self.initializers, self.readers
+        if not weights <= initializers.keys():  # a weight computed by a node: its readers' inputs are not all fed
+            return None
+        reached, stack = set(), [i for w in weights for i in readers.get(w, ())]
+        while stack:
+            index = stack.pop()
+            if index not in reached:
+                reached.add(index)
+                stack.extend(i for out in graph.node[index].output for i in readers.get(out, ()))
+        nodes = [graph.node[i] for i in sorted(reached)]
+        made = {out for node in nodes for out in node.output}
+        read = list(dict.fromkeys(n for node in nodes for n in node.input if n and n not in made))
+        outputs = [(position, v) for position, v in enumerate(graph.output) if v.name in made]
+        return Suffix(self.proto, nodes, [n for n in read if n not in initializers],
+                      [initializers[n] for n in read if n in initializers], [position for position, _ in outputs],
+                      [v for _, v in outputs])
 
 
 @dataclass

@@ -55,7 +55,8 @@ def choose_on_held_out(analysis: Analysis, allocation: Allocation, batches: list
     the dense one's) and return the least. `score(statistics)` scores the groups with OBS; `fresh()` gives a
     new analysis of the unpruned model for `refit(analysis, plan, batches)`, the sequential refit, to change."""
     fit, held = split(batches, "choosing the method")
-    stats = calibrated(analysis, Batches(len(fit), "the fit part", iter(fit)), criterion_class(CRITERION).gram_limit,
+    samples = sum(next(iter(feeds.values())).shape[0] for feeds in fit)
+    stats = calibrated(analysis, Batches(samples, "the fit part", iter(fit)), criterion_class(CRITERION).gram_limit,
                        spec)
     scores = score(stats)
     widths = [g for g in analysis.prunable() if g.kind != "expert"]

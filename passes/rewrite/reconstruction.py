@@ -339,6 +339,8 @@ class _Dense:
                          CACHE_BYTES >> 20)
                 self.cache = None
                 break
+        if self.cache is not None:
+            self.runner = None  # every value is held: the session is not needed again
 
     def values(self, index: int, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
         if self.cache is None:
