@@ -2,8 +2,9 @@
 weights in prunable groups and the params/MACs ratios after pruning (CNNs: --ratio 0.5; transformers and MoE:
 --ratio 0 with --head-ratio 0.5 and --neuron-ratio 0.5; MoE also --expert-ratio 0.5).
 
-    python benchmarks/bench_coverage.py [--keras FILE.onnx ...]
-Needs graphprune[torch]; Keras models are exported beforehand in a TensorFlow environment (see ../shared).
+    python benchmarks/bench_coverage.py [--keras FILE.onnx ...] [--tflite FILE.onnx ...]
+Needs graphprune[torch]; Keras models are exported, and TFLite models (the mediapipe wheel's detectors and
+landmark models: tests/data/make_mediapipe.py) converted, beforehand in a TensorFlow environment.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def coverage(path: Path, folder: Path, transformer: bool, moe: bool) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keras", nargs="*", default=[], help="tf2onnx exports of Keras models to include")
+    parser.add_argument("--tflite", nargs="*", default=[], help="tf2onnx conversions of TFLite CNNs to include")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,6 +54,8 @@ def main() -> None:
                 rows.append(coverage(path, folder, name not in ("resnet",), name.startswith("moe")))
         for keras in args.keras:
             rows.append(coverage(Path(keras), folder, True, False))
+        for tflite in args.tflite:
+            rows.append(coverage(Path(tflite), folder, False, False))
     print(render(["model", "weights in prunable groups", "params after", "MACs after"], rows))
 
 
