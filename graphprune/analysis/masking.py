@@ -28,9 +28,20 @@ def mask_consumers(analysis: Analysis, plan: PruningPlan) -> ir.Model:
         for member in group.members:
             if member.consumer:
                 _zero(member, units)
-            elif not member.is_param:
+            elif member.is_param:
+                _silence(member, member.positions(units))
+            else:
                 _mask_ranges(analysis.model, member.value, member.axis, member.positions(units))
     return analysis.model
+
+
+def _silence(member: Member, positions: np.ndarray) -> None:
+    """Zero the entries of parameter `member` that the ops reading it silence for removed units (`silenced`)."""
+    for usage in member.value.uses():
+        rule = lookup(usage.node)
+        silenced = rule.silenced(usage.node, usage.idx, positions) if rule is not None else positions[:0]
+        if silenced.size:
+            stored_weight(member.value).zero(member.axis, silenced)
 
 
 def mask_block(model: ir.Model, block: Block) -> ir.Node:

@@ -364,7 +364,9 @@ def fold_transpose_sandwiches(model: ir.Model) -> int:
 
 
 _VALUE_PRESERVING = ("Slice", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Identity", "Cast", "Transpose", "Gather")
-_RECURRENT_STATES = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # initial_h (initial_c): omitted means zeros
+# (domain, op) → initial_h (initial_c): omitted means zeros
+_RECURRENT_STATES = {("", "LSTM"): (5, 6), ("", "GRU"): (5,), ("", "RNN"): (5,),
+                     ("com.microsoft", "DynamicQuantizeLSTM"): (5, 6)}
 
 
 def _all_zeros(value: ir.Value | None) -> bool:
@@ -390,7 +392,8 @@ def _all_zeros(value: ir.Value | None) -> bool:
 def _drop_zero_states(model: ir.Model, node: ir.Node) -> bool:
     """A recurrent layer's initial state that is all zeros is the default: the input is omitted."""
     dropped = False
-    for index in _RECURRENT_STATES.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    for index in _RECURRENT_STATES.get((domain, node.op_type), ()):
         if index < len(node.inputs) and node.inputs[index] is not None and _all_zeros(node.inputs[index]):
             node.replace_input_with(index, None)
             dropped = True
@@ -398,6 +401,6 @@ def _drop_zero_states(model: ir.Model, node: ir.Node) -> bool:
 
 
 def fold_zero_initial_states(model: ir.Model) -> int:
-    """Zero initial states of LSTM/GRU/RNN (the legacy exporter builds them from ConstantOfShape) are dropped,
-    so the hidden axis no longer runs into a shape computation; returns how many layers."""
+    """Zero initial states of LSTM/GRU/RNN and DynamicQuantizeLSTM (the legacy exporter builds them from
+    ConstantOfShape) are dropped, so the hidden axis no longer runs into a shape computation; returns how many."""
     return _each_node(model, _drop_zero_states)

@@ -127,6 +127,12 @@ class OpRule:
         """Inputs that are scales or zero points: sliced with their channels, never scored as weights."""
         return ()
 
+    def silenced(self, node: ir.Node, input_index: int, positions: np.ndarray) -> np.ndarray:
+        """Of `positions` (removed units' entries in weight input `input_index`, not a consumer), those the
+        masked reference zeroes too, so that removed units compute exact zeros inside the op (whose range
+        it reads); most ops need none."""
+        return positions[:0]
+
     def output_shapes(self, node: ir.Node) -> list[ir.Shape | None] | None:
         """Output shapes for ops neither ONNX nor ONNX Runtime shape inference knows (None: no opinion)."""
         return None

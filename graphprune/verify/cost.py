@@ -120,6 +120,16 @@ def _attention(node: ir.Node, data: int, weight: int) -> Poly:
     return projection + _numel_poly([query[0], query[1], kv_length, hidden]) * 2
 
 
+def _recurrent(node: ir.Node, data: int, weight: int) -> Poly:
+    """Every step, every direction: G gate blocks of H units read the input (W) and the hidden state (R)."""
+    x, hidden = shape_of(node.inputs[data]), node.attributes.get("hidden_size")
+    w = shape_of(node.inputs[weight])
+    if x is None or len(x) != 3 or w is None or hidden is None:
+        return Poly()
+    gates = {"GRU": 3, "RNN": 1}.get(node.op_type, 4)
+    return _numel_poly([x[0], x[1], w[0]]) * (gates * hidden.as_int()) * (Poly.of(x[2]) + Poly.of(hidden.as_int()))
+
+
 # op → (counter, data input, weight input): multiply-accumulates of the ops that do arithmetic at scale
 _COUNTERS = {
     "Conv": (_conv, 0, 1), "ConvTranspose": (_conv, 0, 1), "QLinearConv": (_conv, 0, 3),
@@ -129,6 +139,8 @@ _COUNTERS = {
     "MatMulNBits": (_matmul, 0, 1), "FusedMatMul": (_matmul, 0, 1), "Einsum": (_einsum, 0, 1),
     "Attention": (_attention, 0, 1), "MultiHeadAttention": (_attention, 0, -1),
     "GroupQueryAttention": (_attention, 0, -1),
+    "LSTM": (_recurrent, 0, 1), "GRU": (_recurrent, 0, 1), "RNN": (_recurrent, 0, 1),
+    "DynamicQuantizeLSTM": (_recurrent, 0, 1),
 }
 
 

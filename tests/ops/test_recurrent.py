@@ -72,8 +72,8 @@ def test_input_forget_and_batch_first_layout_freeze():
     assert any("layout 1" in r for r in frozen_reasons(recurrent("GRU", layout=1)))
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_torch_exports_agree_and_prune_exactly(tmp_path, kind):
+def tagger(kind: str, path, dynamo: bool = False):
+    """A torch tagger around a 2-layer bidirectional `kind` (8 features in, 12 hidden units), exported."""
     torch = pytest.importorskip("torch")
 
     class Tagger(torch.nn.Module):
@@ -87,13 +87,41 @@ def test_torch_exports_agree_and_prune_exactly(tmp_path, kind):
             return self.out(self.rnn(torch.relu(self.embed(x)))[0])
 
     torch.manual_seed(0)
+    torch.onnx.export(Tagger().eval(), (torch.randn(2, 7, 6),), str(path), dynamo=dynamo, input_names=["x"],
+                      dynamic_axes=None if dynamo else {"x": {0: "batch", 1: "seq"}})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_exports_agree_and_prune_exactly(tmp_path, kind):
     structures = {}
     for dynamo in (False, True):
-        path = tmp_path / f"{kind}_{dynamo}.onnx"
-        torch.onnx.export(Tagger().eval(), (torch.randn(2, 7, 6),), str(path), dynamo=dynamo, input_names=["x"],
-                          dynamic_axes=None if dynamo else {"x": {0: "batch", 1: "seq"}})
-        model = onnx.load(str(path))
+        model = onnx.load(str(tagger(kind, tmp_path / f"{kind}_{dynamo}.onnx", dynamo)))
         analysis = analyze(from_proto(model))
         structures[dynamo] = sorted((g.kind, g.size) for g in analysis.prunable())
         assert_all_groups_equivalent(model, least=3, dims={"batch": 2, "seq": 7})
     assert structures[False] == structures[True] == [("channel", 8), ("neuron", 12), ("neuron", 12)]
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-direction", "per-gate-row"])
+def test_ort_dynamically_quantized_lstm_prunes_exactly(tmp_path, per_channel):
+    """ONNX Runtime's `quantize_dynamic` turns each LSTM into a DynamicQuantizeLSTM (W and R transposed, int8,
+    scales per direction or per gate row) and the Linears into integer MatMuls: the same units as the float
+    model, each masked-equivalent. The op quantizes its hidden state per step over all units, so the masked
+    reference silences removed units (their cell-gate rows and initial states zeroed) — without that, the
+    removed units' activity moves the shared range and the check fails (measured 1e-3 relative)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_path, path = tagger("LSTM", tmp_path / "lstm.onnx"), tmp_path / "lstm_q.onnx"
+    quantize_dynamic(float_path, path, weight_type=QuantType.QInt8, per_channel=per_channel)
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == 2
+    structure = sorted((g.kind, g.size) for g in analyze(from_proto(model)).prunable())
+    assert structure == sorted((g.kind, g.size) for g in analyze(load(float_path)).prunable())
+    assert_all_groups_equivalent(model, least=3, dims={"batch": 2, "seq": 7})
+    analysis = analyze(from_proto(model))
+    group = next(g for g in analysis.prunable() if g.kind == "neuron")
+    pruned = apply_plan(analysis, random_subset_plan(group.id)(analysis))
+    lstm = next(n for n in pruned.graph if n.op_type == "DynamicQuantizeLSTM" and n.inputs[2].const_value.shape[1] < 12)
+    kept = lstm.attributes["hidden_size"].as_int()
+    assert lstm.inputs[2].const_value.shape[1:] == (kept, 4 * kept) and lstm.inputs[3].const_value.shape[1] == 8 * kept

@@ -4,6 +4,7 @@ Einsum (with '...'), ONNX Runtime's fused Attention, symbolic sizes kept as a fo
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.io.load import from_proto
@@ -55,3 +56,22 @@ def test_polynomial_arithmetic():
     p = Poly.of("s") * Poly.of("s") * 3 + Poly.of(4)
     assert p.evaluate({"s": 2}) == 16 and p.symbols() == {"s"} and str(p) == "4 + 3·s^2"
     assert not Poly.of(0)
+
+
+def test_recurrent_layers_count_every_step_gate_and_direction(tmp_path):
+    """seq·batch·dirs·G·H·(in + H) per layer; ONNX Runtime's dynamically quantized LSTM counts as its float twin."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tests.ops.test_recurrent import recurrent
+
+    dims = {"seq": 4, "batch": 3}
+    rest = 4 * 3 * 6 * 8 + 4 * 3 * 10 * 4 + 3 * 5 * 3  # the builder's three MatMuls
+    for op, gates in (("LSTM", 4), ("GRU", 3), ("RNN", 1)):
+        model = recurrent(op)
+        assert macs(from_proto(model)).evaluate(dims) == 4 * 3 * 2 * gates * 5 * (8 + 5) + rest, op
+    onnx.save(recurrent("LSTM"), tmp_path / "lstm.onnx")
+    quantize_dynamic(tmp_path / "lstm.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["LSTM"])
+    quantized = from_proto(onnx.load(tmp_path / "q.onnx"))
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in quantized.graph}
+    assert macs(quantized).evaluate(dims) == 4 * 3 * 2 * 4 * 5 * 13 + rest
