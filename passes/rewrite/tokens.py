@@ -307,10 +307,12 @@ def _kind(value: ir.Value) -> tuple[str, int] | None:
 
 def _restore_point(output: ir.Value, last: TokenSite) -> ir.Value:
     """Where dropped tokens go back for a per-token output: the last value on the way to it that is of the
-    sites' own kind (the residual stream where it ends), else the output itself."""
-    value = output
+    sites' own kind and width (the residual stream where it ends: a head's bias Add after it is of the kind of
+    a decomposed LayerNorm's, not of its width), else the output itself."""
+    value, width = output, (shape_of(last.hidden) or [None])[-1]
     for _ in range(64):
-        if _kind(value) == _kind(last.hidden) and last.walk.axes.get(value) == frozenset({TOKEN_AXIS}):
+        if _kind(value) == _kind(last.hidden) and last.walk.axes.get(value) == frozenset({TOKEN_AXIS}) and \
+                (shape_of(value) or [None])[-1] == width:
             return value
         producer = value.producer()
         carriers = [i for i in producer.inputs if i in last.walk.axes] if producer is not None else []

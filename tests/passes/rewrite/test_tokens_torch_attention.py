@@ -13,10 +13,11 @@ from graphprune.passes.rewrite.tokens import TokenSchedule
 from tests.passes.rewrite.test_tokens import reduced
 
 torch = pytest.importorskip("torch")
-FORMS = [(d, axes) for d in (False, True) for axes in ("static", "static-2", "batch")] + [(True, "batch+seq")]
+FORMS = [(d, axes, 18) for d in (False, True) for axes in ("static", "static-2", "batch")] + \
+    [(True, "batch+seq", 18), (False, "batch", 14), (False, "static", 17)]  # opset 14: the legacy exporter's oldest
 
 
-def _export(tmp_path, dynamo: bool, axes: str):
+def _export(tmp_path, dynamo: bool, axes: str, opset: int = 18):
     from graphprune.models.export import export
     from models.transformers import TorchEncoder
 
@@ -24,17 +25,18 @@ def _export(tmp_path, dynamo: bool, axes: str):
     module = TorchEncoder(batch_first=True).eval()
     example = torch.randn(1 if axes == "static" else 2, 6, 32)  # static-2: batch 2 baked in (rows 12 = 6 × 2)
     dynamic = [{0: "batch", 1: "seq"}] if axes == "batch+seq" else [{0: "batch"}]
-    path = export(module, example, tmp_path / f"encoder-{dynamo}-{axes}.onnx", dynamo, 18, ["x"], dynamic,
+    path = export(module, example, tmp_path / f"encoder-{dynamo}-{axes}-{opset}.onnx", dynamo, opset, ["x"], dynamic,
                   dynamic[0], static=axes.startswith("static"))
     return module, path
 
 
-@pytest.mark.parametrize(("dynamo", "axes"), FORMS, ids=[f"{'dynamo' if d else 'legacy'}-{a}" for d, a in FORMS])
-def test_kept_tokens_compute_what_torch_computes_on_them(tmp_path, dynamo, axes):
+@pytest.mark.parametrize(("dynamo", "axes", "opset"), FORMS,
+                         ids=[f"{'dynamo' if d else 'legacy'}-{a}-opset{o}" for d, a, o in FORMS])
+def test_kept_tokens_compute_what_torch_computes_on_them(tmp_path, dynamo, axes, opset):
     """keep 1 changes nothing; keep 0.5 before block 1 with dropped tokens restored as they entered it: the rows
     equal to the head of layer 0's output are the dropped ones (half of them), and the others equal torch's layer
     1 run on the kept tokens alone — the merged rows were reduced and split back in the right order."""
-    module, path = _export(tmp_path, dynamo, axes)
+    module, path = _export(tmp_path, dynamo, axes, opset)
     same, _ = reduced(path, TokenSchedule(1.0), tmp_path, "same.onnx")
     half, report = reduced(path, TokenSchedule(0.5, (1,), restore="dropped"), tmp_path, "half.onnx")
     assert [site["block"] for site in report.sites] == [1]
