@@ -88,14 +88,21 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     return sess
 
 
-def prefix_session(proto: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
-    """A session over `proto` whose outputs are the tensors `names`, holding only the nodes they need: ONNX
-    Runtime runs every node of a graph whatever its caller fetches, so a tensor early in the graph costs a
-    whole forward pass unless the rest is cut away."""
+def prefix_session(model: ir.Model, names: list[str]) -> ort.InferenceSession:
+    """A session over in-memory `model` (weights in memory) whose outputs are the tensors `names`, holding only
+    the nodes they need: ONNX Runtime runs every node of a graph whatever its caller fetches, so a tensor early
+    in the graph costs a whole forward pass unless the rest is cut away. Float weights from PREFIX_HANDED_BYTES
+    are handed to ORT as buffers instead of serialised (a refit builds one such session per stage)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(prefix_model(proto, names).SerializeToString(), options, providers=_providers)
+    with _handing_over(model, feed=False, least=PREFIX_HANDED_BYTES) as (_, handed):
+        proto = prefix_model(to_proto(model), names)
+    read = {t.name for t in proto.graph.initializer}
+    handed = {name: array for name, array in handed.items() if name in read}
+    if handed:
+        options.add_external_initializers(list(handed), [ort.OrtValue.ortvalue_from_numpy(a) for a in handed.values()])
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=_providers)
 
 
 def prefix_model(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -144,11 +151,12 @@ def index_ranges(model: ir.Model | str | os.PathLike) -> dict[str, int]:
 
 
 HANDED_OVER_BYTES = 2**20  # in-memory float tensors from this size are handed to ORT as buffers, not serialised
+PREFIX_HANDED_BYTES = 2**14  # the same for prefix sessions, built many times over one model
 _HANDED_OVER_TYPES = (np.float32, np.float16, np.float64)
 
 
-def _hands_over(tensor: ir.TensorProtocol | None) -> bool:
-    return (tensor is not None and not isinstance(tensor, ir.ExternalTensor) and tensor.nbytes >= HANDED_OVER_BYTES
+def _hands_over(tensor: ir.TensorProtocol | None, least: int) -> bool:
+    return (tensor is not None and not isinstance(tensor, ir.ExternalTensor) and tensor.nbytes >= least
             and tensor.dtype.numpy() in _HANDED_OVER_TYPES)
 
 
@@ -160,7 +168,7 @@ def _external_files(model: ir.Model) -> dict[str, Path] | None:
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor):
             files[tensor.location] = Path(tensor.path)
-        elif tensor is not None and not _hands_over(tensor):
+        elif tensor is not None and not _hands_over(tensor, HANDED_OVER_BYTES):
             inline += tensor.nbytes
     return files if inline < PROTOBUF_LIMIT // 2 else None
 
@@ -169,7 +177,8 @@ _FED_READERS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather"}  # read a w
 
 
 @contextlib.contextmanager
-def _handing_over(model: ir.Model, feed: bool) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def _handing_over(model: ir.Model, feed: bool, least: int = HANDED_OVER_BYTES
+                  ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """While inside, large in-memory float weights (refit, masked or compensated ones) are out of what gets
     serialised. Yields (fed, handed), name → array: with `feed` (sessions on the CPU: inputs are not copied
     to a device at every run), weights only linear ops read become graph inputs, fed at every run (ORT
@@ -178,7 +187,7 @@ def _handing_over(model: ir.Model, feed: bool) -> Iterator[tuple[dict[str, np.nd
     as it was, initializers in their order."""
     initializers = list(model.graph.initializers.values())
     swapped = {value: value.const_value for value in model.graph.initializers.values()
-               if _hands_over(value.const_value)}
+               if _hands_over(value.const_value, least)}
     fed = {value for value in swapped if feed and not value.is_graph_output() and value.uses()
            and all(usage.node.op_type in _FED_READERS for usage in value.uses())}
     arrays = {value.name: np.ascontiguousarray(tensor.numpy()) for value, tensor in swapped.items()}

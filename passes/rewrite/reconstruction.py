@@ -31,7 +31,6 @@ from graphprune.analysis.plan import PruningPlan
 from graphprune.analysis.weights import NORM_BLOCK, consumer_view
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.io.runtime import prefix_session
-from graphprune.io.save import to_proto
 from graphprune.io.scratch import contiguous_scratch, scratch_array
 from graphprune.ir.model import uses_external_data
 from graphprune.passes.calibration.sources import Feeds
@@ -350,7 +349,7 @@ class _Dense:
 
 def _session_for(model: ir.Model, names: list[str]):
     """A session computing `names` of `model` as it is now, running only what they need where it can."""
-    return session_exposing(model, names) if uses_external_data(model) else prefix_session(to_proto(model), names)
+    return session_exposing(model, names) if uses_external_data(model) else prefix_session(model, names)
 
 
 def _stage_stats(model: ir.Model, members: list[Layer], batches: list[Feeds], dense: _Dense, decoders: dict,
