@@ -42,6 +42,11 @@ def run_demo(ratio: float = 0.25, criterion: str = "obs", round_to: int = 8, out
     low, high = numbers["latency_rounds"]
     print(f"latency: all {len(y)} images in one batch, 1 thread, the two models timed interleaved; pruned/dense "
           f"per round {low:.3f}–{high:.3f}")
+    block = runtime.conv_channel_block() if runtime.provider_name() == "CPUExecutionProvider" else None
+    if block and round_to % block:
+        print(f"note: ONNX Runtime's CPU convolutions compute channels in blocks of {block} on this CPU; a width "
+              f"between multiples of {block} runs as the next one, so the MACs saved show in latency with "
+              f"--round-to {block} (e.g. graphprune demo --ratio 0.5 --round-to {block})")
     if output:
         print(f"\nwrote {output}")
     return numbers

@@ -88,6 +88,17 @@ def session(model: ir.Model | str | os.PathLike, providers: list[str] | None = N
     return sess
 
 
+def conv_channel_block(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> int | None:
+    """Channels ONNX Runtime's CPU convolutions compute as one block (MLAS's NCHWc layout): 16 with AVX-512F,
+    8 with AVX2; None where unknown (no such file, other CPUs). A width between multiples runs as the next."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+
+
 def prefix_session(model: ir.Model, names: list[str]) -> ort.InferenceSession:
     """A session over in-memory `model` (weights in memory) whose outputs are the tensors `names`, holding only
     the nodes they need: ONNX Runtime runs every node of a graph whatever its caller fetches, so a tensor early
