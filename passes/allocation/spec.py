@@ -4,6 +4,7 @@ hands it (sizes, fast widths, a latency probe, calibration batches, a compensati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.plan import PruningPlan
@@ -47,6 +48,8 @@ class Allocation:
     max_error: float | None = None  # a quality floor: held-out output error the removal may reach
     tokens: TokenSensitivity | None = None  # token rates measured: the target is spent on tokens and widths together
     sensitivity: Sensitivity | None = None  # measured already (on these batches): ranked without measuring again
+    reuse: dict[str, Sensitivity] | None = None  # shared by the prunes of one model, data and method (a sweep's
+    # targets): sensitivity measured by one of them, by the batches it was measured on, read by the others
 
     def plan(self, analysis: Analysis, scores: dict) -> PruningPlan:
         plan = self._strategy_plan(analysis, scores)
@@ -82,8 +85,8 @@ class Allocation:
             raise GraphpruneError("a latency target needs the model file to time: use prune_file")
         fit, held = split(self.batches) if self.max_error is not None else (self.batches, None)
         groups = [g for g in analysis.prunable() if g.kind != "expert"]
-        sensitivity = self.sensitivity or measure(analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio,
-                                                  compensation=self.compensation)
+        sensitivity = self.sensitivity or self.reused("fit" if held is not None else "all", lambda: measure(
+            analysis, scores, groups, fit, max_group_ratio=self.max_group_ratio, compensation=self.compensation))
         if self.tokens is not None:  # ranked by error per MAC there
             plan = self._joint_plan(analysis, scores, sensitivity)
             plan.meta["sensitivity"] = _errors(sensitivity)
@@ -103,6 +106,14 @@ class Allocation:
                             self.max_group_ratio)
         plan.meta["sensitivity"] = _errors(sensitivity)
         return plan
+
+    def reused(self, batches: str, measuring: Callable[[], Sensitivity]) -> Sensitivity:
+        """The sensitivity `reuse` holds for `batches` ("all", "fit"), else `measuring()`'s, kept there."""
+        if self.reuse is None:
+            return measuring()
+        if batches not in self.reuse:
+            self.reuse[batches] = measuring()
+        return self.reuse[batches]
 
     def _joint_plan(self, analysis: Analysis, scores: dict, sensitivity: Sensitivity) -> PruningPlan:
         """Tokens and widths under one MACs target, or under the MACs fraction whose timed latency meets a latency

@@ -1,6 +1,6 @@
 """A sweep: one model pruned at several targets of one cost (latency, params or FLOPs), each result re-timed
 against the dense model and its output error measured, for a report of quality against cost. The latency
-table is measured once and reused by every target."""
+table and the measured sensitivity are measured once and reused by every target."""
 
 from __future__ import annotations
 
@@ -53,11 +53,11 @@ def sweep_file(source: str | os.PathLike, folder: str | os.PathLike, request: Pr
     table = base.latency_table or str(folder / "latency_table.json")
     threads = base.threads
     quality, inputs = _quality_inputs(source, request, dims, feeds)
-    points = []
+    points, reuse = [], {}  # the targets share one model, data and method: sensitivity is measured once
     for target in sorted(targets, reverse=True):
         with progress.step(f"sweep: {metric} {target:g}"):
             path = folder / f"{source.stem}-{metric}-{target:g}.onnx"
-            allocation = replace(base, target=(metric, target), latency_table=table)
+            allocation = replace(base, target=(metric, target), latency_table=table, reuse=reuse)
             result = prune_file(source, Output(path, dims=dims, feeds=feeds), replace(request, allocation=allocation))
             points.append(SweepPoint(target, path, result, _retimed(source, path, quality[0], threads),
                                      _error(source, path, quality), inputs))

@@ -60,8 +60,9 @@ def choose_on_held_out(analysis: Analysis, allocation: Allocation, batches: list
                        spec)
     scores = score(stats)
     widths = [g for g in analysis.prunable() if g.kind != "expert"]
-    sensitivity = measure(analysis, scores, widths, fit, max_group_ratio=allocation.max_group_ratio,
-                          compensation=obs_preview(analysis, stats))
+    sensitivity = allocation.reused("validation fit", lambda: measure(
+        analysis, scores, widths, fit, max_group_ratio=allocation.max_group_ratio,
+        compensation=obs_preview(analysis, stats)))
     measured = replace(allocation, strategy="measured", batches=fit, sensitivity=sensitivity)
     plans = {"uniform, one-shot": replace(allocation, strategy="uniform").plan(analysis, scores),
              "measured, one-shot": replace(measured, sensitivity=_without_blocks(analysis, sensitivity))

@@ -59,3 +59,28 @@ def test_the_report_renders_in_a_browser(swept, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (1300, 1000)
     assert (pixels < 128).sum() > 5000 and (pixels > 250).mean() > 0.5  # ink on a light page
+
+
+def test_the_targets_share_one_sensitivity_measurement_and_prune_as_alone(tmp_path, caplog):
+    """The default method with calibration data measures its sensitivity (on the fit part it validates with)
+    once for the whole sweep, and each target's model is the one a prune at that target alone writes."""
+    import logging
+
+    import onnx
+
+    from graphprune.models.demo import digits_test_set
+
+    np.savez(tmp_path / "calib.npz", x=digits_test_set()[0][:64])
+    caplog.set_level(logging.INFO, logger="graphprune")
+    swept = tmp_path / "swept"
+    assert run_cli_module(["prune", str(DEMO_MODEL), "-o", str(swept), "--sweep", "params=0.8,0.6", "--calib",
+                           str(tmp_path / "calib.npz"), "--round-to", "8", "-v"]) == 0
+    assert sum("sensitivity measured at" in r.getMessage() for r in caplog.records) == 1
+    for target in ("0.8", "0.6"):
+        alone = tmp_path / f"alone-{target}.onnx"
+        assert run_cli_module(["prune", str(DEMO_MODEL), "-o", str(alone), "--target-params", target, "--calib",
+                               str(tmp_path / "calib.npz"), "--round-to", "8", "-v"]) == 0
+        point = swept / f"digits_cnn-params-{target}.onnx"
+        ours, theirs = (onnx.load(str(p)).graph.initializer for p in (point, alone))
+        assert [(t.name, t.raw_data) for t in ours] == [(t.name, t.raw_data) for t in theirs], target
+    assert sum("sensitivity measured at" in r.getMessage() for r in caplog.records) == 3
