@@ -77,7 +77,8 @@ class _ConvLike(OpRule):
         c_in = x_shape[1] if x_shape else None
         c_out = y_shape[1] if y_shape else None
         if not isinstance(c_in, int) or not isinstance(c_out, int):
-            ctx.freeze(Dim(y, 1), f"grouped {node.op_type} with unknown channel counts")
+            for dim in (Dim(x, 1), Dim(y, 1)):  # both sides: the input's channels may be reached from its producer
+                ctx.freeze(dim, f"grouped {node.op_type} with unknown channel counts")
             return
         unit_in = np.repeat(np.arange(groups), c_in // groups)
         unit_out = np.repeat(np.arange(groups), c_out // groups)

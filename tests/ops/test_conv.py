@@ -52,3 +52,22 @@ def test_a_weight_two_convs_share_stays_one_tensor(tmp_path):
     written = onnx.load(str(tmp_path / "out.onnx"))
     assert sum(1 for t in written.graph.initializer if len(t.dims) == 4) == 1
     assert result.after.params < result.before.params
+
+
+def test_a_grouped_conv_of_unknown_width_freezes_its_input_channels_too(tmp_path):
+    """tf2onnx writes TFLite's HARD_SWISH as HardSwish even at opset 13, which has no such op (MediaPipe's selfie
+    segmenter): shape inference stops there, so a depthwise conv after it has no known width. The channels
+    reaching it from the conv before freeze with it (they once stayed prunable, and the rewrite crashed)."""
+    from graphprune.passes import prune_file
+
+    b = GraphBuilder()
+    y = b.op("HardSwish", [b.conv("x", 4, 8)])
+    model = b.build(X, [b.head(b.conv(y, 8, 8, 3, group=8), 8)], opset=13)
+    groups = analyze(load(model)).groups
+    first = next(g for g in groups if any(m.value.name == model.graph.node[0].input[1] for m in g.members))
+    assert any("grouped Conv with unknown channel counts" in r for r in first.frozen_reasons), first.frozen_reasons
+    onnx.save(model, tmp_path / "m.onnx")
+    result = prune_file(tmp_path / "m.onnx", tmp_path / "out.onnx", ratio=0.5, criterion="l2")
+    assert result.verification.passed == [] and any("the original fails it too" in s
+                                                     for s in result.verification.skipped)
+    assert result.after.params < result.before.params  # the head's input channels still prune
