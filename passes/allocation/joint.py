@@ -54,53 +54,68 @@ def unit_macs(analysis: Analysis, groups: list[int], dims: dict[str, int] | None
     return costs
 
 
+class JointBudget:
+    """The ranking of width units by measured error per MAC and the dense MACs, computed once; `plan(target)`
+    then searches one MACs target (a latency target probes several)."""
+
+    def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], sensitivity: Sensitivity,
+                 tokens: TokenSensitivity, round_to: RoundTo = 1, max_group_ratio: float = 0.99) -> None:
+        self.analysis, self.scores, self.tokens = analysis, scores, tokens
+        self.round_to, self.max_group_ratio = round_to, max_group_ratio
+        self.ranking = sensitivity.ranking(analysis, scores, unit_macs(analysis, list(sensitivity.counts),
+                                                                       tokens.dims))
+        self.dense = sum(projected_node_macs(analysis, PruningPlan(), tokens.dims).values())
+        self.along: dict[int, list[float]] = {}  # group id → the predicted error of removing its first n units
+        for slope, gid, cost in self.ranking:
+            self.along.setdefault(gid, [0.0]).append(self.along[gid][-1] + slope * cost)
+
+    def width_error(self, plan: PruningPlan) -> float:
+        return sum(self.along[gid][min(len(units), len(self.along[gid]) - 1)] for gid, units in plan.removed.items()
+                   if gid in self.along)
+
+    def plan(self, target: float) -> PruningPlan:
+        """The plan (widths, and token rates in `meta["tokens"]`) that brings the MACs to at most `target` × the
+        dense model's at the least predicted output error; refused with what is reachable when even all is not
+        enough."""
+        if not 0.0 < target <= 1.0:
+            raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
+        tokens, dense = self.tokens, self.dense
+        meta = {"allocation": "measured", "target": {"flops": target}, "cost": "MACs", "round_to": self.round_to}
+
+        def at(budget: float, keeps: Keeps) -> _State:
+            plan = spend(self.analysis, self.scores, self.ranking, budget, self.round_to, self.max_group_ratio, meta)
+            factors, inserted = tokens.factors(keeps)
+            nodes = projected_node_macs(self.analysis, plan, tokens.dims)
+            macs = (sum(m * factors.get(node, 1.0) for node, m in nodes.items()) + inserted) / dense
+            return _State(budget, plan, keeps, macs)
+
+        state, total = at(0.0, tokens.full()), sum(cost for _, _, cost in self.ranking)
+        while state.macs > target:
+            options = []
+            budget = state.budget
+            while budget < total:  # the next width step that saves anything
+                budget = min(total, budget + STEP * dense)
+                wider = at(budget, state.keeps)
+                if wider.macs < state.macs:
+                    options.append(((self.width_error(wider.plan) - self.width_error(state.plan))
+                                    / (state.macs - wider.macs), wider))
+                    break
+            for block, level in next_levels(tokens, state.keeps):
+                fewer = at(state.budget, {**state.keeps, block: level})
+                if fewer.macs < state.macs:
+                    options.append((step_error(tokens, state.keeps, block, level) / (state.macs - fewer.macs), fewer))
+            if not options:
+                raise GraphpruneError(f"cannot reach MACs {target:.3f} of the original with tokens and widths "
+                                      f"together within the group limits and token levels (at most {state.macs:.3f})")
+            state = min(options, key=lambda option: option[0])[1]
+        state = _least_width(state, target, at)
+        return _planned(state, target, tokens, self.width_error(state.plan), at)
+
+
 def joint(analysis: Analysis, scores: dict[int, np.ndarray], sensitivity: Sensitivity, tokens: TokenSensitivity,
           target: float, round_to: RoundTo = 1, max_group_ratio: float = 0.99) -> PruningPlan:
-    """The plan (widths, and token rates in `meta["tokens"]`) that brings the MACs to at most `target` × the
-    dense model's at the least predicted output error; refused with what is reachable when even all is not
-    enough. `tokens.model` must be `analysis.model`."""
-    if not 0.0 < target <= 1.0:
-        raise GraphpruneError(f"a target is a fraction of the original in (0, 1], got {target}")
-    dims = tokens.dims
-    ranking = sensitivity.ranking(analysis, scores, unit_macs(analysis, list(sensitivity.counts), dims))
-    dense = sum(projected_node_macs(analysis, PruningPlan(), dims).values())
-    meta = {"allocation": "measured", "target": {"flops": target}, "cost": "MACs", "round_to": round_to}
-    along: dict[int, list[float]] = {}  # group id → the predicted error of removing its first n units
-    for slope, gid, cost in ranking:
-        along.setdefault(gid, [0.0]).append(along[gid][-1] + slope * cost)
-
-    def width_error(plan: PruningPlan) -> float:
-        return sum(along[gid][min(len(units), len(along[gid]) - 1)] for gid, units in plan.removed.items()
-                   if gid in along)
-
-    def at(budget: float, keeps: Keeps) -> _State:
-        plan = spend(analysis, scores, ranking, budget, round_to, max_group_ratio, meta)
-        factors, inserted = tokens.factors(keeps)
-        nodes = projected_node_macs(analysis, plan, dims)
-        macs = (sum(m * factors.get(node, 1.0) for node, m in nodes.items()) + inserted) / dense
-        return _State(budget, plan, keeps, macs)
-
-    state, total = at(0.0, tokens.full()), sum(cost for _, _, cost in ranking)
-    while state.macs > target:
-        options = []
-        budget = state.budget
-        while budget < total:  # the next width step that saves anything
-            budget = min(total, budget + STEP * dense)
-            wider = at(budget, state.keeps)
-            if wider.macs < state.macs:
-                options.append(((width_error(wider.plan) - width_error(state.plan)) / (state.macs - wider.macs),
-                                wider))
-                break
-        for block, level in next_levels(tokens, state.keeps):
-            fewer = at(state.budget, {**state.keeps, block: level})
-            if fewer.macs < state.macs:
-                options.append((step_error(tokens, state.keeps, block, level) / (state.macs - fewer.macs), fewer))
-        if not options:
-            raise GraphpruneError(f"cannot reach MACs {target:.3f} of the original with tokens and widths together "
-                                  f"within the group limits and token levels (at most {state.macs:.3f})")
-        state = min(options, key=lambda option: option[0])[1]
-    state = _least_width(state, target, at)
-    return _planned(state, target, tokens, width_error(state.plan), at)
+    """`JointBudget(...).plan(target)`: one MACs target. `tokens.model` must be `analysis.model`."""
+    return JointBudget(analysis, scores, sensitivity, tokens, round_to, max_group_ratio).plan(target)
 
 
 def _least_width(state: _State, target: float, at) -> _State:

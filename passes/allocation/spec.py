@@ -9,7 +9,7 @@ from typing import Callable
 from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import GraphpruneError
-from graphprune.passes.allocation.joint import joint
+from graphprune.passes.allocation.joint import JointBudget
 from graphprune.passes.allocation.latency import LatencyProbe, search
 from graphprune.passes.allocation.latency_table import LatencyTable
 from graphprune.passes.allocation.quality import split, within_error
@@ -108,7 +108,8 @@ class Allocation:
         return plan
 
     def reused(self, batches: str, measuring: Callable[[], Sensitivity]) -> Sensitivity:
-        """The sensitivity `reuse` holds for `batches` ("all", "fit"), else `measuring()`'s, kept there."""
+        """The sensitivity `reuse` holds for `batches` ("all", "fit", "validation fit"), else `measuring()`'s,
+        kept there."""
         if self.reuse is None:
             return measuring()
         if batches not in self.reuse:
@@ -120,10 +121,7 @@ class Allocation:
         target (each probe times the widths and the token reduction together)."""
         if self.target is None or self.target[0] not in ("flops", "latency"):
             raise GraphpruneError("--tokens auto with widths spends one --target-flops or --target-latency")
-
-        def plan_at(flops: float) -> PruningPlan:
-            return joint(analysis, scores, sensitivity, self.tokens, flops, self.round_to, self.max_group_ratio)
-
+        plan_at = JointBudget(analysis, scores, sensitivity, self.tokens, self.round_to, self.max_group_ratio).plan
         if self.target[0] == "flops":
             return plan_at(self.target[1])
         plan = search(plan_at, self.latency, self.target[1])

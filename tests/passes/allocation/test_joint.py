@@ -10,7 +10,7 @@ import pytest
 from graphprune.analysis.coupling import analyze
 from graphprune.analysis.plan import PruningPlan
 from graphprune.ir.model import copy_model
-from graphprune.passes.allocation.joint import joint
+from graphprune.passes.allocation.joint import JointBudget, joint
 from graphprune.passes.allocation.sensitivity import Sensitivity
 from graphprune.passes.allocation.tokens import LEVELS, TokenSensitivity
 from graphprune.passes.rewrite.apply import apply_plan
@@ -60,6 +60,18 @@ def test_the_cheaper_is_spent_and_the_counted_macs_are_the_written_ones(exported
         assert schedule.rates() == (LEVELS["topk"][-1],)  # the cheap tokens all spent before any width
     assert measured["macs"] <= target
     assert _rewritten_macs(vit, plan) / dense == pytest.approx(measured["macs"], abs=2e-4)
+
+
+def test_one_ranking_serves_every_target_a_latency_search_probes(exported):
+    """A latency target probes several MACs targets on one JointBudget (its ranking computed once): each probe's
+    plan is the plan a fresh joint allocation at that target makes."""
+    analysis = analyze(load(exported("vit", False)))
+    sensitivity, tokens, scores = _given(analysis, 1e-2, 1e-2)
+    budget = JointBudget(analysis, scores, sensitivity, tokens)
+    for target in (0.8, 0.55, 0.7):
+        probed, fresh = budget.plan(target), joint(analysis, scores, sensitivity, tokens, target)
+        assert {g: u.tolist() for g, u in probed.removed.items()} == {g: u.tolist() for g, u in fresh.removed.items()}
+        assert probed.meta["tokens"] == fresh.meta["tokens"] and probed.meta["tokens"]["measured"]["macs"] <= target
 
 
 def test_an_unreachable_target_is_refused_with_what_is_reachable(exported):
