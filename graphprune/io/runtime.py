@@ -188,7 +188,7 @@ _FED_READERS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather"}  # read a w
 
 
 @contextlib.contextmanager
-def _handing_over(model: ir.Model, feed: bool, least: int = HANDED_OVER_BYTES
+def _handing_over(model: ir.Model, feed: bool, least: int | None = None
                   ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """While inside, large in-memory float weights (refit, masked or compensated ones) are out of what gets
     serialised. Yields (fed, handed), name → array: with `feed` (sessions on the CPU: inputs are not copied
@@ -197,6 +197,7 @@ def _handing_over(model: ir.Model, feed: bool, least: int = HANDED_OVER_BYTES
     arrays handed over instead (`add_external_initializers`: ORT copies them once). The model is given back
     as it was, initializers in their order."""
     initializers = list(model.graph.initializers.values())
+    least = HANDED_OVER_BYTES if least is None else least
     swapped = {value: value.const_value for value in model.graph.initializers.values()
                if _hands_over(value.const_value, least)}
     fed = {value for value in swapped if feed and not value.is_graph_output() and value.uses()
