@@ -67,3 +67,31 @@ def test_static_moe_keeps_its_experts(folder, name, form):
     # per removed expert: gate, up, down and a router row; and up to 6 entries (one per token) of the folded zeros
     experts = 2 * len(REMOVED) * (3 * 32 * 48 + 32)
     assert experts <= result["params"][0] - result["params"][1] <= experts + 2 * len(REMOVED) * 6
+
+
+@pytest.mark.parametrize("form", [ExportForm(False, "batch+seq", 17, "ort-basic"),
+                                  ExportForm(False, "batch+seq", 17, "simplified"),
+                                  ExportForm(True, "batch+seq", 18, "ort-basic")],
+                         ids=["legacy-ort-basic", "legacy-simplified", "dynamo-ort-basic"])
+def test_token_reduction_is_the_same_after_a_simplifier_or_ort_optimisation(folder, tmp_path, form):
+    """The token axis, the attention that scores the tokens and the restore point are found the same in the graph
+    ORT's offline optimisation or a simplifier rewrote: the reduced model computes what the reduced reference
+    computes (the same tokens chosen), and dropping half of them moves the output."""
+    import numpy as np
+
+    from graphprune.io import runtime
+    from graphprune.passes.rewrite.tokens import TokenSchedule
+    from tests.passes.rewrite.test_tokens import bert_feeds, reduced
+
+    reference = folder / f"bert_{REFERENCE.name}.onnx"
+    if not reference.exists():
+        export_form("bert", REFERENCE, folder)
+    feeds = bert_feeds(3, 16, [16, 11, 7])
+    outputs = {}
+    for name, path in (("reference", reference), ("form", export_form("bert", form, folder))):
+        half, report = reduced(path, TokenSchedule(0.5), tmp_path, f"{name}.onnx")
+        assert [site["block"] for site in report.sites] == [1]
+        outputs[name] = runtime.run(runtime.session(str(half)), feeds)[0]
+    np.testing.assert_allclose(outputs["form"], outputs["reference"], atol=1e-4)
+    dense = runtime.run(runtime.session(str(reference)), feeds)[0]
+    assert np.abs(outputs["reference"] - dense).max() > 1e-2
