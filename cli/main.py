@@ -146,24 +146,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        + ([f"experts {args.expert_ratio} by {args.expert_criterion}"] if args.expert_ratio else []))
     report(result, args, f"{method}, {ratios}")
     if args.provider == "cuda":
-        _warn_unaligned_widths(result)
+        _warn_unaligned_widths(result, GPU_WIDTH, ("channel", "neuron", "hidden"), "on a GPU such widths can make "
+                               "the pruned model slower than the dense one")
+    elif (block := runtime.conv_channel_block()) is not None:
+        _warn_unaligned_widths(result, block, ("channel",), f"ONNX Runtime's CPU convolutions here compute channels "
+                               f"in blocks of {block}, so such widths run as the next multiple", convolutions=True)
     return 0
 
 
 GPU_WIDTH = 16  # channel/neuron widths GPU matrix products keep their fast kernels at
 
 
-def _warn_unaligned_widths(result: PruneResult) -> None:
-    """Pruned widths off a multiple of GPU_WIDTH (where the dense one was on it) make GPU products slower than
-    the dense model's: measured on an H200, a 1B LLaMA at 25 % heads + 30 % FFN (FFN 5632 -> 3943) ran at 1.17x
-    the dense latency, and at 0.80x with --round-to 16 (3936)."""
+def _warn_unaligned_widths(result: PruneResult, width: int, kinds: tuple[str, ...], why: str,
+                           convolutions: bool = False) -> None:
+    """Pruned widths off a multiple of `width` (where the dense one was on it) waste what they save: measured on an
+    H200, a 1B LLaMA at 25 % heads + 30 % FFN (FFN 5632 -> 3943) ran at 1.17x the dense latency, and at 0.80x with
+    --round-to 16 (3936); on an AVX-512 CPU the demo's convs at 24 of 32 channels cost what 32 do. With
+    `convolutions`, only groups a Conv computes with count."""
     kept = {group.id: group.size - len(result.plan.removed.get(group.id, ())) for group in result.groups}
-    unaligned = [group for group in result.groups if group.kind in ("channel", "neuron", "hidden")
-                 and group.size % GPU_WIDTH == 0 and kept[group.id] % GPU_WIDTH]
+    unaligned = [group for group in result.groups if group.kind in kinds and group.size % width == 0
+                 and kept[group.id] % width and (not convolutions or _convolved(group))]
     if unaligned:
         logging.getLogger("graphprune").warning(
-            "%d pruned group(s) keep widths that are not multiples of %d; on a GPU such widths can make the pruned "
-            "model slower than the dense one: pass --round-to %d", len(unaligned), GPU_WIDTH, GPU_WIDTH)
+            "%d pruned group(s) keep widths that are not multiples of %d; %s: pass --round-to %d", len(unaligned),
+            width, why, width)
+
+
+def _convolved(group) -> bool:
+    """Whether a Conv (or ConvTranspose) computes with one of the group's weights."""
+    return any(use.node.op_type in ("Conv", "ConvTranspose") for m in group.members if m.is_param
+               for use in m.value.uses())
 
 
 def output_of(args: argparse.Namespace) -> Output:

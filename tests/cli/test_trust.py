@@ -332,15 +332,18 @@ def test_progress_names_every_step_and_counts_real_samples(tmp_path):
     assert "0/40" in text and "/128" not in text
 
 
-def test_version_verbose_and_debug(capsys, tmp_path):
+def test_version_verbose_and_debug(capsys, tmp_path, monkeypatch):
     code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.startswith("graphprune 0.")
     code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "v.onnx", "-v")
     assert code == 0 and "graphprune: INFO: analyzing:" in err and "graphprune: INFO: plan: " in err
     code, _, err = run_cli(capsys, "-vv", "analyze", DEMO_MODEL)
     assert code == 0 and "graphprune: DEBUG: group 0 channel /stem/stem.0" in err
+    # a CPU whose conv channel block is unknown: nothing to warn of (the warning has its own test)
+    monkeypatch.setattr("graphprune.io.runtime.conv_channel_block", lambda: None)
     code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / "q.onnx", "--ratio", "0.2")
     assert code == 0 and err == ""
+    monkeypatch.undo()
     with pytest.raises(PlanError):
         main(["apply", str(DEMO_MODEL), str(write_bad_plan(tmp_path)), "-o", str(tmp_path / "o.onnx"), "--debug"])
     code, _, err = run_cli(capsys, "apply", DEMO_MODEL, write_bad_plan(tmp_path), "-o", tmp_path / "o.onnx")
@@ -430,6 +433,21 @@ def test_pruning_for_cuda_warns_of_widths_gpu_products_run_slowly_at(capsys, tmp
         code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / f"{round_to}.onnx", "--provider", "cuda",
                                "--ratio", "0.3", "--round-to", round_to)
         assert code == 0 and ("are not multiples of 16" in err and "--round-to 16" in err) == warned
+
+
+def test_pruning_conv_widths_off_the_cpus_channel_block_warns(capsys, tmp_path):
+    """On the CPU, conv widths off ONNX Runtime's NCHWc block (16 with AVX-512, 8 with AVX2) run as the next
+    multiple: kept conv widths off it draw one warning naming --round-to BLOCK; on it, none. Where the block is
+    unknown, nothing is said."""
+    from graphprune.io.runtime import conv_channel_block
+
+    block = conv_channel_block()
+    for round_to in ("1", "16"):
+        code, _, err = run_cli(capsys, "prune", DEMO_MODEL, "-o", tmp_path / f"{round_to}.onnx", "--ratio", "0.3",
+                               "--round-to", round_to, "--criterion", "l2")
+        warned = "ONNX Runtime's CPU convolutions here compute channels in blocks of" in err
+        assert code == 0 and warned == bool(block and int(round_to) % block), (block, round_to, err)
+        assert not warned or f"--round-to {block}" in err
 
 
 def test_nothing_to_prune_is_said_before_any_work(capsys, tmp_path):
