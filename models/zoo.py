@@ -29,6 +29,7 @@ def _configs() -> dict[str, Callable[[], torch.nn.Module]]:
                                                       word_embed_proj_dim=32)),
         "llama-gqa": lambda: hf.LlamaForCausalLM(hf.LlamaConfig(**TEXT, num_key_value_heads=2)),
         "gemma-mqa": lambda: hf.GemmaForCausalLM(hf.GemmaConfig(**TEXT, num_key_value_heads=1, head_dim=8)),
+        "albert": lambda: hf.AlbertModel(hf.AlbertConfig(**TEXT, embedding_size=16)),  # one layer applied twice
         "deberta-v2": lambda: hf.DebertaV2Model(hf.DebertaV2Config(**TEXT, relative_attention=True,
                                                                    pos_att_type=["p2c", "c2p"], position_buckets=8)),
         "vit": lambda: hf.ViTModel(hf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -54,8 +55,8 @@ def _configs() -> dict[str, Callable[[], torch.nn.Module]]:
     }
 
 
-ARCHITECTURES = ("bert", "gpt2", "opt", "llama-gqa", "gemma-mqa", "deberta-v2", "vit", "segformer", "mobilevit",
-                 "yolos", "wav2vec2")
+ARCHITECTURES = ("bert", "albert", "gpt2", "opt", "llama-gqa", "gemma-mqa", "deberta-v2", "vit", "segformer",
+                 "mobilevit", "yolos", "wav2vec2")
 VISION = {"vit", "deit", "clip-vision", "segformer", "mobilevit", "yolos"}
 ENCODERS = ("bert", "vit", "deit", "clip-vision", "yolos", "wav2vec2")  # token reduction applies to these
 GQA_UNITS = {"gemma-mqa": "query-slot"}  # one KV head: query heads are the only head units

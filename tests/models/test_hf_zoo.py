@@ -109,3 +109,27 @@ def test_encoders_reduce_their_tokens(exported, tmp_path, name, dynamo):
         for reduced_path in (half, merged):
             moved = runtime.run(runtime.session(str(reduced_path)), inputs)[0]
             assert moved.shape == dense.shape and np.abs(moved - dense).max() > 1e-3
+
+
+def test_albert_shares_one_layer_across_depth_and_prunes_it_once(exported, tmp_path):
+    """ALBERT applies one layer at every depth. The legacy export reads each of its weights from one initializer
+    at both depths: the layer's heads and neurons are one group each (a unit goes at every depth or at none),
+    each weight is sliced once and written once, and the reported params are the written file's. (The dynamo
+    export writes its FFN weights once per depth: two neuron groups, as its file really holds two copies.)"""
+    import onnx
+    import onnx_ir as ir
+
+    from graphprune.verify.cost import count_params
+
+    path = exported("albert", False)
+    analysis = analysis_of(path, "albert")
+    assert sorted((g.kind, g.size) for g in analysis.prunable()) == [("head", 4), ("neuron", 64)]
+    shared = {n.inputs[1].name for n in analysis.model.graph if n.op_type == "MatMul"
+              and n.inputs[1].const_value is not None and len(n.inputs[1].uses()) == 2}
+    assert shared  # weights really read at both depths
+    result = prune_file(path, tmp_path / "pruned.onnx", ratio=0.0, kind_ratios={"head": 0.5, "neuron": 0.5},
+                        criterion="l2")
+    written = onnx.load(str(tmp_path / "pruned.onnx"))
+    names = [t.name for t in written.graph.initializer]
+    assert shared <= set(names) and len(names) == len(set(names))
+    assert result.after.params == count_params(ir.from_proto(written)) < result.before.params
