@@ -194,6 +194,10 @@ def walk_tokens(graph: ir.Graph, hidden: ir.Value, axis: int, tokens: object, pr
     return walk
 
 
+FUSED_ATTENTION = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
+                   "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention")
+
+
 def find_token_flow(model: ir.Model, protect: int = 1) -> TokenFlow:
     """The blocks of `model` and, before each block after the first, whether its tokens can be reduced."""
     graph = model.graph
@@ -204,8 +208,13 @@ def find_token_flow(model: ir.Model, protect: int = 1) -> TokenFlow:
         if hidden is not None:
             blocks.append((softmax, hidden))
     if not blocks:
+        fused = sorted({n.op_type for n in ir.traversal.RecursiveGraphIterator(graph) if n.domain == "com.microsoft"
+                        and n.op_type in FUSED_ATTENTION})
         return TokenFlow(0, reason="no attention block found (a Softmax over query·key whose output multiplies "
-                                   "the values, inside a residual Add)")
+                                   "the values, inside a residual Add)" + (
+                                       f"; the attention here is fused ({', '.join(fused)}, ONNX Runtime's "
+                                       "transformer optimizer), which keeps its probabilities inside: reduce tokens "
+                                       "in the model before that optimisation" if fused else ""))
     hidden_shape = shape_of(blocks[0][1]) or []
     keys = (shape_of(blocks[0][0].outputs[0]) or [None])[-1]
     if len(hidden_shape) != 3 or hidden_shape[1] != keys or keys is None:

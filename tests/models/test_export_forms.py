@@ -95,3 +95,22 @@ def test_token_reduction_is_the_same_after_a_simplifier_or_ort_optimisation(fold
     np.testing.assert_allclose(outputs["form"], outputs["reference"], atol=1e-4)
     dense = runtime.run(runtime.session(str(reference)), feeds)[0]
     assert np.abs(outputs["reference"] - dense).max() > 1e-2
+
+
+def test_attention_fused_by_ort_is_refused_for_tokens_naming_the_fused_op(folder, tmp_path):
+    """ORT's transformer optimizer fuses each attention into one com.microsoft Attention, whose probabilities the
+    token scores need and never leave it: refused, naming the op and what to do, before anything is written."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from graphprune.errors import GraphpruneError
+    from graphprune.passes.rewrite.tokens import TokenSchedule, insert_token_reduction
+    from tests.harness import load
+
+    reference = folder / f"bert_{REFERENCE.name}.onnx"
+    if not reference.exists():
+        export_form("bert", REFERENCE, folder)
+    fused = tmp_path / "fused.onnx"
+    optimize_model(str(reference), model_type="bert", num_heads=4, hidden_size=32).save_model_to_file(str(fused))
+    assert "Attention" in {n.op_type for n in onnx.load(str(fused)).graph.node}
+    with pytest.raises(GraphpruneError, match=r"fused \(Attention, ONNX Runtime's transformer optimizer\).*before"):
+        insert_token_reduction(load(fused), TokenSchedule(0.5))
