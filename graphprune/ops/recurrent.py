@@ -13,7 +13,7 @@ from graphprune.ir.values import const_of
 from graphprune.ops.encodings import Affine, Encoding
 from graphprune.ops.registry import MS, CoupleContext, Dim, OpRule, Port, RewriteContext, attr_int, input_at, register
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}  # gate blocks per hidden unit
 _STATES = (5, 6)  # initial_h, initial_c (GRU and RNN have no input 6)
 
 
@@ -27,7 +27,7 @@ class Recurrent(OpRule):
 
     def stacked(self, ctx: CoupleContext, node: ir.Node) -> dict[int, tuple[int, int]]:
         """Input index → (axis, gate blocks) of the inputs holding hidden units stacked in gate blocks."""
-        gates = _GATES[node.op_type]
+        gates = GATES[node.op_type]
         return {1: (1, gates), 2: (1, gates), 3: (1, 2 * gates), 7: (1, 3)}  # P: input, output, forget peepholes
 
     def seeds(self, ctx: CoupleContext, node: ir.Node) -> list[Dim]:
@@ -94,7 +94,7 @@ class DynamicQuantizeLSTM(Recurrent):
     are stored transposed as integers, with a scale and zero point per direction ([dirs]) or per gate row
     ([dirs, 4·H], sliced with the rows): inputs 8-11 are W's and R's scale and zero point."""
 
-    reads_range = True  # X is quantized per call over all its channels (as is the hidden state, see `mask`)
+    reads_range = True  # X is quantized per call over all its channels (as is the hidden state: `silenced`)
     input_axis = 1
     column_axis = 1
     _PARAMS = {1: (8, 9), 2: (10, 11)}  # weight input → its scale and zero point

@@ -15,6 +15,7 @@ from graphprune.analysis.weights import stored_weight
 from graphprune.canonicalize.constants import origin
 from graphprune.io.save import model_files
 from graphprune.ir.values import shape_of
+from graphprune.ops.recurrent import GATES
 from graphprune.verify.polynomial import Poly
 
 
@@ -126,8 +127,8 @@ def _recurrent(node: ir.Node, data: int, weight: int) -> Poly:
     w = shape_of(node.inputs[weight])
     if x is None or len(x) != 3 or w is None or hidden is None:
         return Poly()
-    gates = {"GRU": 3, "RNN": 1}.get(node.op_type, 4)
-    return _numel_poly([x[0], x[1], w[0]]) * (gates * hidden.as_int()) * (Poly.of(x[2]) + Poly.of(hidden.as_int()))
+    units = GATES[node.op_type] * hidden.as_int()
+    return _numel_poly([x[0], x[1], w[0]]) * units * (Poly.of(x[2]) + Poly.of(hidden.as_int()))
 
 
 # op → (counter, data input, weight input): multiply-accumulates of the ops that do arithmetic at scale

@@ -56,7 +56,7 @@ def unit_macs(analysis: Analysis, groups: list[int], dims: dict[str, int] | None
 
 class JointBudget:
     """The ranking of width units by measured error per MAC and the dense MACs, computed once; `plan(target)`
-    then searches one MACs target (a latency target probes several)."""
+    then searches one MACs target (a latency target probes several). `tokens.model` must be `analysis.model`."""
 
     def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], sensitivity: Sensitivity,
                  tokens: TokenSensitivity, round_to: RoundTo = 1, max_group_ratio: float = 0.99) -> None:
@@ -110,12 +110,6 @@ class JointBudget:
             state = min(options, key=lambda option: option[0])[1]
         state = _least_width(state, target, at)
         return _planned(state, target, tokens, self.width_error(state.plan), at)
-
-
-def joint(analysis: Analysis, scores: dict[int, np.ndarray], sensitivity: Sensitivity, tokens: TokenSensitivity,
-          target: float, round_to: RoundTo = 1, max_group_ratio: float = 0.99) -> PruningPlan:
-    """`JointBudget(...).plan(target)`: one MACs target. `tokens.model` must be `analysis.model`."""
-    return JointBudget(analysis, scores, sensitivity, tokens, round_to, max_group_ratio).plan(target)
 
 
 def _least_width(state: _State, target: float, at) -> _State:

@@ -10,7 +10,7 @@ import pytest
 from graphprune.analysis.coupling import analyze
 from graphprune.analysis.plan import PruningPlan
 from graphprune.ir.model import copy_model
-from graphprune.passes.allocation.joint import JointBudget, joint
+from graphprune.passes.allocation.joint import JointBudget
 from graphprune.passes.allocation.sensitivity import Sensitivity
 from graphprune.passes.allocation.tokens import LEVELS, TokenSensitivity
 from graphprune.passes.rewrite.apply import apply_plan
@@ -51,7 +51,7 @@ def test_the_cheaper_is_spent_and_the_counted_macs_are_the_written_ones(exported
     analysis = analyze(load(vit))
     dense = cost(analysis.model).macs
     sensitivity, tokens, scores = _given(analysis, token_error, width_error)
-    plan = joint(analysis, scores, sensitivity, tokens, target)
+    plan = JointBudget(analysis, scores, sensitivity, tokens).plan(target)
     measured = plan.meta["tokens"]["measured"]
     widths, schedule = bool(plan.removed), TokenSchedule.planned(plan.meta)
     assert (widths, schedule is not None) == {"tokens": (False, True), "widths": (True, False),
@@ -69,7 +69,7 @@ def test_one_ranking_serves_every_target_a_latency_search_probes(exported):
     sensitivity, tokens, scores = _given(analysis, 1e-2, 1e-2)
     budget = JointBudget(analysis, scores, sensitivity, tokens)
     for target in (0.8, 0.55, 0.7):
-        probed, fresh = budget.plan(target), joint(analysis, scores, sensitivity, tokens, target)
+        probed, fresh = budget.plan(target), JointBudget(analysis, scores, sensitivity, tokens).plan(target)
         assert {g: u.tolist() for g, u in probed.removed.items()} == {g: u.tolist() for g, u in fresh.removed.items()}
         assert probed.meta["tokens"] == fresh.meta["tokens"] and probed.meta["tokens"]["measured"]["macs"] <= target
 
@@ -78,7 +78,7 @@ def test_an_unreachable_target_is_refused_with_what_is_reachable(exported):
     analysis = analyze(load(exported("vit", False)))
     sensitivity, tokens, scores = _given(analysis, 1.0, 1.0)
     with pytest.raises(Exception, match=r"cannot reach MACs 0.010 .* \(at most 0\.[0-9]+\)"):
-        joint(analysis, scores, sensitivity, tokens, 0.01)
+        JointBudget(analysis, scores, sensitivity, tokens).plan(0.01)
 
 
 def test_a_reduced_model_counts_the_layers_that_read_the_reduced_tokens(exported):
