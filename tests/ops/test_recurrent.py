@@ -104,7 +104,8 @@ def test_torch_exports_agree_and_prune_exactly(tmp_path, kind):
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-direction", "per-gate-row"])
-def test_ort_dynamically_quantized_lstm_prunes_exactly(tmp_path, per_channel):
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy-dynamic-axes", "dynamo-static"])
+def test_ort_dynamically_quantized_lstm_prunes_exactly(tmp_path, per_channel, dynamo):
     """ONNX Runtime's `quantize_dynamic` turns each LSTM into a DynamicQuantizeLSTM (W and R transposed, int8,
     scales per direction or per gate row) and the Linears into integer MatMuls: the same units as the float
     model, each masked-equivalent. The op quantizes its hidden state per step over all units, so the masked
@@ -112,7 +113,7 @@ def test_ort_dynamically_quantized_lstm_prunes_exactly(tmp_path, per_channel):
     removed units' activity moves the shared range and the check fails (measured 1e-3 relative)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    float_path, path = tagger("LSTM", tmp_path / "lstm.onnx"), tmp_path / "lstm_q.onnx"
+    float_path, path = tagger("LSTM", tmp_path / "lstm.onnx", dynamo), tmp_path / "lstm_q.onnx"
     quantize_dynamic(float_path, path, weight_type=QuantType.QInt8, per_channel=per_channel)
     model = onnx.load(str(path))
     assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == 2
