@@ -49,6 +49,7 @@ class _Propagator:
         self.graphs = {id(graph) for graph in model.graphs()}  # the main graph and every If/Loop/Scan body
         self.uf = UnionFind()
         self.dims: dict[Dim, tuple[int, int]] = {}
+        self.periodic_dims: set[Dim] = set()  # merged batch·channel axes: channel = position mod size
         self.frozen: dict[Dim, list[str]] = {}
         self.consumers: dict[Dim, tuple[Dim, ir.Node]] = {}
         self.tags: dict[Dim, set[str]] = {}
@@ -82,6 +83,17 @@ class _Propagator:
     def option(self, name: str) -> str | None:
         return self.options.get(name)
 
+    def periodic(self, dim: Dim, size: int) -> bool:
+        if dim in self.dims:
+            return dim in self.periodic_dims and self.dims[dim][1] == size
+        if isinstance(self._static_size(dim), int) or not self._ensure(dim, size):
+            return False
+        self.periodic_dims.add(dim)
+        return True
+
+    def is_periodic(self, dim: Dim) -> bool:
+        return dim in self.periodic_dims
+
     def defer(self, node: ir.Node, port: Port, axis: int) -> bool:
         if self.last_chance:
             return False
@@ -97,9 +109,22 @@ class _Propagator:
         if size is None:
             self._freeze_existing((a, b), "channel count unknown on a coupled tensor")
             return
+        new = [d for d in (a, b) if d not in self.dims]
         self._ensure(a, size)
         self._ensure(b, size)
+        if (a in self.periodic_dims) != (b in self.periodic_dims) and not self._carry_period(a, b, new):
+            return
         self.uf.union(self.dims[a][0] + np.arange(size), self.dims[b][0] + np.arange(size))
+
+    def _carry_period(self, a: Dim, b: Dim, new: list[Dim]) -> bool:
+        """A dim linked 1:1 to a periodic one is periodic too; a whole channel axis cannot be (frozen)."""
+        other = b if a in self.periodic_dims else a
+        if other in new and not isinstance(self._static_size(other), int):
+            self.periodic_dims.add(other)
+            return True
+        self._freeze_existing((a, b), "a merged batch·channel axis (channel = position mod its size) is coupled "
+                                      "with a whole channel axis")
+        return False
 
     def link_pairs(self, a: Dim, a_index: np.ndarray, b: Dim, b_index: np.ndarray) -> None:
         if not (self._ensure(a) and self._ensure(b)):
@@ -151,8 +176,10 @@ class _Propagator:
     # walking -------------------------------------------------------------------------------
     def _size(self, dim: Dim) -> int | None:
         """Channel count of a dim: known already, or static in the tensor's shape."""
-        if dim in self.dims:
-            return self.dims[dim][1]
+        return self.dims[dim][1] if dim in self.dims else self._static_size(dim)
+
+    @staticmethod
+    def _static_size(dim: Dim) -> int | None:
         shape = shape_of(dim.value)
         if shape is not None and 0 <= dim.axis < len(shape) and isinstance(shape[dim.axis], int):
             return shape[dim.axis]
@@ -274,7 +301,7 @@ class _Propagator:
             unit_of = np.where(sorted_roots[slot] == r, unit_of_root[slot], -1)
             is_param = dim.value.const_value is not None
             reads, node = self.consumers.get(dim, (None, None))
-            members.append(Member(dim.value, dim.axis, unit_of, is_param, reads, node))
+            members.append(Member(dim.value, dim.axis, unit_of, is_param, reads, node, dim in self.periodic_dims))
             if is_param:
                 shape = dim.value.const_value.shape
                 per_position = int(np.prod(shape)) // int(shape[dim.axis])

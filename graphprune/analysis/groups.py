@@ -50,6 +50,7 @@ class Member:
     is_param: bool
     reads: Dim | None = None  # consumer weights: the activation axis they read (calibration observes it)
     node: ir.Node | None = None  # consumer weights: the node computing with them (bias compensation)
+    periodic: bool = False  # a merged batch·channel axis: position p is channel p mod len(unit_of)
 
     @property
     def consumer(self) -> bool:

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from graphprune.canonicalize.batch_merges import fold_batch_merges, fold_inferred_targets
+from graphprune.canonicalize.broadcasts import unshare_broadcasts
 from graphprune.canonicalize.constants import fold_constant_layouts, unshare_constants
 from graphprune.canonicalize.folds import (
     fold_copied_targets,
@@ -38,8 +39,8 @@ CANONICAL_ROUNDS = 5  # canonicalise ↔ re-infer shapes, while something change
 
 CANONICALISATIONS = Settled(
     PassManager([
-        Fold(unshare_constants), Fold(fold_static_shapes), Fold(fold_constant_layouts), Fold(fold_pass_throughs),
-        Fold(fold_copied_targets), Fold(fold_tensordots), Fold(fold_zero_initial_states),
+        Fold(unshare_constants), Fold(unshare_broadcasts), Fold(fold_static_shapes), Fold(fold_constant_layouts),
+        Fold(fold_pass_throughs), Fold(fold_copied_targets), Fold(fold_tensordots), Fold(fold_zero_initial_states),
         Swept(Fold(fold_picked_slices), Fold(fold_gather_transposes), Fold(fold_gather_slices),
               Fold(fold_split_transposes)),
         Fold(fold_transpose_sandwiches),

@@ -14,6 +14,7 @@ from graphprune.ops import (  # noqa: F401
     quantized,
     recurrent,
     reduce,
+    repeat,
     resize,
     shape,
     slicing,

@@ -14,7 +14,6 @@ _REASONS = {
     "Loop": "control flow (Loop) subgraph",
     "Scan": "control flow (Scan) subgraph",
     "NonZero": "NonZero output depends on values",
-    "Tile": "Tile repeats channels",
     "CumSum": "CumSum accumulates along an axis",
 }
 

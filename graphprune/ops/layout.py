@@ -130,13 +130,14 @@ def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
     left, right = next(b for b in blocks if axis in b[1 if port.output else 0])
     if not left or not right:
         return  # a size-1 axis appearing or vanishing: its single unit is never removable
-    if not settable(right[0]):
-        ctx.freeze(dim, f"{node.op_type} target size of output axis {right[0]} is computed at run time")
+    carrier = right[_outer_symbols(dst, right)] if len(right) > 1 else right[0]
+    if not settable(carrier):
+        ctx.freeze(dim, f"{node.op_type} target size of output axis {carrier} is computed at run time")
     elif len(left) == 1 and len(right) == 1:
         ctx.link(Dim(x, left[0]), Dim(y, right[0]))
     elif len(right) == 1:
         _couple_merge(ctx, node, x, y, left, right[0], axis if not port.output else None, src)
-    elif len(left) == 1 and (not port.output or axis == right[0]):
+    elif len(left) == 1 and (not port.output or axis == carrier):
         _couple_split(ctx, x, y, left[0], right, dst)
     elif len(left) == 1:
         ctx.freeze(dim, f"{node.op_type} splits an axis and this is an inner factor (e.g. head_dim)")
@@ -173,12 +174,25 @@ def _couple_merge(ctx: CoupleContext, node: ir.Node, x: ir.Value, y: ir.Value, l
         for inner in carriers[1:]:
             ctx.freeze(Dim(x, inner), _merged_under(node))
     sizes = [src[a] for a in left]
-    if not all(isinstance(n, int) for n in sizes):
+    k = left.index(in_axis)
+    if all(isinstance(n, int) for n in sizes):
+        positions = np.arange(int(np.prod(sizes)))
+        channel_of = np.unravel_index(positions, sizes)[k]
+        ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
+    elif 0 < _outer_symbols(sizes, range(len(sizes))) == k and ctx.periodic(Dim(y, out_axis), int(np.prod(sizes[k:]))):
+        period = np.arange(int(np.prod(sizes[k:])))  # [batch, heads(, d)] -> [batch*heads(*d)]: channels repeat
+        ctx.link_pairs(Dim(x, in_axis), period // int(np.prod(sizes[k + 1:])), Dim(y, out_axis), period)
+    else:
         ctx.freeze(Dim(x, in_axis), f"{node.op_type} merges this axis with axes of symbolic size ({sizes})")
-        return
-    positions = np.arange(int(np.prod(sizes)))
-    channel_of = np.unravel_index(positions, sizes)[left.index(in_axis)]
-    ctx.link_pairs(Dim(x, in_axis), channel_of, Dim(y, out_axis), positions)
+
+
+def _outer_symbols(sizes: list, axes) -> int:
+    """How many of `axes` lead with symbolic sizes (batch) before only static ones follow; 0 unless exactly
+    symbols-then-statics, the form whose merged axis is periodic (channel = position mod the static product)."""
+    kinds = [isinstance(sizes[a], int) for a in axes]
+    lead = kinds.index(True) if True in kinds else len(kinds)
+    return lead if lead < len(kinds) and all(kinds[lead:]) and all(
+        isinstance(sizes[a], str) for a in list(axes)[:lead]) else 0
 
 
 def _merged_under(node: ir.Node) -> str:
@@ -200,12 +214,17 @@ def _broadcast_axes(ctx: CoupleContext, value: ir.Value) -> set[int]:
 def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, right: list[int], dst: list) -> None:
     """Input axis splits into output axes `right` (heads x head_dim, shuffle groups x group size): a unit is
     one index of the outermost factor, i.e. a block of consecutive input channels."""
-    if not all(isinstance(dst[a], int) for a in right):
+    lead = _outer_symbols(dst, right)
+    statics = right[lead:]
+    if not all(isinstance(dst[a], int) for a in statics):
         ctx.freeze(Dim(x, in_axis), f"axis {in_axis} splits into axes of symbolic size {[dst[a] for a in right]}")
         return
-    inner = int(np.prod([dst[a] for a in right[1:]]))
-    positions = np.arange(dst[right[0]] * inner)
-    ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, right[0]), positions // inner)
+    inner = int(np.prod([dst[a] for a in statics[1:]]))
+    positions = np.arange(dst[statics[0]] * inner)
+    if lead and not ctx.periodic(Dim(x, in_axis), len(positions)):  # [batch*heads] -> [batch, heads]
+        ctx.freeze(Dim(x, in_axis), f"axis {in_axis} splits into axes of symbolic size {[dst[a] for a in right]}")
+        return
+    ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, statics[0]), positions // inner)
 
 
 @register("Flatten", "Squeeze", "Unsqueeze")
@@ -260,6 +279,8 @@ class Expand(OpRule):
             ctx.freeze(dim, "Expand target size of this axis is computed at run time")
             return
         if in_axis < 0 or x_shape[in_axis] != y_shape[out_axis]:
+            if port.output and ctx.is_periodic(dim):
+                return  # the same values for every batch·head: fewer heads, a smaller target
             if not (port.output and ctx.option("gqa_units") == "query-slot"):
                 ctx.freeze(dim, "Expand broadcasts this axis from size 1 (repeated KV heads: under the default "
                                 "kv-group units a KV head goes with all its query heads; --gqa-units query-slot "

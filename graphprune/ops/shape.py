@@ -1,12 +1,17 @@
 """Shape and ConstantOfShape: reading a tensor's sizes is safe only where the channel entry is never used, and a
-fill of a whole shape (zeros_like) carries the source's axes."""
+fill of a whole shape (zeros_like) carries the source's axes.
+
+A merged batch·heads axis is read too (DeBERTa's `query.size(0) // num_heads`): where the read size only feeds
+shape arithmetic that ends in Reshape, Expand or Tile shape inputs, the rewrite seals it — the reader gets the
+original size back (× period / kept) — so the arithmetic computes what it did, and the Reshape and Expand
+rules scale the entries that land on the periodic axis to the new size."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, register
+from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, register
 from graphprune.ops.shapevec import copied_shape
 
 
@@ -22,15 +27,65 @@ class Shape(OpRule):
             ctx.freeze(dim, "Shape output or unknown rank")
             return
         rank = len(shape)
-        start = node.attributes["start"].as_int() if "start" in node.attributes else 0
-        end = node.attributes["end"].as_int() if "end" in node.attributes else rank
-        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+        start, end = _range(node, rank)
         if not start <= axis < end:
             return
         position, length = axis - start, end - start
+        sealable = ctx.is_periodic(dim)
         if not all(_excludes(ctx, use.node, position, length) or (length == rank and _fills(ctx, use))
-                   for use in node.outputs[0].uses()):
+                   or (sealable and _sealable(ctx, use.node)) for use in node.outputs[0].uses()):
             ctx.freeze(dim, "its size is read by a Shape op (shape-computing subgraph)")
+
+    def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
+        x, vector = node.inputs[0], node.outputs[0]
+        start, end = _range(node, len(ctx.shape(x)))
+        numerator, denominator = np.ones(end - start, np.int64), np.ones(end - start, np.int64)
+        for axis in range(start, end):
+            period = ctx.period(x, axis)
+            if period is not None:
+                numerator[axis - start], denominator[axis - start] = period, len(ctx.kept(x, axis))
+        if np.array_equal(numerator, denominator):
+            return
+        for use in list(vector.uses()):
+            if use.node.op_type == "Gather" and not all(_excludes(ctx, use.node, p, end - start)
+                                                        for p in np.flatnonzero(numerator != denominator)):
+                product = ctx.add_node("Mul", [vector, ctx.new_const(numerator)], {}, before=use.node)
+                sealed = ctx.add_node("Div", [product, ctx.new_const(denominator)], {}, before=use.node)
+                use.node.replace_input_with(use.idx, sealed)
+
+
+def _range(node: ir.Node, rank: int) -> tuple[int, int]:
+    """The [start, end) of the axes a Shape node reads."""
+    start = node.attributes["start"].as_int() if "start" in node.attributes else 0
+    end = node.attributes["end"].as_int() if "end" in node.attributes else rank
+    return tuple(max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+
+
+_SIZE_ARITHMETIC = ("Cast", "Identity", "Squeeze", "Unsqueeze", "Concat", "Mul", "Div", "Add", "Sub")
+_SIZE_SINKS = (("Reshape", 1), ("Expand", 1), ("Tile", 1))
+
+
+def _sealable(ctx: CoupleContext, reader: ir.Node) -> bool:
+    """A Gather at constant indices whose result only flows through integer size arithmetic into shape inputs
+    of Reshape, Expand or Tile (which then see the original sizes, see the module docstring)."""
+    if reader.op_type != "Gather" or ctx.const(reader.inputs[1]) is None:
+        return False
+    todo, seen = [reader.outputs[0]], set()
+    while todo:
+        value = todo.pop()
+        if value.is_graph_output():
+            return False
+        for use in value.uses():
+            op = use.node.op_type
+            if (op, use.idx) in _SIZE_SINKS:
+                continue
+            if op not in _SIZE_ARITHMETIC and not (op in ("Reshape", "Gather") and use.idx == 0):
+                return False
+            for out in use.node.outputs:
+                if id(out) not in seen:
+                    seen.add(id(out))
+                    todo.append(out)
+    return True
 
 
 def _fills(ctx: CoupleContext, use) -> bool:  # use: an onnx_ir Usage (node, idx)

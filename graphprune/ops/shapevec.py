@@ -59,9 +59,12 @@ def shape_entries(ctx: CoupleContext | RewriteContext, value: ir.Value) -> list[
     return entries
 
 
-def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates: dict[int, int]) -> None:
-    """Set entries `updates` (position → value) of the shape vector at input `index` of `node`. A Concat is
-    cloned for this node alone (other nodes may share it); updated positions must be settable_entries."""
+def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates: dict[int, int],
+                         scales: dict[int, tuple[int, int]] | None = None) -> None:
+    """Set entries `updates` (position → value) of the shape vector at input `index` of `node`, and multiply
+    runtime entries `scales` (position → (numerator, denominator)) exactly. A Concat is cloned for this node
+    alone (other nodes may share it); updated positions must be settable_entries."""
+    scales = scales or {}
     pieces = _pieces(ctx, node.inputs[index])
     new_pieces, offset, changed = [], 0, False
     for piece, array, length in pieces:
@@ -73,6 +76,9 @@ def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates
             if array is None or not np.array_equal(new, array):
                 changed = True
                 piece = ctx.new_const(new)
+        elif array is None and offset in scales:
+            changed = True
+            piece = _scaled(ctx, node, piece, *scales[offset])
         new_pieces.append(piece)
         offset += length
     if not changed:
@@ -83,13 +89,25 @@ def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates
         node.replace_input_with(index, ctx.add_node("Concat", new_pieces, {"axis": 0}, before=node))
 
 
+def _scaled(ctx: RewriteContext, node: ir.Node, piece: ir.Value, numerator: int, denominator: int) -> ir.Value:
+    """piece * numerator / denominator, computed at run time in integers (exact: piece is a multiple)."""
+    product = ctx.add_node("Mul", [piece, ctx.new_const(np.array([numerator], dtype=np.int64))], {}, before=node)
+    return ctx.add_node("Div", [product, ctx.new_const(np.array([denominator], dtype=np.int64))], {}, before=node)
+
+
 def rewrite_entries_for(ctx: RewriteContext, node: ir.Node, index: int, output: ir.Value, keep: set[int]) -> None:
     """Write the surviving channel counts of `output`'s pruned axes into the shape vector at input `index`,
-    leaving entries whose value in `keep` makes the op infer the size (Reshape's -1, Expand's 1)."""
+    leaving entries whose value in `keep` makes the op infer the size (Reshape's -1, Expand's 1). A periodic
+    axis (batch·heads) keeps its run-time entry, scaled by kept / period."""
     entries = shape_entries(ctx, node.inputs[index])
-    updates = {}
+    updates, scales = {}, {}
     for axis, entry in enumerate(entries):
         kept = ctx.kept(output, axis)
-        if kept is not None and entry not in keep:
+        if kept is None or entry in keep:
+            continue
+        period = ctx.period(output, axis)
+        if period is None:
             updates[axis] = len(kept)
-    rewrite_shape_vector(ctx, node, index, updates)
+        elif entry is None:
+            scales[axis] = (len(kept), period)
+    rewrite_shape_vector(ctx, node, index, updates, scales)

@@ -227,6 +227,26 @@ class Gather(OpRule):
         ctx.set_input_const(node, 1, renumbered.astype(ctx.const(node.inputs[1]).dtype))
 
 
+@register("GatherElements")
+class GatherElements(OpRule):
+    """out[.., j, ..] = data[.., indices[.., j, ..], ..] along `axis`: every other axis of data, indices and out
+    is one axis (same sizes); positions along `axis` are chosen at run time, so it carries no channels."""
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        shape, idx_shape = ctx.shape(data), ctx.shape(indices)
+        dim = Dim(port.value(node), axis)
+        if shape is None or idx_shape is None or len(shape) != len(idx_shape):
+            ctx.freeze(dim, "GatherElements with unknown ranks")
+        elif axis == normalize_axis(attr_int(node, "axis", 0), len(shape)):
+            ctx.freeze(dim, "GatherElements picks positions along this axis")
+        elif shape[axis] != idx_shape[axis]:
+            ctx.freeze(dim, "GatherElements reads part of this axis (indices shorter than data)")
+        else:
+            ctx.link(Dim(data, axis), Dim(y, axis))
+            ctx.link(Dim(indices, axis), Dim(y, axis))
+
+
 def _selection(ctx: CoupleContext | RewriteContext, node: ir.Node, size: int | str | None) -> np.ndarray | None:
     """Constant 1-D indices without repeats into an axis of static `size`, made non-negative; else None."""
     index = ctx.const(node.inputs[1])

@@ -21,6 +21,7 @@ from graphprune.canonicalize.constants import origin, reshare_constants
 from graphprune.errors import PlanError
 from graphprune.ir.passes import PassManager
 from graphprune.ir.values import const_of, shape_of
+from graphprune.ops.layout import size_product
 from graphprune.passes.rewrite.compensation import BiasDeltas, WeightUpdates, apply_bias_deltas, apply_weight_updates
 
 _Key = tuple[int, int]  # (id(value), axis)
@@ -37,6 +38,7 @@ class _Rewriter:
         self.values: dict[_Key, ir.Value] = {}
         self.removed: dict[_Key, set[int]] = {}
         self.sizes: dict[_Key, int] = {}
+        self.periodic: set[_Key] = set()  # merged batch·channel axes (sizes[key] is the period)
         self.shapes: dict[int, list] = {}
         self._names = itertools.count()
         self._slices: dict[tuple, ir.LazyTensor] = {}  # copies of one shared tensor sliced alike share the slice
@@ -51,6 +53,8 @@ class _Rewriter:
                     key = (id(member.value), member.axis)
                     self.values[key] = member.value
                     self.sizes[key] = len(member.unit_of)
+                    if member.periodic:
+                        self.periodic.add(key)
                     self.removed.setdefault(key, set()).update(positions.tolist())
 
     # RewriteContext ------------------------------------------------------------------------
@@ -59,6 +63,10 @@ class _Rewriter:
         if value is None or key not in self.removed:
             return None
         return np.setdiff1d(np.arange(self.sizes[key]), sorted(self.removed[key]))
+
+    def period(self, value: ir.Value | None, axis: int) -> int | None:
+        key = (id(value), axis)
+        return self.sizes[key] if key in self.periodic and key in self.removed else None
 
     def shape(self, value: ir.Value | None) -> list | None:
         if value is None:
@@ -178,8 +186,18 @@ class _Rewriter:
         elif value.shape is not None:
             dims = list(value.shape.dims)
             for axis, index in kept.items():
-                dims[axis] = len(index)
+                period = self.period(value, axis)
+                dims[axis] = len(index) if period is None else _scaled_size(dims[axis], len(index), period)
             value.shape = ir.Shape(dims)
+
+
+def _scaled_size(dim: object, kept: int, period: int) -> str | None:
+    """The new symbolic size of a periodic axis ("4*batch" keeping 2 of period 4: "2*batch"), None if unreadable."""
+    product = size_product(str(dim)) if isinstance(dim, ir.SymbolicDim) and dim.value else None
+    if product is None or product[0] % period:
+        return None
+    factor = product[0] // period * kept
+    return "*".join([str(factor)] * (factor != 1) + list(product[1]))
 
 
 def _sliced(source: ir.TensorProtocol, kept: dict[int, np.ndarray], name: str) -> ir.Tensor:

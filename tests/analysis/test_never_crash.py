@@ -16,12 +16,13 @@ from tests.harness import assert_group_equivalent, load
 TOKENS = {"x": ["batch", 6, 16]}
 
 
-def attention_over_merged_batch_and_heads() -> onnx.ModelProto:
+def attention_over_merged_batch_and_heads(heads_outer: bool = False) -> onnx.ModelProto:
     """DeBERTa's form: heads split off the projection, then merged with the symbolic batch into one axis
-    (`[B, H, S, D] → [B·H, S, D]`) for batched products, and merged back."""
+    (`[B, H, S, D] → [B·H, S, D]`, or heads outermost: `[H, B, S, D] → [H·B, S, D]`) for batched products."""
     b = GraphBuilder()
     q = b.op("MatMul", ["x", b.weight(16, 16)])
-    heads = b.op("Transpose", [b.op("Reshape", [q, b.const(np.array([0, 0, 4, 4]))])], perm=[0, 2, 1, 3])
+    perm = [2, 0, 1, 3] if heads_outer else [0, 2, 1, 3]
+    heads = b.op("Transpose", [b.op("Reshape", [q, b.const(np.array([0, 0, 4, 4]))])], perm=perm)
     merged = b.op("Reshape", [heads, b.const(np.array([-1, 6, 4]))])
     scores = b.op("Softmax", [b.op("MatMul", [merged, b.op("Transpose", [merged], perm=[0, 2, 1])])], axis=-1)
     context = b.op("MatMul", [scores, merged])
@@ -29,8 +30,16 @@ def attention_over_merged_batch_and_heads() -> onnx.ModelProto:
     return b.build(TOKENS, [context, out], opset=17)
 
 
-def test_a_merge_with_a_symbolic_axis_freezes_the_heads_and_names_why():
-    model = attention_over_merged_batch_and_heads()
+def test_heads_merged_under_the_batch_are_followed_and_frozen_where_they_reach_an_output():
+    analysis = analyze(load(attention_over_merged_batch_and_heads()))
+    heads = next(g for g in analysis.groups if g.size == 4 and g.kind == "head")
+    assert any(m.periodic for m in heads.members)
+    assert any("graph output" in r for r in heads.frozen_reasons)
+
+
+def test_heads_merged_outside_the_batch_freeze_and_name_why():
+    """[H, B] merged: a head is a block of `batch` positions, a size known only at run time: not modelled."""
+    model = attention_over_merged_batch_and_heads(heads_outer=True)
     analysis = analyze(load(model))
     heads = next(g for g in analysis.groups if g.size == 4 and any("Reshape" in r for r in g.frozen_reasons))
     assert any("merges this axis with axes of symbolic size" in r for r in heads.frozen_reasons)

@@ -17,16 +17,11 @@ from tests.harness import assert_group_equivalent
 pytest.importorskip("transformers")
 from graphprune.models import zoo  # noqa: E402
 
-SHORT = {"deberta-v2": "known gap (issue 25, open): DeBERTa merges heads into the symbolic batch axis "
-                       "([batch, heads, seq, d] -> [batch*heads, seq, d]); its heads freeze"}
 UNREACHED = {"mobilevit": "this random-init MobileViT's transformer outputs never reach its output (zeroing a whole "
                           "transformer in torch changes nothing): masking a head cannot move it, so exactness of "
                           "its heads is not checkable here"}
 PAIRS = [(name, dynamo) for name in zoo.ARCHITECTURES for dynamo in (False, True)]
 IDS = [f"{name}-{'dynamo' if dynamo else 'legacy'}" for name, dynamo in PAIRS]
-# the known gap is a strict xfail: once DeBERTa's heads prune, these tests fail until the mark is removed
-CASES = [pytest.param(name, dynamo, marks=pytest.mark.xfail(strict=True, reason=SHORT[name]))
-         if name in SHORT else (name, dynamo) for name, dynamo in PAIRS]
 DIMS = {"batch": 2, "seq": 8}
 
 
@@ -46,7 +41,7 @@ def analysis_of(path, name: str):
     return analyze(load_model(path), gqa_units=zoo.GQA_UNITS.get(name, "kv-group"))
 
 
-@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "dynamo"), PAIRS, ids=IDS)
 def test_attention_and_mlp_weights_are_prunable(exported, name, dynamo):
     analysis = analysis_of(exported(name, dynamo), name)
     fraction = zoo.prunable_fraction(analysis)
@@ -54,7 +49,7 @@ def test_attention_and_mlp_weights_are_prunable(exported, name, dynamo):
     assert {g.kind for g in analysis.prunable()} >= {"head", "neuron"}
 
 
-@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "dynamo"), PAIRS, ids=IDS)
 def test_heads_prune_exactly(exported, name, dynamo):
     path = exported(name, dynamo)
     heads = [g for g in analysis_of(path, name).prunable() if g.kind == "head"]
@@ -133,3 +128,19 @@ def test_albert_shares_one_layer_across_depth_and_prunes_it_once(exported, tmp_p
     names = [t.name for t in written.graph.initializer]
     assert shared <= set(names) and len(names) == len(set(names))
     assert result.after.params == count_params(ir.from_proto(written)) < result.before.params
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_deberta_heads_merged_into_the_batch_prune_at_any_batch_and_length(exported, dynamo):
+    """DeBERTa merges heads into the batch ([batch, heads, seq, d] -> [batch*heads, seq, d]), tiles its
+    relative-position keys over the batch and, in the legacy export, divides the merged size by the head count
+    (`query.size(0) // heads`). Each layer's heads are one group across all of that (the merged axes are
+    periodic: head = position mod heads), and removing some is exact at batch sizes and lengths other than the
+    export's, where a wrong period or a stale head count would show."""
+    analysis = analysis_of(exported("deberta-v2", dynamo), "deberta-v2")
+    heads = [g for g in analysis.prunable() if g.kind == "head"]
+    assert [g.size for g in heads] == [4, 4]  # one group per layer: the shared gather index does not tie them
+    assert all(any(m.periodic for m in g.members) for g in heads)
+    for group in heads:
+        for dims in ({"batch": 1, "seq": 5}, {"batch": 3, "seq": 11}):
+            assert_group_equivalent(str(exported("deberta-v2", dynamo)), group, dims=dims)
