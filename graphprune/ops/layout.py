@@ -22,6 +22,7 @@ from graphprune.ops.registry import (
     Port,
     RewriteContext,
     attr_ints,
+    int_list,
     normalize_axis,
     register,
 )
@@ -227,14 +228,40 @@ def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, ri
     ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, statics[0]), positions // inner)
 
 
-@register("Flatten", "Squeeze", "Unsqueeze")
+@register("Flatten")
 class Regroup(OpRule):
-    """Shape follows from attributes or constant axes; nothing to rewrite."""
+    """Shape follows from attributes; nothing to rewrite."""
 
     carries_ids = True
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         couple_regroup(ctx, node, port, axis)
+
+
+@register("Squeeze", "Unsqueeze")
+class SqueezeAxes(OpRule):
+    """Removes or inserts size-1 axes: with the axes known, every other axis maps 1:1 in order, whatever shape
+    inference could say of the sizes (a squeezed axis is 1 by definition); else as a regroup."""
+
+    carries_ids = True
+
+    def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
+        if not port.output and port.index != 0:
+            ctx.freeze(Dim(port.value(node), axis), f"{node.op_type} axes input carries no channels")
+            return
+        axes = int_list(ctx, node, "axes", 1)
+        squeeze = node.op_type == "Squeeze"
+        ranked = ctx.shape(node.inputs[0] if squeeze else node.outputs[0])
+        if axes is None or ranked is None:
+            couple_regroup(ctx, node, port, axis)
+            return
+        moved = {normalize_axis(a, len(ranked)) for a in axes}
+        others = [a for a in range(len(ranked)) if a not in moved]  # the wider tensor's axes that stay
+        wide, narrow = (node.inputs[0], node.outputs[0]) if squeeze else (node.outputs[0], node.inputs[0])
+        if port.output == squeeze:  # asked on the narrow side
+            ctx.link(Dim(narrow, axis), Dim(wide, others[axis]))
+        elif axis in others:
+            ctx.link(Dim(wide, axis), Dim(narrow, others.index(axis)))
 
 
 @register("Reshape")

@@ -58,3 +58,18 @@ def test_flattening_tokens_keeps_channels_prunable():
     groups = analyze(load(model)).prunable()
     assert [g.size for g in groups] == [12], [g.summary() for g in analyze(load(model)).groups]
     assert_group_equivalent(model, groups[0], dims={"batch": 2, "seq": 3})
+
+
+def test_squeeze_of_an_axis_of_unknown_size_maps_the_others_in_order():
+    """Silero VAD squeezes a time axis that shape inference cannot size (it is 1 at run time): with the axes
+    known, the channel axis still maps through, before and after an Unsqueeze."""
+    b = GraphBuilder()
+    y = b.op("Relu", [b.op("MatMul", [b.op("Transpose", ["x"], perm=[0, 2, 1]), b.weight(4, 8)])])
+    y = b.op("Transpose", [y], perm=[0, 2, 1])                                # [B, 8, T]
+    squeezed = b.op("Squeeze", [y, b.const(np.array([-1]))])                  # [B, 8] (T is 1 when it runs)
+    back = b.op("Unsqueeze", [b.op("MatMul", [squeezed, b.weight(8, 6)]), b.const(np.array([1]))])  # [B, 1, 6]
+    model = b.build({"x": ["batch", 4, "time"]}, [b.op("MatMul", [b.op("Relu", [back]), b.weight(6, 3)])], opset=17)
+    groups = analyze(load(model)).prunable()
+    assert sorted(g.size for g in groups) == [6, 8], [g.summary() for g in analyze(load(model)).groups]
+    for group in groups:
+        assert_group_equivalent(model, group, dims={"batch": 2, "time": 1})
