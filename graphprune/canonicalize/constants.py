@@ -169,11 +169,36 @@ def _folded(fold: Callable, spec: _Spec, tensor: ir.TensorProtocol, index: int) 
     return ir.tensor(np.ascontiguousarray(fold(spec, tensor.numpy())[index]))
 
 
+def _concatenated(tensors: list[ir.TensorProtocol], axis: int) -> ir.Tensor:
+    return ir.tensor(np.ascontiguousarray(np.concatenate([t.numpy() for t in tensors], axis=axis)))
+
+
+def _fold_concat(model: ir.Model, node: ir.Node) -> bool:
+    """A Concat of constants (the dynamo exporter reorders an LSTM's gate blocks that way) becomes one."""
+    sources = [v.const_value for v in node.inputs if v is not None]
+    out = node.outputs[0]
+    if not sources or any(t is None for t in sources) or node.graph is not model.graph or out.is_graph_output() \
+            or not out.uses():
+        return False
+    axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
+    shape = np.concatenate([np.broadcast_to(np.False_, tuple(t.shape.numpy())) for t in sources], axis=axis).shape
+    name = free_name(model, f"{out.name}_folded")
+    lazy = ir.LazyTensor(functools.partial(_concatenated, sources, axis), sources[0].dtype, ir.Shape(shape), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(shape), type=out.type, const_value=lazy)
+    model.graph.register_initializer(value)
+    out.replace_all_uses_with(value)
+    return True
+
+
 def fold_constant_layouts(model: ir.Model) -> int:
     """Outputs of Transpose, Split, Slice, Squeeze, Unsqueeze, Reshape of a constant (with constant axes, sizes,
-    bounds and targets; opset 10+ Slice) become lazily computed constants; returns how many nodes."""
+    bounds and targets; opset 10+ Slice) and Concats of constants become lazily computed constants; returns how
+    many nodes."""
     count = 0
     for node in list(model.graph):
+        if node.op_type == "Concat" and node.domain in ("", "ai.onnx"):
+            count += _fold_concat(model, node)
+            continue
         fold = _LAYOUTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         source = node.inputs[0] if node.inputs else None
         if node.op_type == "Slice" and len(node.inputs) < 3:
