@@ -284,7 +284,8 @@ class Reshape(OpRule):
 @register("Expand")
 class Expand(OpRule):
     """Broadcast input 0 to a shape vector: an axis the input already has at full size passes through (its
-    shape entry is rewritten unless it is 1); an axis Expand creates from size 1 cannot carry prunable units."""
+    shape entry is rewritten unless it is 1); an axis Expand creates from size 1 holds copies, so its channels
+    are removed by a smaller target."""
 
     def couple(self, ctx: CoupleContext, node: ir.Node, port: Port, axis: int) -> None:
         x, y = node.inputs[0], node.outputs[0]
@@ -306,13 +307,10 @@ class Expand(OpRule):
             ctx.freeze(dim, "Expand target size of this axis is computed at run time")
             return
         if in_axis < 0 or x_shape[in_axis] != y_shape[out_axis]:
-            if port.output and ctx.is_periodic(dim):
-                return  # the same values for every batch·head: fewer heads, a smaller target
-            if not (port.output and ctx.option("gqa_units") == "query-slot"):
-                ctx.freeze(dim, "Expand broadcasts this axis from size 1 (repeated KV heads: under the default "
-                                "kv-group units a KV head goes with all its query heads; --gqa-units query-slot "
-                                "prunes query heads)" if port.output else "Expand broadcasts this axis from size 1")
-            return  # query slots: fewer copies of the same KV head, nothing upstream changes
+            if not port.output:
+                ctx.freeze(dim, "Expand broadcasts this axis from size 1")
+            return  # every channel a copy of the same values (a KV head for query slots, one gather index for
+            # every batch·head): fewer channels are a smaller target, nothing upstream changes
         ctx.link(Dim(x, in_axis), Dim(y, out_axis))
 
     def rewrite(self, ctx: RewriteContext, node: ir.Node) -> None:
