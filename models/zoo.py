@@ -89,15 +89,16 @@ class _Vision(torch.nn.Module):
         return _main_output(self.model(**{self.input_name: x}))
 
 
-def export_architecture(name: str, dynamo: bool, folder: str | os.PathLike, static: bool = False) -> Path:
+def export_architecture(name: str, dynamo: bool, folder: str | os.PathLike, static_batch: int | None = None) -> Path:
     """Export the seeded random-init `name` (of ARCHITECTURES or ENCODERS), every weight nudged by noise, with dynamic
-    batch (and, for text, sequence) axes; `static`: text models at batch 1 and 16 tokens, every size fixed."""
+    batch (and, for text, sequence) axes; `static_batch`: text models at that batch and 16 tokens, sizes fixed."""
     torch.manual_seed(0)
     model = _configs()[name]().eval()
     with torch.no_grad():  # some inits zero a layer out (MobileViT's transformers then reach no output)
         for parameter in model.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
-    path = Path(folder) / f"{name}-{'dynamo' if dynamo else 'legacy'}{'-static' if static else ''}.onnx"
+    form = f"{'dynamo' if dynamo else 'legacy'}{f'-static{static_batch}' if static_batch else ''}"
+    path = Path(folder) / f"{name}-{form}.onnx"
     opset = 17 if not dynamo else 18
     if name in VISION:
         return export(_Vision(model, "pixel_values"), (torch.randn(2, 3, 32, 32),), path, dynamo, opset=opset,
@@ -105,11 +106,11 @@ def export_architecture(name: str, dynamo: bool, folder: str | os.PathLike, stat
     if name == "wav2vec2":
         return export(_Vision(model, "input_values"), (torch.randn(2, 400),), path, dynamo, opset=opset,
                       input_names=["input_values"])
-    batch = 1 if static else 2
+    batch = static_batch or 2
     ids, mask = torch.randint(0, 100, (batch, 16)), torch.ones(batch, 16, dtype=torch.long)
     axes = {0: "batch", 1: "seq"}
     return export(_Text(model), (ids, mask), path, dynamo, opset=opset, input_names=["input_ids", "attention_mask"],
-                  dynamic=[axes, axes], output_dynamic=axes, static=static)
+                  dynamic=[axes, axes], output_dynamic=axes, static=bool(static_batch))
 
 
 def layer_weights(analysis: Analysis) -> list[ir.Value]:

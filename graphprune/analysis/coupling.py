@@ -94,6 +94,12 @@ class _Propagator:
     def is_periodic(self, dim: Dim) -> bool:
         return dim in self.periodic_dims
 
+    def partition(self, dim: Dim) -> np.ndarray | None:
+        if dim not in self.dims:
+            return None
+        start, size = self.dims[dim]
+        return self.uf.find(start + np.arange(size))
+
     def defer(self, node: ir.Node, port: Port, axis: int) -> bool:
         if self.last_chance:
             return False

@@ -138,8 +138,10 @@ def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
         ctx.link(Dim(x, left[0]), Dim(y, right[0]))
     elif len(right) == 1:
         _couple_merge(ctx, node, x, y, left, right[0], axis if not port.output else None, src)
-    elif len(left) == 1 and (not port.output or axis == carrier):
+    elif len(left) == 1 and (not port.output or axis == carrier or _inner_carrier(ctx, x, left[0], right, dst) == axis):
         _couple_split(ctx, x, y, left[0], right, dst)
+    elif len(left) == 1 and ctx.partition(Dim(x, left[0])) is None and ctx.defer(node, port, axis):
+        return  # the input's units may yet show that this inner factor carries them
     elif len(left) == 1:
         ctx.freeze(dim, f"{node.op_type} splits an axis and this is an inner factor (e.g. head_dim)")
     else:
@@ -214,18 +216,40 @@ def _broadcast_axes(ctx: CoupleContext, value: ir.Value) -> set[int]:
 
 def _couple_split(ctx: CoupleContext, x: ir.Value, y: ir.Value, in_axis: int, right: list[int], dst: list) -> None:
     """Input axis splits into output axes `right` (heads x head_dim, shuffle groups x group size): a unit is
-    one index of the outermost factor, i.e. a block of consecutive input channels."""
+    one index of the outermost factor, i.e. a block of consecutive input channels — unless the input's units
+    already follow another factor alone (a static [batch*heads] whose units are heads: position mod heads)."""
     lead = _outer_symbols(dst, right)
     statics = right[lead:]
     if not all(isinstance(dst[a], int) for a in statics):
         ctx.freeze(Dim(x, in_axis), f"axis {in_axis} splits into axes of symbolic size {[dst[a] for a in right]}")
         return
-    inner = int(np.prod([dst[a] for a in statics[1:]]))
-    positions = np.arange(dst[statics[0]] * inner)
+    sizes = [dst[a] for a in statics]
+    positions = np.arange(int(np.prod(sizes)))
     if lead and not ctx.periodic(Dim(x, in_axis), len(positions)):  # [batch*heads] -> [batch, heads]
         ctx.freeze(Dim(x, in_axis), f"axis {in_axis} splits into axes of symbolic size {[dst[a] for a in right]}")
         return
-    ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, statics[0]), positions // inner)
+    factor = _followed_factor(ctx.partition(Dim(x, in_axis)), sizes) if not lead else 0
+    ctx.link_pairs(Dim(x, in_axis), positions, Dim(y, statics[factor]), np.unravel_index(positions, sizes)[factor])
+
+
+def _inner_carrier(ctx: CoupleContext, x: ir.Value, in_axis: int, right: list[int], dst: list) -> int | None:
+    """The output axis of a static split that the input's units follow, when it is not the outermost."""
+    sizes = [dst[a] for a in right]
+    if not all(isinstance(n, int) for n in sizes):
+        return None
+    factor = _followed_factor(ctx.partition(Dim(x, in_axis)), sizes)
+    return right[factor] if factor else None
+
+
+def _followed_factor(units: np.ndarray | None, sizes: list[int]) -> int:
+    """The one factor of `sizes` other than the outermost whose index alone decides the unit of every position
+    (`units`: the unit of each position of the input axis, None while it has none); else 0, the outermost."""
+    if units is None or len(np.unique(units)) < 2:
+        return 0
+    grid = units.reshape(sizes)
+    follows = [k for k, n in enumerate(sizes) if n > 1 and all(
+        len(np.unique(row)) == 1 for row in np.moveaxis(grid, k, 0).reshape(n, -1))]
+    return follows[0] if len(follows) == 1 and follows[0] > 0 else 0
 
 
 @register("Flatten")

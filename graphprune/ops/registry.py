@@ -62,6 +62,7 @@ class CoupleContext(Protocol):
     # a merged batch·channel axis ([batch, heads] -> [batch*heads]): channel = position mod `size`
     def periodic(self, dim: Dim, size: int) -> bool: ...  # declare `dim` so; False where it cannot be
     def is_periodic(self, dim: Dim) -> bool: ...
+    def partition(self, dim: Dim) -> np.ndarray | None: ...  # the unit of each position so far (None: no dim yet)
     def weight(self, value: ir.Value | None) -> bool: ...  # a constant, maybe stored quantized
     def defer(self, node: ir.Node, port: Port, axis: int) -> bool: ...  # True: will be asked again later
     def tag(self, dim: Dim, kind: str) -> None: ...

@@ -146,12 +146,13 @@ def test_deberta_heads_merged_into_the_batch_prune_at_any_batch_and_length(expor
             assert_group_equivalent(str(exported("deberta-v2", dynamo)), group, dims=dims)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
-def test_deberta_exported_at_static_shapes_prunes_its_heads_exactly(tmp_path, dynamo):
-    """Batch 1 and 16 tokens fixed, as edge pipelines ship it: the merged batch·heads axis is a static 4, its
-    gather index a constant-size broadcast; the heads are the same groups and prune exactly. (At a static batch
-    above 1 the merged axis [2 x 4] is ambiguous to a local rule, and its heads freeze naming the merge.)"""
-    path = zoo.export_architecture("deberta-v2", dynamo, tmp_path, static=True)
+def test_deberta_exported_at_static_shapes_prunes_its_heads_exactly(tmp_path, dynamo, batch):
+    """Batch and 16 tokens fixed, as edge pipelines ship it: the merged batch·heads axis is a static 4 or 8
+    (at batch 2 the split back to [2, 4] follows the heads, the factor the merged axis's units already follow,
+    not the outer batch), its gather index a constant-size broadcast; the heads prune exactly."""
+    path = zoo.export_architecture("deberta-v2", dynamo, tmp_path, static_batch=batch)
     heads = [g for g in analysis_of(path, "deberta-v2").prunable() if g.kind == "head"]
     assert [g.size for g in heads] == [4, 4]
     for group in heads:

@@ -106,3 +106,20 @@ def test_tile_of_a_size_one_axis_freezes():
     coupled = b.op("Add", [tiled, b.op("MatMul", ["x", b.weight(8, 6)])])
     model = b.build(X, [b.op("MatMul", [coupled, b.weight(6, 5)])], opset=17)
     assert any("Tile repeats an axis of size 1" in r for r in frozen_reasons(model))
+
+
+def test_a_static_batch_of_two_splits_back_onto_the_heads_its_units_follow():
+    """At a static batch of 2 the merged axis is a plain 2*heads; the split back to [2, heads] must follow the
+    factor the merged units already follow (position mod heads), not the outermost one (the batch)."""
+    b = GraphBuilder()
+    q = b.op("MatMul", ["x", b.weight(8, HEADS * D)])
+    split = b.op("Transpose", [b.op("Reshape", [q, b.const(_i64(0, 0, HEADS, D))])], perm=[0, 2, 1, 3])
+    merged = b.op("Reshape", [split, b.const(_i64(2 * HEADS, 5, D))])           # [2*heads, 5, d]
+    tiled = b.op("Tile", [b.weight(HEADS, KEYS, D), b.const(_i64(2, 1, 1))])    # [2*heads, KEYS, d]
+    scores = b.op("MatMul", [merged, b.op("Transpose", [tiled], perm=[0, 2, 1])])
+    back = b.op("Reshape", [scores, b.const(_i64(2, HEADS, 5, KEYS))])
+    flat = b.op("Reshape", [b.op("Transpose", [back], perm=[0, 2, 1, 3]), b.const(_i64(0, 0, HEADS * KEYS))])
+    model = b.build({"x": [2, 5, 8]}, [b.op("MatMul", [flat, b.weight(HEADS * KEYS, 5)])], opset=17)
+    heads = [g for g in analyze(load(model)).prunable() if g.size == HEADS]
+    assert len(heads) == 1, [g.summary() for g in analyze(load(model)).groups]
+    assert_group_equivalent(model, heads[0])
