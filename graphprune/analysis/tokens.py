@@ -208,13 +208,17 @@ def find_token_flow(model: ir.Model, protect: int = 1) -> TokenFlow:
         if hidden is not None:
             blocks.append((softmax, hidden))
     if not blocks:
-        fused = sorted({n.op_type for n in ir.traversal.RecursiveGraphIterator(graph) if n.domain == "com.microsoft"
-                        and n.op_type in FUSED_ATTENTION})
+        nodes = list(ir.traversal.RecursiveGraphIterator(graph))
+        fused = sorted({n.op_type for n in nodes if n.domain == "com.microsoft" and n.op_type in FUSED_ATTENTION})
+        standard = any(n.op_type == "Attention" and n.domain in ("", "ai.onnx") for n in nodes)
         return TokenFlow(0, reason="no attention block found (a Softmax over query·key whose output multiplies "
                                    "the values, inside a residual Add)" + (
                                        f"; the attention here is fused ({', '.join(fused)}, ONNX Runtime's "
                                        "transformer optimizer), which keeps its probabilities inside: reduce tokens "
-                                       "in the model before that optimisation" if fused else ""))
+                                       "in the model before that optimisation" if fused else "") + (
+                                       "; the attention here is ONNX's fused Attention op (opset 23), which keeps "
+                                       "its probabilities inside: export with attention decomposed (an opset "
+                                       "below 23) to reduce tokens" if standard else ""))
     hidden_shape = shape_of(blocks[0][1]) or []
     keys = (shape_of(blocks[0][0].outputs[0]) or [None])[-1]
     if len(hidden_shape) != 3 or hidden_shape[1] != keys or keys is None:

@@ -13,6 +13,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.io import runtime
 from graphprune.io.save import StagedModel
 from graphprune.passes.rewrite.tokens import TokenSchedule, insert_token_reduction
+from tests.graphs import GraphBuilder
 from tests.harness import load
 
 pytest.importorskip("torch")
@@ -152,6 +153,21 @@ def test_models_without_attention_and_bad_schedules_are_refused(tmp_path):
                               (TokenSchedule(0.5, restore="x"), "choose one")]:
         with pytest.raises(GraphpruneError, match=message):
             schedule.check()
+
+
+def test_onnx_fused_attention_is_refused_naming_it():
+    """The opset-23 `Attention` op keeps its probabilities inside, as ORT's fused ops do: named, with what to do."""
+    from tests.ops.test_contrib import X, split_heads
+
+    b = GraphBuilder()
+    heads = [split_heads(b, b.op("MatMul", ["x", b.weight(16, 32)]), 4) for _ in range(3)]
+    att = b.op("Reshape", [b.op("Transpose", [b.op("Attention", heads)], perm=[0, 2, 1, 3]),
+                           b.const(np.array([0, 0, 32]))])
+    model = b.build(X, {b.op("Add", ["x", b.op("MatMul", [att, b.weight(32, 16)])]): ["batch", "seq", 16]},
+                    opset=23)
+    model.ir_version = 10
+    with pytest.raises(GraphpruneError, match="ONNX's fused Attention op \\(opset 23\\).*an opset below 23"):
+        insert_token_reduction(load(model), TokenSchedule(0.5))
 
 
 def stack_without_positions():
