@@ -39,7 +39,8 @@ CANONICAL_ROUNDS = 5  # canonicalise ↔ re-infer shapes, while something change
 
 CANONICALISATIONS = Settled(
     PassManager([
-        Fold(unshare_constants), Fold(unshare_broadcasts), Fold(fold_static_shapes), Fold(fold_constant_layouts),
+        Fold(unshare_constants), Fold(unshare_broadcasts), Fold(fold_static_shapes),
+        Swept(Fold(fold_constant_layouts)),  # folded layouts leave their nodes and sources dead: counted otherwise
         Fold(fold_pass_throughs), Fold(fold_copied_targets), Fold(fold_tensordots), Fold(fold_zero_initial_states),
         Swept(Fold(fold_picked_slices), Fold(fold_gather_transposes), Fold(fold_gather_slices),
               Fold(fold_split_transposes)),
