@@ -182,12 +182,18 @@ def _fold_concat(model: ir.Model, node: ir.Node) -> bool:
         return False
     axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
     shape = np.concatenate([np.broadcast_to(np.False_, tuple(t.shape.numpy())) for t in sources], axis=axis).shape
-    name = free_name(model, f"{out.name}_folded")
-    lazy = ir.LazyTensor(functools.partial(_concatenated, sources, axis), sources[0].dtype, ir.Shape(shape), name=name)
-    value = ir.Value(name=name, shape=ir.Shape(shape), type=out.type, const_value=lazy)
-    model.graph.register_initializer(value)
-    out.replace_all_uses_with(value)
+    _replace_lazily(model, out, functools.partial(_concatenated, sources, axis), sources[0].dtype, shape)
     return True
+
+
+def _replace_lazily(model: ir.Model, output: ir.Value, compute: Callable[[], ir.Tensor], dtype: ir.DataType,
+                    shape: tuple[int, ...]) -> None:
+    """Every reader of `output` reads instead a new initializer computed by `compute` when first read."""
+    name = free_name(model, f"{output.name}_folded")
+    lazy = ir.LazyTensor(compute, dtype, ir.Shape(shape), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(shape), type=output.type, const_value=lazy)
+    model.graph.register_initializer(value)
+    output.replace_all_uses_with(value)
 
 
 def fold_constant_layouts(model: ir.Model) -> int:
@@ -211,11 +217,7 @@ def fold_constant_layouts(model: ir.Model) -> int:
         spec = _Spec.of(node)  # the shapes, from a stand-in that takes no memory:
         shapes = [a.shape for a in fold(spec, np.broadcast_to(np.False_, tuple(source.const_value.shape.numpy())))]
         for index, output in enumerate(node.outputs):
-            compute = functools.partial(_folded, fold, spec, source.const_value, index)
-            name = free_name(model, f"{output.name}_folded")
-            lazy = ir.LazyTensor(compute, source.const_value.dtype, ir.Shape(shapes[index]), name=name)
-            value = ir.Value(name=name, shape=ir.Shape(shapes[index]), type=output.type, const_value=lazy)
-            model.graph.register_initializer(value)
-            output.replace_all_uses_with(value)
+            _replace_lazily(model, output, functools.partial(_folded, fold, spec, source.const_value, index),
+                            source.const_value.dtype, shapes[index])
         count += 1
     return count

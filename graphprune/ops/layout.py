@@ -140,7 +140,7 @@ def couple_regroup(ctx: CoupleContext, node: ir.Node, port: Port, axis: int,
         _couple_merge(ctx, node, x, y, left, right[0], axis if not port.output else None, src)
     elif len(left) == 1 and (not port.output or axis == carrier or _inner_carrier(ctx, x, left[0], right, dst) == axis):
         _couple_split(ctx, x, y, left[0], right, dst)
-    elif len(left) == 1 and ctx.partition(Dim(x, left[0])) is None and ctx.defer(node, port, axis):
+    elif len(left) == 1 and not ctx.has_dim(Dim(x, left[0])) and ctx.defer(node, port, axis):
         return  # the input's units may yet show that this inner factor carries them
     elif len(left) == 1:
         ctx.freeze(dim, f"{node.op_type} splits an axis and this is an inner factor (e.g. head_dim)")

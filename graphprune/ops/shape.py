@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ops.registry import CoupleContext, Dim, OpRule, Port, RewriteContext, register
-from graphprune.ops.shapevec import copied_shape
+from graphprune.ops.shapevec import copied_shape, scaled
 
 
 @register("Shape")
@@ -49,9 +49,7 @@ class Shape(OpRule):
         for use in list(vector.uses()):
             if use.node.op_type == "Gather" and not all(_excludes(ctx, use.node, p, end - start)
                                                         for p in np.flatnonzero(numerator != denominator)):
-                product = ctx.add_node("Mul", [vector, ctx.new_const(numerator)], {}, before=use.node)
-                sealed = ctx.add_node("Div", [product, ctx.new_const(denominator)], {}, before=use.node)
-                use.node.replace_input_with(use.idx, sealed)
+                use.node.replace_input_with(use.idx, scaled(ctx, use.node, vector, numerator, denominator))
 
 
 def _range(node: ir.Node, rank: int) -> tuple[int, int]:

@@ -78,7 +78,7 @@ def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates
                 piece = ctx.new_const(new)
         elif array is None and offset in scales:
             changed = True
-            piece = _scaled(ctx, node, piece, *scales[offset])
+            piece = scaled(ctx, node, piece, *scales[offset])
         new_pieces.append(piece)
         offset += length
     if not changed:
@@ -89,10 +89,12 @@ def rewrite_shape_vector(ctx: RewriteContext, node: ir.Node, index: int, updates
         node.replace_input_with(index, ctx.add_node("Concat", new_pieces, {"axis": 0}, before=node))
 
 
-def _scaled(ctx: RewriteContext, node: ir.Node, piece: ir.Value, numerator: int, denominator: int) -> ir.Value:
-    """piece * numerator / denominator, computed at run time in integers (exact: piece is a multiple)."""
-    product = ctx.add_node("Mul", [piece, ctx.new_const(np.array([numerator], dtype=np.int64))], {}, before=node)
-    return ctx.add_node("Div", [product, ctx.new_const(np.array([denominator], dtype=np.int64))], {}, before=node)
+def scaled(ctx: RewriteContext, node: ir.Node, sizes: ir.Value, numerator: int | np.ndarray,
+           denominator: int | np.ndarray) -> ir.Value:
+    """sizes * numerator / denominator (per entry), computed before `node` at run time in integers (exact: the
+    sizes are multiples of the denominator)."""
+    product = ctx.add_node("Mul", [sizes, ctx.new_const(np.atleast_1d(numerator).astype(np.int64))], {}, before=node)
+    return ctx.add_node("Div", [product, ctx.new_const(np.atleast_1d(denominator).astype(np.int64))], {}, before=node)
 
 
 def rewrite_entries_for(ctx: RewriteContext, node: ir.Node, index: int, output: ir.Value, keep: set[int]) -> None:
