@@ -99,16 +99,18 @@ def conv_channel_block(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> int | No
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else None
 
 
-def prefix_session(model: ir.Model, names: list[str]) -> ort.InferenceSession:
+def prefix_session(model: ir.Model, names: list[str], given: dict[str, np.ndarray] | None = None,
+                   passing: bool = False) -> ort.InferenceSession:
     """A session over in-memory `model` (weights in memory) whose outputs are the tensors `names`, holding only
     the nodes they need: ONNX Runtime runs every node of a graph whatever its caller fetches, so a tensor early
     in the graph costs a whole forward pass unless the rest is cut away. Float weights from PREFIX_HANDED_BYTES
-    are handed to ORT as buffers instead of serialised (a refit builds one such session per stage)."""
+    are handed to ORT as buffers instead of serialised (a refit builds one such session per stage). `given`
+    and `passing` as for `prefix_model`."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.add_session_config_entry("session.disable_prepacking", "1")
     with _handing_over(model, feed=False, least=PREFIX_HANDED_BYTES) as (_, handed):
-        proto = prefix_model(to_proto(model), names)
+        proto = prefix_model(to_proto(model), names, given, passing)
     read = {t.name for t in proto.graph.initializer}
     handed = {name: array for name, array in handed.items() if name in read}
     if handed:
@@ -116,10 +118,14 @@ def prefix_session(model: ir.Model, names: list[str]) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=_providers)
 
 
-def prefix_model(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """`proto` cut down to the nodes and initializers the tensors `names` need, those tensors its outputs."""
-    graph = proto.graph
-    producer = {out: index for index, node in enumerate(graph.node) for out in node.output}
+def prefix_model(proto: onnx.ModelProto, names: list[str], given: dict[str, np.ndarray] | None = None,
+                 passing: bool = False) -> onnx.ModelProto:
+    """`proto` cut down to the nodes and initializers the tensors `names` need, those tensors its outputs. The
+    tensors in `given` (name → an array of its type and rank) become inputs, their producers cut away too; with
+    `passing`, the outputs also hold the tensors the cut computes that nodes outside it read (what a later cut
+    can be given)."""
+    graph, given = proto.graph, given or {}
+    producer = {out: index for index, node in enumerate(graph.node) for out in node.output if out not in given}
     needed, stack = set(), [producer[name] for name in names if name in producer]
     while stack:
         index = stack.pop()
@@ -128,7 +134,15 @@ def prefix_model(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
             stack.extend(producer[n] for n in graph.node[index].input if n in producer)
     nodes = [graph.node[index] for index in sorted(needed)]
     read = {n for node in nodes for n in node.input}
-    prefix = onnx.helper.make_graph(nodes, graph.name, graph.input, [onnx.ValueInfoProto(name=n) for n in names],
+    outputs = list(names)
+    if passing:
+        made = {out for node in nodes for out in node.output}
+        outside = {n for index, node in enumerate(graph.node) if index not in needed for n in node.input}
+        outputs += sorted((made & outside) - set(names))
+    inputs = list(graph.input) + [onnx.helper.make_tensor_value_info(
+        name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), [None] * array.ndim)
+        for name, array in given.items() if name in read]
+    prefix = onnx.helper.make_graph(nodes, graph.name, inputs, [onnx.ValueInfoProto(name=n) for n in outputs],
                                     [t for t in graph.initializer if t.name in read])
     model = onnx.helper.make_model(prefix, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     model.functions.extend(proto.functions)

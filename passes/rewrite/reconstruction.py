@@ -28,7 +28,7 @@ from graphprune.analysis.blocks import bypass
 from graphprune.analysis.coupling import Analysis
 from graphprune.analysis.groups import Group, Member
 from graphprune.analysis.plan import PruningPlan
-from graphprune.analysis.weights import NORM_BLOCK, consumer_view
+from graphprune.analysis.weights import NORM_BLOCK, consumer_view, stored_weight
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.io.runtime import prefix_session
 from graphprune.io.scratch import contiguous_scratch, scratch_array
@@ -48,6 +48,7 @@ from graphprune.passes.rewrite.compensation import add_to_bias, bias_of, per_out
 log = logging.getLogger("graphprune")
 
 CACHE_BYTES = 2 << 30  # dense activations held for all stages at most (else recomputed per stage)
+CARRY_BYTES = 2 << 30  # pruned activations carried from stage to stage at most (else each stage runs from inputs)
 RIDGE_RANGE = (0.01, 1.0)  # bounds of λ relative to the mean of diag(x̂ᵀx̂) over the kept channels (see ridge_for)
 MIXING = {"Conv", "Gemm", "MatMul", "Attention", "QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul",
           "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
@@ -279,10 +280,11 @@ def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], res
     dense = _Dense(analysis.model, _with_decoders(reads, decoders), decoders, batches)
     for block in blocks:  # removed residual blocks leave their stream, as the rewrite will
         bypass(block)
+    carried = _Carried(analysis.model, batches)
     with progress.step("reconstructing"), progress.bar(len(stages), "reconstructing", "stage") as bar:
         for stage in stages:
             members = [layer for layer in layers if layer.stage == stage]
-            stats, drifts = _stage_stats(analysis.model, members, batches, dense, decoders, first=stage == 0)
+            stats, drifts = _stage_stats(carried, members, batches, dense, decoders, first=stage == 0)
             held = sum(s.nbytes for s in stats.values()) + sum(d.cross.nbytes for d in drifts.values())
             report.peak_bytes = max(report.peak_bytes, held)
             if rescore is not None:
@@ -291,6 +293,7 @@ def reconstruct(analysis: Analysis, plan: PruningPlan, batches: list[Feeds], res
                 refit = _refit(layer, stats.get(layer.read_key), drifts.get(id(layer)), ridge)
                 report.refit += refit
                 report.masked_only += not refit
+            carried.advance(members)
             report.stages += 1
             bar.update(1)
     report.seconds = time.perf_counter() - start
@@ -305,21 +308,24 @@ def _with_decoders(names: list[str], decoders: dict) -> list[str]:
 
 
 class _Runner:
-    """A session exposing tensors, returning their real values (quantized activations decoded)."""
+    """Fetches tensors by name for a batch and returns their real values (quantized activations decoded)."""
 
-    def __init__(self, sess, decoders: dict) -> None:
-        self.sess, self.decoders = sess, decoders
-        self.inputs = [i.name for i in sess.get_inputs()]
+    def __init__(self, fetch: Callable[[list[str], int, Feeds], list[np.ndarray]], decoders: dict) -> None:
+        self.fetch, self.decoders = fetch, decoders
 
-    def run(self, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
+    def run(self, names: list[str], index: int, feeds: Feeds) -> dict[str, np.ndarray]:
         wanted = _with_decoders(names, self.decoders)
         try:
-            arrays = dict(zip(wanted, self.sess.run(wanted, {k: v for k, v in feeds.items() if k in self.inputs}),
-                              strict=True))
+            arrays = dict(zip(wanted, self.fetch(wanted, index, feeds), strict=True))
         except Exception as exc:  # noqa: BLE001 - ORT raises several types
             raise GraphpruneError(f"reconstruction: ONNX Runtime cannot run the model ({first_line(exc)[:200]})") \
                 from exc
         return {name: decoded(arrays[name], self.decoders.get(name), arrays) for name in names}
+
+
+def _fetching(sess) -> Callable[[list[str], int, Feeds], list[np.ndarray]]:
+    inputs = [i.name for i in sess.get_inputs()]
+    return lambda names, _, feeds: sess.run(names, {k: v for k, v in feeds.items() if k in inputs})
 
 
 class _Dense:
@@ -327,11 +333,11 @@ class _Dense:
     (the stages then run only the pruned model), or, past `CACHE_BYTES`, computed again for each stage."""
 
     def __init__(self, model: ir.Model, reads: list[str], decoders: dict, batches: list[Feeds]) -> None:
-        self.runner = _Runner(session_exposing(model, reads), decoders)
+        self.runner = _Runner(_fetching(session_exposing(model, reads)), decoders)
         self.cache: list[dict[str, np.ndarray]] | None = []
         spent = 0
-        for feeds in batches if reads else []:  # (a plan that affects no layer reads nothing)
-            self.cache.append(self.runner.run(reads, feeds))
+        for index, feeds in enumerate(batches if reads else []):  # (a plan that affects no layer reads nothing)
+            self.cache.append(self.runner.run(reads, index, feeds))
             spent += sum(array.nbytes for array in self.cache[-1].values())
             if spent * len(batches) / len(self.cache) > CACHE_BYTES:
                 log.info("reconstruction: the dense activations would pass %d MiB; computing them per stage",
@@ -343,16 +349,83 @@ class _Dense:
 
     def values(self, index: int, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
         if self.cache is None:
-            return self.runner.run(names, feeds)
+            return self.runner.run(names, index, feeds)
         return {name: self.cache[index][name] for name in names}
 
 
-def _session_for(model: ir.Model, names: list[str]):
-    """A session computing `names` of `model` as it is now, running only what they need where it can."""
-    return session_exposing(model, names) if uses_external_data(model) else prefix_session(model, names)
+class _Carried:
+    """The pruned model's tensors that flow past each stage's prefix, held per batch, so that the next stage
+    runs from them instead of from the graph inputs: one pass over the graph for all the stages, not one a
+    stage. A stage's refit drops what lies downstream of the weights it changed; past `CARRY_BYTES` (or for
+    weights in external data) every stage runs from the inputs."""
+
+    def __init__(self, model: ir.Model, batches: list[Feeds]) -> None:
+        self.model, self.held, self.carrying = model, [{} for _ in batches], True
+        self.done: set[str] = set()  # tensors computed from the model as it now is, held or not
+        self.spent: list[str] = []  # held tensors whose readers have all run
+
+    def runner(self, names: list[str], decoders: dict) -> _Runner:
+        """A runner for the stage's tensors `names` (its decoders' among them) on the model as it is now."""
+        if uses_external_data(self.model):
+            return _Runner(_fetching(session_exposing(self.model, names)), decoders)
+        given = dict(self.held[0])
+        computed = [n for n in names if n not in given]
+        sess = prefix_session(self.model, computed, given, passing=self.carrying) if computed else None
+        inputs = {i.name for i in sess.get_inputs()} if sess is not None else set()
+        outputs = [o.name for o in sess.get_outputs()] if sess is not None else []
+        values = {v.name: v for node in self.model.graph for v in node.outputs}
+        self.done |= _upstream(values, computed, given)
+        self.spent = [name for name in given if all(
+            all(v.name in self.done for v in use.node.outputs) for use in values[name].uses())]
+
+        def fetch(wanted: list[str], index: int, feeds: Feeds) -> list[np.ndarray]:
+            held, arrays = self.held[index], {}
+            if sess is not None:
+                fed = {k: v for k, v in {**feeds, **held}.items() if k in inputs}
+                arrays = dict(zip(outputs, sess.run(outputs, fed), strict=True))
+                if self.carrying:
+                    held.update(arrays)
+            return [arrays[name] if name in arrays else held[name] for name in wanted]
+        return _Runner(fetch, decoders)
+
+    def advance(self, layers: list[Layer]) -> None:
+        """After a stage that changed `layers`' weights: forget what lies downstream of them and of every other
+        reader of those weights, and what no later stage reads; past the memory budget, forget everything and
+        run each later stage from the inputs."""
+        weights = [stored.value for layer in layers if (stored := stored_weight(layer.member.value)) is not None]
+        frontier = [layer.member.node for layer in layers] + [use.node for v in weights for use in v.uses()]
+        seen, stale = set(), set(self.spent)
+        while frontier:
+            node = frontier.pop()
+            if id(node) not in seen:
+                seen.add(id(node))
+                for value in node.outputs:
+                    stale.add(value.name)
+                    self.done.discard(value.name)
+                    frontier.extend(use.node for use in value.uses())
+        for held in self.held:
+            for name in stale & held.keys():
+                del held[name]
+        if sum(a.nbytes for held in self.held for a in held.values()) > CARRY_BYTES:
+            log.info("reconstruction: carried activations would pass %d MiB; running each stage from the inputs",
+                     CARRY_BYTES >> 20)
+            self.carrying = False
+            self.held = [{} for _ in self.held]
 
 
-def _stage_stats(model: ir.Model, members: list[Layer], batches: list[Feeds], dense: _Dense, decoders: dict,
+def _upstream(values: dict[str, ir.Value], names: list[str], given: dict) -> set[str]:
+    """The tensors produced by the nodes that compute `names` from `given` and the graph's inputs."""
+    produced, stack = set(), list(names)
+    while stack:
+        name = stack.pop()
+        node = values[name].producer() if name in values and name not in produced else None
+        if node is not None:
+            produced.update(v.name for v in node.outputs)
+            stack.extend(v.name for v in node.inputs if v is not None and v.name not in given)
+    return produced
+
+
+def _stage_stats(carried: _Carried, members: list[Layer], batches: list[Feeds], dense: _Dense, decoders: dict,
                  first: bool) -> tuple[dict[tuple[str, int], PairStats], dict[int, ResidualStats]]:
     """Pair statistics of every tensor axis the stage's layers read (no wider than GRAM_LIMIT channels), and
     per layer adding into a residual stream, that stream's drift; the first stage reads tensors no pruning has
@@ -360,12 +433,12 @@ def _stage_stats(model: ir.Model, members: list[Layer], batches: list[Feeds], de
     keys = sorted({layer.read_key for layer in members})
     drifting = [layer for layer in members if layer.residual is not None and not first]
     names = sorted({name for name, _ in keys} | {layer.residual.name for layer in drifting})
-    pruned = None if first else _Runner(_session_for(model, _with_decoders(names, decoders)), decoders)
+    pruned = None if first else carried.runner(_with_decoders(names, decoders), decoders)
     stats: dict[tuple[str, int], PairStats] = {}
     drifts: dict[int, ResidualStats] = {}
     for index, feeds in enumerate(batches):
         reference = dense.values(index, names, feeds)
-        current = reference if pruned is None else pruned.run(names, feeds)
+        current = reference if pruned is None else pruned.run(names, index, feeds)
         for name, axis in keys:
             if reference[name].shape[axis] <= GRAM_LIMIT:
                 stats.setdefault((name, axis), PairStats()).update(current[name], reference[name], axis)

@@ -284,3 +284,22 @@ def test_greedy_obs_never_removes_both_halves_of_a_dependent_pair(monkeypatch):
     stats = calibrate(analysis, [data(256)], gram_limit=64)
     removed = set(next(iter(make_plan(analysis, "obs", 2 / 6, calibration=stats).removed.values())).tolist())
     assert len(removed & {1, 5}) == 1, removed
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_greedy_obs_costs_solved_as_one_batch_are_each_units_own(width):
+    """The greedy step's costs of every remaining unit, one batched solve, equal ε_M = tr(W_Mᵀ (H⁻¹_MM)⁻¹ W_M)
+    solved unit by unit; units owning unequal position counts (or none) are costed one at a time."""
+    from graphprune.passes.importance.obs import _costs, block_cost
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4 * width, 5))
+    a = rng.standard_normal((4 * width, 4 * width))
+    hinv = np.linalg.inv(a @ a.T + np.eye(4 * width))
+    units = [np.arange(u * width, (u + 1) * width) for u in range(4)]
+    expected = [block_cost(w, hinv, units[u]) for u in (0, 2, 3)]
+    np.testing.assert_allclose(_costs(w, hinv, units, [0, 2, 3]), expected, rtol=1e-10)
+    uneven = [units[0], units[1][:1], np.zeros(0, dtype=np.int64), units[3]]
+    np.testing.assert_allclose(_costs(w, hinv, uneven, [0, 1, 2, 3]),
+                               [block_cost(w, hinv, uneven[0]), block_cost(w, hinv, uneven[1]), 0.0,
+                                block_cost(w, hinv, uneven[3])], rtol=1e-10)

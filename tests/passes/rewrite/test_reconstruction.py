@@ -14,6 +14,7 @@ from graphprune.analysis.plan import PruningPlan
 from graphprune.cli.main import main
 from graphprune.errors import GraphpruneError
 from graphprune.io import runtime
+from graphprune.io.save import to_proto
 from graphprune.models.demo import DEMO_MODEL, accuracy, digits_test_set
 from graphprune.passes import CalibrationSpec, apply_plan, make_plan, prune_file
 from graphprune.passes.rewrite.reconstruction import (
@@ -219,3 +220,35 @@ def test_held_dense_activations_refit_as_recomputed_ones(tmp_path, monkeypatch, 
         weights.append([v.const_value.numpy() for v in load(tmp_path / f"{budget}.onnx").graph.initializers.values()])
         assert ("computing them per stage" in caplog.text) == (budget == 0)  # the path each run took
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+@pytest.mark.parametrize("name", ["resnet", "bert"])
+def test_stages_run_from_carried_activations_as_from_the_inputs(exported, name, monkeypatch, caplog):
+    """Each stage runs from the pruned tensors the stages before it carried (what a refit changed dropped:
+    ResNet's shortcut stage reads its block's next conv output), and refits what running every stage from the
+    graph inputs refits."""
+    from graphprune.passes.rewrite import reconstruction
+
+    source = exported(name, False)
+    dense = load(source)
+    calibration = [runtime.random_feeds(runtime.session(dense), batch=8, seed=s) for s in range(3)]
+    weights, sizes = [], []
+
+    def counted(model, names, *rest, **options):  # the nodes of every stage's session
+        sizes.append(len(runtime.prefix_model(to_proto(model), names, *rest, **options).graph.node))
+        return runtime.prefix_session(model, names, *rest, **options)
+    monkeypatch.setattr(reconstruction, "prefix_session", counted)
+    for budget in (reconstruction.CARRY_BYTES, -1):
+        monkeypatch.setattr(reconstruction, "CARRY_BYTES", budget)
+        analysis = analyze(load(source))
+        with caplog.at_level("INFO", logger="graphprune"):
+            report = reconstruct(analysis, make_plan(analysis, "l2", 0.3), calibration)
+        assert report.stages > 2 and ("running each stage from the inputs" in caplog.text) == (budget < 0)
+        weights.append({n: v.const_value.numpy() for n, v in analysis.model.graph.initializers.items()})
+        sizes.append(None)
+    carried, from_inputs = weights
+    for name_, array in from_inputs.items():
+        np.testing.assert_allclose(carried[name_], array, rtol=1e-4, atol=1e-5 * np.abs(array).max())
+    assert any(not np.array_equal(carried[n], dense.graph.initializers[n].const_value.numpy()) for n in carried)
+    split = sizes.index(None)
+    assert sum(sizes[:split]) < sum(sizes[split + 1:-1]) / 2  # the carried stages ran under half the nodes
