@@ -26,11 +26,12 @@ from graphprune.errors import GraphpruneError, first_line
 from graphprune.io import runtime
 from graphprune.passes.allocation.suffix import SuffixRunner
 from graphprune.passes.calibration.sources import Feeds
-from graphprune.verify.drift import squared_error_ratio
+from graphprune.verify.drift import SquaredError
 
 log = logging.getLogger("graphprune")
 
 GRID = (0.125, 0.25, 0.375, 0.5, 0.75)  # fractions of a group measured (the largest is also the most removed)
+SAMPLES = 32  # samples measured on at most (whole batches): PP-OCRv4's held-out reading 0.9848 on 48, 0.9860 on 32
 Compensation = Callable[[Group, np.ndarray], dict[ir.Value, np.ndarray]]  # (group, units) → new real weights
 
 
@@ -83,11 +84,12 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
             compensation: Compensation | None = None) -> Sensitivity:
     """Output error of `analysis.model` with each group's lowest-scored units masked, one group at a time, at
     each fraction of `grid` (capped by `max_group_ratio`, always leaving one unit), the weights `compensation`
-    gives for that removal in place; the model is restored."""
+    gives for that removal in place, on the leading batches holding SAMPLES; the model is restored."""
     if not batches:
         raise GraphpruneError("measuring sensitivity needs calibration inputs")
+    batches = leading(batches, SAMPLES)
     dense = run_batches(analysis.model, batches)
-    runner = SuffixRunner(analysis.model, groups, batches, dense)
+    runner, error = SuffixRunner(analysis.model, groups, batches, dense), SquaredError(dense, batches)
     counts, errors = {}, {}
     points = [(g, c) for g in groups for c in _counts(g.size, grid, max_group_ratio)]
     with progress.step("measuring sensitivity"), progress.bar(len(points), "sensitivity", "point") as bar:
@@ -100,7 +102,7 @@ def measure(analysis: Analysis, scores: dict[int, np.ndarray], groups: list[Grou
                 updates = compensation(group, units) if compensation and group.blocks is None else None
                 with Masked(analysis.model, group, units, updates) as masked:
                     outputs = runner.run(group, masked.changed) or run_batches(analysis.model, batches)
-                    measured.append(squared_error_ratio(dense, outputs, batches))
+                    measured.append(error(outputs))
                 bar.update(1)
             errors[group.id] = np.array(measured)
     log.info("sensitivity measured at %d points over %d groups", len(points), len(groups))
@@ -111,6 +113,16 @@ def _counts(size: int, grid: tuple[float, ...], max_group_ratio: float) -> list[
     """Distinct unit counts the grid asks of a group of `size`, each removing at least one and leaving one."""
     most = min(size - 1, int(np.floor(size * max_group_ratio + 1e-9)))
     return sorted({min(most, max(1, int(round(size * fraction)))) for fraction in grid} - {0}) if most > 0 else []
+
+
+def leading(batches: list[Feeds], samples: int) -> list[Feeds]:
+    """The first batches that hold at least `samples` samples between them (all of them, if fewer)."""
+    held = 0
+    for index, feeds in enumerate(batches):
+        held += next(iter(feeds.values())).shape[0]
+        if held >= samples:
+            return batches[: index + 1]
+    return batches
 
 
 def run_batches(model, batches: list[Feeds]) -> list[list[np.ndarray]]:

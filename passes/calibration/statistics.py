@@ -47,9 +47,10 @@ class ChannelStats:
             if self.gram is None:
                 self.gram = matrix(rows.shape[1])
             self.gram += single.T @ single
-        rows = rows.astype(np.float64)
-        n, mean = rows.shape[0], rows.mean(axis=0)
-        m2 = ((rows - mean) ** 2).sum(axis=0)
+        n, mean = rows.shape[0], rows.sum(axis=0, dtype=np.float64) / max(rows.shape[0], 1)
+        real = np.promote_types(rows.dtype, np.float32)  # centred in float32 at least, summed in float64
+        centred = np.subtract(rows, mean.astype(real), dtype=real)
+        m2 = np.square(centred, out=centred).sum(axis=0, dtype=np.float64)
         if self.count == 0:
             self.count, self.mean, self.m2 = n, mean, m2
             return

@@ -168,3 +168,19 @@ def test_a_pooled_budget_never_charges_weights_twice(block_first):
     plan = measured(analysis, scores, ranking, 0.0, kind_ratios={"head": 0.99, "neuron": 0.99})
     assert plan.removed[depth.id].tolist() == [attention]
     assert len(plan.removed.get(heads.id, [])) == (0 if block_first else heads.size - 1)  # one head always kept
+
+
+def test_sensitivity_is_measured_on_the_leading_batches_holding_its_samples():
+    """Past SAMPLES (32), further batches are not run: the errors are those of the first two batches of 16
+    alone, and differ from those of the third alone (the batches do count)."""
+    from graphprune.passes.allocation.sensitivity import SAMPLES, leading
+
+    batches = feeds(5)
+    assert SAMPLES == 32 and leading(batches, SAMPLES) == batches[:2] and leading(batches[:1], 32) == batches[:1]
+    analysis = analyze(load(two_branch_mlp()))
+    scores = {g.id: RNG.random(g.size) for g in analysis.prunable()}
+    _, alive = branch_ids(analysis)
+    errors = [measure(analysis, scores, analysis.prunable(), part).errors[alive]
+              for part in (batches, batches[:2], batches[2:3])]
+    np.testing.assert_array_equal(errors[0], errors[1])
+    assert not np.allclose(errors[0], errors[2])
