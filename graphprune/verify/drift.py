@@ -3,6 +3,8 @@ squared error ratio (measured sensitivity's error)."""
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 
@@ -50,12 +52,11 @@ class SquaredError:
         self.total = sum(_squares(y, None, weight) for y, weight in self._outputs())
 
     def __call__(self, masked: list[list[np.ndarray]]) -> float:
-        flat = [y_hat for batch in masked for y_hat in batch]
-        pairs = [(y, y_hat, weight) for (y, weight), y_hat in zip(self._outputs(), _floats(self.dense, flat),
-                                                                  strict=True)]
-        return sum(_squares(y, y_hat, weight) for y, y_hat, weight in pairs) / max(self.total, 1e-30)
+        actual = _floats(self.dense, [y_hat for batch in masked for y_hat in batch])
+        errors = (_squares(y, y_hat, weight) for (y, weight), y_hat in zip(self._outputs(), actual, strict=True))
+        return sum(errors) / max(self.total, 1e-30)
 
-    def _outputs(self):
+    def _outputs(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(floating-point output, its padding weight or None) of every batch."""
         for index, reference in enumerate(self.dense):
             mask = padding_mask(self.feeds[index]) if self.feeds is not None else None

@@ -324,6 +324,7 @@ class _Runner:
 
 
 def _fetching(sess) -> Callable[[list[str], int, Feeds], list[np.ndarray]]:
+    """Fetching from one session that computes everything from the batch's own inputs."""
     inputs = [i.name for i in sess.get_inputs()]
     return lambda names, _, feeds: sess.run(names, {k: v for k, v in feeds.items() if k in inputs})
 

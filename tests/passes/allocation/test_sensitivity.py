@@ -177,6 +177,8 @@ def test_sensitivity_is_measured_on_the_leading_batches_holding_its_samples():
 
     batches = feeds(5)
     assert SAMPLES == 32 and leading(batches, SAMPLES) == batches[:2] and leading(batches[:1], 32) == batches[:1]
+    whole = {"x": np.concatenate([b["x"] for b in batches])}  # one batch of 80 rows: its first 32
+    np.testing.assert_array_equal(leading([whole], SAMPLES)[0]["x"], whole["x"][:32])
     analysis = analyze(load(two_branch_mlp()))
     scores = {g.id: RNG.random(g.size) for g in analysis.prunable()}
     _, alive = branch_ids(analysis)
