@@ -3,8 +3,6 @@ squared error ratio (measured sensitivity's error)."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 
 
@@ -48,31 +46,25 @@ class SquaredError:
     hundred masked runs with one dense run."""
 
     def __init__(self, dense: list[list[np.ndarray]], feeds: list[dict[str, np.ndarray]] | None = None) -> None:
-        self.dense, self.feeds = dense, feeds
-        self.total = sum(_squares(y, None, weight) for y, weight in self._outputs())
+        self.count = sum(len(batch) for batch in dense)
+        self.compared: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # (flat position, y, padding weight)
+        position = 0
+        for index, reference in enumerate(dense):
+            mask = padding_mask(feeds[index]) if feeds is not None else None
+            for y in reference:
+                if np.issubdtype(y.dtype, np.floating):
+                    weighted = mask is not None and y.ndim >= 3 and y.shape[:2] == mask.shape
+                    self.compared.append((position, y, mask.reshape(mask.shape + (1,) * (y.ndim - 2))
+                                          if weighted else None))
+                position += 1
+        self.total = sum(_squares(y, None, weight) for _, y, weight in self.compared)
 
     def __call__(self, masked: list[list[np.ndarray]]) -> float:
-        actual = _floats(self.dense, [y_hat for batch in masked for y_hat in batch])
-        errors = (_squares(y, y_hat, weight) for (y, weight), y_hat in zip(self._outputs(), actual, strict=True))
+        actual = [y_hat for batch in masked for y_hat in batch]
+        if len(actual) != self.count:
+            raise ValueError("the masked run has other outputs than the dense one")
+        errors = (_squares(y, actual[position], weight) for position, y, weight in self.compared)
         return sum(errors) / max(self.total, 1e-30)
-
-    def _outputs(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(floating-point output, its padding weight or None) of every batch."""
-        for index, reference in enumerate(self.dense):
-            mask = padding_mask(self.feeds[index]) if self.feeds is not None else None
-            for y in reference:
-                if not np.issubdtype(y.dtype, np.floating):
-                    continue
-                weighted = mask is not None and y.ndim >= 3 and y.shape[:2] == mask.shape
-                yield y, mask.reshape(mask.shape + (1,) * (y.ndim - 2)) if weighted else None
-
-
-def _floats(dense: list[list[np.ndarray]], flat: list[np.ndarray]) -> list[np.ndarray]:
-    """Of every output of every batch (`flat`, in order), those whose dense counterpart is floating-point."""
-    kinds = [np.issubdtype(y.dtype, np.floating) for batch in dense for y in batch]
-    if len(kinds) != len(flat):
-        raise ValueError("the masked run has other outputs than the dense one")
-    return [y_hat for y_hat, floating in zip(flat, kinds, strict=True) if floating]
 
 
 def _squares(y: np.ndarray, y_hat: np.ndarray | None, weight: np.ndarray | None) -> float:

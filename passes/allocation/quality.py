@@ -17,7 +17,7 @@ from graphprune.analysis.plan import PruningPlan
 from graphprune.errors import GraphpruneError
 from graphprune.passes.allocation.sensitivity import run_batches
 from graphprune.passes.allocation.strategies import Ranking, RoundTo, spend
-from graphprune.passes.calibration.sources import Feeds
+from graphprune.passes.calibration.sources import Feeds, shared_rows
 from graphprune.verify.drift import squared_error_ratio
 
 log = logging.getLogger("graphprune")
@@ -45,8 +45,8 @@ def splittable(batches: list[Feeds]) -> bool:
 def _rows(feeds: Feeds, parts: int = 4) -> list[Feeds]:
     """One batch as `parts` batches of consecutive rows, or as is when its inputs differ in leading size or
     it has fewer rows."""
-    sizes = {len(array) if np.ndim(array) else 0 for array in feeds.values()}
-    if len(sizes) != 1 or (rows := sizes.pop()) < parts:
+    rows = shared_rows(feeds)
+    if rows is None or rows < parts:
         return [feeds]
     bounds = np.linspace(0, rows, parts + 1).round().astype(int)
     return [{name: array[a:b] for name, array in feeds.items()} for a, b in zip(bounds, bounds[1:], strict=False)]

@@ -25,7 +25,7 @@ from graphprune.analysis.masking import Masked
 from graphprune.errors import GraphpruneError, first_line
 from graphprune.io import runtime
 from graphprune.passes.allocation.suffix import SuffixRunner
-from graphprune.passes.calibration.sources import Feeds
+from graphprune.passes.calibration.sources import Feeds, shared_rows
 from graphprune.verify.drift import SquaredError
 
 log = logging.getLogger("graphprune")
@@ -123,9 +123,8 @@ def leading(batches: list[Feeds], samples: int) -> list[Feeds]:
         missing = samples - sum(next(iter(part.values())).shape[0] for part in kept)
         if missing <= 0:
             break
-        sizes = {len(array) if np.ndim(array) else 0 for array in feeds.values()}
-        cut = len(sizes) == 1 and sizes.pop() > missing
-        kept.append({name: array[:missing] for name, array in feeds.items()} if cut else feeds)
+        rows = shared_rows(feeds)
+        kept.append({name: array[:missing] for name, array in feeds.items()} if rows and rows > missing else feeds)
     return kept
 
 

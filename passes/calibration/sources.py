@@ -19,6 +19,12 @@ Feeds = dict[str, np.ndarray]
 log = logging.getLogger("graphprune")
 
 
+def shared_rows(feeds: Feeds) -> int | None:
+    """The leading size every input of a batch has (its rows, which can be cut apart), else None."""
+    sizes = {len(array) if np.ndim(array) else 0 for array in feeds.values()}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 @dataclass
 class Batches:
     """Calibration batches, how many samples they hold (the progress bar's total) and where they come from."""
